@@ -1,0 +1,123 @@
+"""Confusion matrix and the segmentation scores derived from it.
+
+Conventions (shared by training, bag evaluation and the tests):
+
+* Ground-truth pixels equal to ``void_id`` (or outside ``[0, C)``) are ignored.
+* A class with no ground-truth pixel and no prediction has no IoU (NaN) and
+  is left out of the mean; a class predicted but absent from the ground truth
+  has IoU 0 and counts.
+* Scores are fractions in [0, 1]; reports multiply by 100.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores of one confusion matrix; per-class arrays have length C."""
+
+    iou: np.ndarray
+    class_accuracy: np.ndarray
+    mean_iou: float
+    mean_class_accuracy: float
+    global_accuracy: float
+    pixels: int
+
+    def as_dict(self, class_names: Optional[Sequence[str]] = None) -> Dict[str, object]:
+        """Plain-data form (NaN becomes None) for JSON reports."""
+        names = list(class_names) if class_names is not None else [
+            str(i) for i in range(len(self.iou))]
+
+        def clean(value: float) -> Optional[float]:
+            return None if np.isnan(value) else float(value)
+
+        return {
+            'mean_iou': clean(self.mean_iou),
+            'mean_class_accuracy': clean(self.mean_class_accuracy),
+            'global_accuracy': clean(self.global_accuracy),
+            'pixels': self.pixels,
+            'per_class_iou': {name: clean(v) for name, v in zip(names, self.iou)},
+            'per_class_accuracy': {name: clean(v) for name, v in zip(names, self.class_accuracy)},
+        }
+
+
+class ConfusionMatrix:
+    """Accumulates a CxC matrix, rows ground truth, columns prediction."""
+
+    def __init__(self, num_classes: int, void_id: Optional[int] = None):
+        if num_classes < 1:
+            raise ValueError(f'num_classes must be positive, got {num_classes}')
+        self.num_classes = num_classes
+        self.void_id = void_id
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, prediction: ArrayLike, target: ArrayLike) -> None:
+        """Add a batch: ``prediction`` and ``target`` are integer arrays of one shape.
+
+        Torch tensors are counted on their own device (no per-pixel host copy).
+        """
+        if tuple(prediction.shape) != tuple(target.shape):
+            raise ValueError(
+                f'prediction shape {tuple(prediction.shape)} != target {tuple(target.shape)}')
+        n = self.num_classes
+        if isinstance(prediction, torch.Tensor) or isinstance(target, torch.Tensor):
+            pred = torch.as_tensor(prediction).reshape(-1).long()
+            true = torch.as_tensor(target, device=pred.device).reshape(-1).long()
+            valid = (true >= 0) & (true < n) & (pred >= 0) & (pred < n)
+            counts = torch.bincount(true[valid] * n + pred[valid], minlength=n * n)
+            self.matrix += counts.cpu().numpy().reshape(n, n)
+            return
+        pred = np.asarray(prediction).reshape(-1).astype(np.int64)
+        true = np.asarray(target).reshape(-1).astype(np.int64)
+        valid = (true >= 0) & (true < n) & (pred >= 0) & (pred < n)
+        self.matrix += np.bincount(true[valid] * n + pred[valid], minlength=n * n).reshape(n, n)
+
+    def merge(self, other: 'ConfusionMatrix') -> None:
+        """Add another matrix of the same size (e.g. from another process)."""
+        self.matrix += other.matrix
+
+    def scores(self) -> Scores:
+        """IoU, accuracies and their means, following the module's conventions."""
+        return scores_from_matrix(self.matrix)
+
+
+def scores_from_matrix(matrix: np.ndarray) -> Scores:
+    """Compute :class:`Scores` from a CxC confusion matrix (rows ground truth)."""
+    matrix = matrix.astype(np.float64)
+    true_positive = np.diag(matrix)
+    ground_truth = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    union = ground_truth + predicted - true_positive
+    with np.errstate(divide='ignore', invalid='ignore'):
+        iou = np.where(union > 0, true_positive / union, np.nan)
+        class_accuracy = np.where(ground_truth > 0, true_positive / ground_truth, np.nan)
+    total = matrix.sum()
+
+    def nanmean(values: np.ndarray) -> float:
+        return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float('nan')
+
+    return Scores(
+        iou=iou,
+        class_accuracy=class_accuracy,
+        mean_iou=nanmean(iou),
+        mean_class_accuracy=nanmean(class_accuracy),
+        global_accuracy=float(true_positive.sum() / total) if total else float('nan'),
+        pixels=int(total),
+    )
+
+
+def binary_iou(prediction: np.ndarray, target: np.ndarray,
+               valid: Optional[np.ndarray] = None) -> float:
+    """IoU of two boolean masks over the ``valid`` pixels; NaN when both are empty."""
+    if valid is not None:
+        prediction = prediction[valid]
+        target = target[valid]
+    intersection = np.count_nonzero(prediction & target)
+    union = np.count_nonzero(prediction | target)
+    return intersection / union if union else float('nan')

@@ -1,0 +1,46 @@
+"""Shared fixtures: small random model files, an isolated ROS 2 environment, the data path."""
+
+import os
+from pathlib import Path
+import random
+import sys
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / 'test'))
+
+
+def pytest_configure(config):
+    """Register markers."""
+    config.addinivalue_line('markers', 'slow: takes more than a few seconds on the CPU')
+    config.addinivalue_line('markers', 'gpu: needs CUDA; skipped without it')
+
+
+@pytest.fixture(scope='session')
+def camvid_root() -> Path:
+    """The CamVid folder (ENET_ROS_CAMVID or ../shared/data/camvid); skip when absent."""
+    root = Path(os.environ.get('ENET_ROS_CAMVID', REPO_ROOT.parent / 'shared' / 'data' / 'camvid'))
+    if not (root / 'val').is_dir():
+        pytest.skip(f'CamVid data not found at {root} (set ENET_ROS_CAMVID)')
+    return root
+
+
+@pytest.fixture(scope='session')
+def random_model_file(tmp_path_factory) -> Path:
+    """A CamVid-class model file with seeded random weights and a 480x360 input."""
+    from model_files import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp('models') / 'random.safetensors')
+
+
+@pytest.fixture
+def ros_env() -> dict:
+    """Environment for ROS 2 processes: a private domain id, loopback only, LARGE_DATA."""
+    env = dict(os.environ)
+    env['ROS_DOMAIN_ID'] = str(random.Random().randint(1, 100))
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
+    env['PYTHONUNBUFFERED'] = '1'
+    env.pop('ROS_LOCALHOST_ONLY', None)
+    return env

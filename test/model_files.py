@@ -1,0 +1,27 @@
+"""Test helper: write model files from randomly initialised ENets."""
+
+from pathlib import Path
+from typing import Tuple
+
+import torch
+
+from enet_ros.labels import CAMVID_11, ClassTable
+from enet_ros.model import ENet
+from enet_ros.model_file import ModelMetadata, save_model_file
+
+
+def write_random_model(path: Path, table: ClassTable = CAMVID_11,
+                       input_size: Tuple[int, int] = (480, 360), seed: int = 0) -> Path:
+    """Save a seeded random ENet for ``table`` with BatchNorm statistics perturbed.
+
+    Perturbing the running statistics makes the random network's outputs vary
+    across the image, so label maps are not constant.
+    """
+    torch.manual_seed(seed)
+    model = ENet(table.num_classes)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    metadata = ModelMetadata.from_class_table(table, input_size)
+    return save_model_file(path, model, metadata)

@@ -1,0 +1,87 @@
+"""``enet-train``: train, evaluate and export ENet model files."""
+
+import argparse
+from pathlib import Path
+import shutil
+import sys
+from typing import List, Optional
+
+import torch
+
+from enet_ros.model_file import load_model_file, ModelMetadata, save_model_file
+from enet_ros.segmenter import Segmenter
+
+from .datasets import make_dataset
+from .evaluate import evaluate_segmenter, format_scores
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    segmenter = Segmenter.from_file(str(args.model or ''), device=args.device,
+                                    precision=args.precision)
+    dataset = make_dataset(args.dataset or segmenter.metadata.dataset, args.data, args.split)
+    scores = evaluate_segmenter(segmenter, dataset)
+    print(f'{segmenter.describe()}\n{args.split}: {len(dataset)} images')
+    print(format_scores(scores, segmenter.metadata.class_names))
+    if args.json:
+        import json
+        Path(args.json).write_text(json.dumps(scores.as_dict(segmenter.metadata.class_names),
+                                              indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    source = Path(args.source)
+    if source.suffix == '.safetensors':
+        load_model_file(source)  # validate before copying
+        shutil.copyfile(source, args.out)
+    else:
+        from .train import DEFAULT_INPUT_SIZE
+        from enet_ros.labels import CLASS_TABLES
+        state = torch.load(source, map_location='cpu', weights_only=True)
+        saved = state['args']
+        weights = {k[len('enet.'):]: v for k, v in state['model'].items()
+                   if k.startswith('enet.')}
+        metadata = ModelMetadata.from_class_table(
+            CLASS_TABLES[saved['dataset']],
+            tuple(saved.get('input_size') or DEFAULT_INPUT_SIZE[saved['dataset']]),
+            val_miou=None, training={'epoch': state['epoch'], 'args': saved})
+        save_model_file(args.out, weights, metadata)
+    loaded = load_model_file(args.out)
+    print(f"exported '{args.out}': {loaded.metadata.num_classes} classes, val mIoU "
+          f'{loaded.metadata.val_miou}')
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``enet-train`` argument parser with its three commands."""
+    from .train import add_train_arguments, train
+
+    parser = argparse.ArgumentParser(prog='enet-train', description=__doc__)
+    commands = parser.add_subparsers(dest='command', required=True)
+    train_parser = add_train_arguments(commands.add_parser('train', help='train a model'))
+    train_parser.set_defaults(func=lambda a: (train(a), 0)[1])
+    evaluate = commands.add_parser('evaluate', help='score a model file on a split')
+    evaluate.add_argument('--model', type=Path, help='model file (default: bundled)')
+    evaluate.add_argument('--data', required=True, type=Path)
+    evaluate.add_argument('--dataset', choices=('camvid', 'cityscapes'))
+    evaluate.add_argument('--split', default='val')
+    evaluate.add_argument('--device', default='auto')
+    evaluate.add_argument('--precision', default='auto')
+    evaluate.add_argument('--json', type=Path, help='also write the scores as JSON')
+    evaluate.set_defaults(func=_evaluate)
+    export = commands.add_parser('export', help='write the model file the node loads')
+    export.add_argument('source', type=Path,
+                        help='best.safetensors of a run, or a checkpoint.pth')
+    export.add_argument('--out', required=True, type=Path)
+    export.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``enet-train``."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

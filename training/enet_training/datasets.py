@@ -1,0 +1,160 @@
+"""CamVid (SegNet 11-class layout) and Cityscapes (official layout) datasets.
+
+Each item is ``(image, label)``: HxWx3 uint8 RGB and HxW uint8 class ids in
+``[0, C)`` or the table's void id. Files are checked as they are read: an
+unreadable file, an image and label of different sizes, or a label id that is
+neither a class nor void raises :class:`DatasetError` naming the file.
+"""
+
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from torch.utils.data import Dataset
+
+from enet_ros.labels import CAMVID_11, CITYSCAPES_19, ClassTable
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+Sample = Tuple[np.ndarray, np.ndarray]
+Transform = Callable[[np.ndarray, np.ndarray], Sample]
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an HxWx3 uint8 RGB image; raise DatasetError naming the file."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"cannot read image '{path}' (missing, unreadable or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: Path) -> np.ndarray:
+    """Read an HxW uint8 single-channel label image; raise DatasetError naming the file."""
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise DatasetError(f"cannot read label '{path}' (missing, unreadable or not an image)")
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise DatasetError(f"label '{path}' must be single-channel 8-bit, got "
+                           f'{label.dtype} with shape {label.shape}')
+    return label
+
+
+def check_label_ids(label: np.ndarray, table: ClassTable, path: Path) -> None:
+    """Raise DatasetError if ``label`` holds ids other than classes and void."""
+    values = np.unique(label)
+    bad = [int(v) for v in values if v >= table.num_classes and v != table.void_id]
+    if bad:
+        raise DatasetError(f"label '{path}' has ids {bad[:10]} outside the "
+                           f'{table.num_classes} classes of {table.dataset} and void '
+                           f'{table.void_id}')
+
+
+class SegmentationDataset(Dataset):
+    """Pairs of (image path, label path) read, checked and transformed on access."""
+
+    def __init__(self, pairs: Sequence[Tuple[Path, Path]], table: ClassTable,
+                 transform: Optional[Transform] = None,
+                 label_map: Optional[np.ndarray] = None):
+        self.pairs = list(pairs)
+        self.table = table
+        self.transform = transform
+        self.label_map = label_map
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return len(self.pairs)
+
+    def load(self, index: int) -> Sample:
+        """Read and check sample ``index`` without the transform."""
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        label = read_label(label_path)
+        if image.shape[:2] != label.shape:
+            raise DatasetError(f"image '{image_path}' is {image.shape[1]}x{image.shape[0]} but "
+                               f"label '{label_path}' is {label.shape[1]}x{label.shape[0]}")
+        if self.label_map is not None:
+            label = self.label_map[label]
+        check_label_ids(label, self.table, label_path)
+        return image, label
+
+    def __getitem__(self, index: int) -> Sample:
+        """Sample ``index``, transformed."""
+        image, label = self.load(index)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label
+
+
+def _images_in(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def camvid_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
+    """(image, label) paths of a CamVid split: ``<split>/`` frames, ``<split>annot/`` labels.
+
+    Frames may be PNG or JPEG; labels are PNG with the frame's stem.
+    """
+    root = Path(root)
+    image_dir, label_dir = root / split, root / f'{split}annot'
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise DatasetError(f"CamVid split '{split}': folder '{folder}' does not exist")
+    pairs = []
+    for image_path in _images_in(image_dir):
+        label_path = label_dir / f'{image_path.stem}.png'
+        if not label_path.exists():
+            raise DatasetError(f"image '{image_path}' has no label '{label_path}'")
+        pairs.append((image_path, label_path))
+    if not pairs:
+        raise DatasetError(f"CamVid split '{split}': no images in '{image_dir}'")
+    return pairs
+
+
+def cityscapes_label_map() -> np.ndarray:
+    """256-entry uint8 table from Cityscapes label ids to train ids (void 255).
+
+    Built from the official table in ``cityscapesscripts.helpers.labels``.
+    """
+    from cityscapesscripts.helpers.labels import labels as cityscapes_labels
+
+    table = np.full(256, CITYSCAPES_19.void_id, dtype=np.uint8)
+    for label in cityscapes_labels:
+        if 0 <= label.id < 256 and 0 <= label.trainId < CITYSCAPES_19.num_classes \
+                and not label.ignoreInEval:
+            table[label.id] = label.trainId
+    return table
+
+
+def cityscapes_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
+    """(image, labelIds) paths of a Cityscapes split in the official layout."""
+    root = Path(root)
+    image_root = root / 'leftImg8bit' / split
+    if not image_root.is_dir():
+        raise DatasetError(f"Cityscapes split '{split}': folder '{image_root}' does not exist")
+    pairs = []
+    for image_path in sorted(image_root.glob('*/*_leftImg8bit.png')):
+        stem = image_path.name[:-len('_leftImg8bit.png')]
+        label_path = (root / 'gtFine' / split / image_path.parent.name
+                      / f'{stem}_gtFine_labelIds.png')
+        if not label_path.exists():
+            raise DatasetError(f"image '{image_path}' has no label '{label_path}'")
+        pairs.append((image_path, label_path))
+    if not pairs:
+        raise DatasetError(f"Cityscapes split '{split}': no *_leftImg8bit.png under "
+                           f"'{image_root}'")
+    return pairs
+
+
+def make_dataset(name: str, root: Path, split: str,
+                 transform: Optional[Transform] = None) -> SegmentationDataset:
+    """The ``camvid`` or ``cityscapes`` split at ``root``."""
+    if name == 'camvid':
+        return SegmentationDataset(camvid_pairs(root, split), CAMVID_11, transform)
+    if name == 'cityscapes':
+        return SegmentationDataset(cityscapes_pairs(root, split), CITYSCAPES_19, transform,
+                                   label_map=cityscapes_label_map())
+    raise DatasetError(f"unknown dataset '{name}' (camvid or cityscapes)")

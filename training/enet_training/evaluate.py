@@ -1,0 +1,43 @@
+"""Evaluate a model on a dataset split through the node's Segmenter."""
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from enet_ros.metrics import ConfusionMatrix, Scores
+from enet_ros.segmenter import Segmenter
+
+from .datasets import SegmentationDataset
+
+
+def evaluate_segmenter(segmenter: Segmenter, dataset: SegmentationDataset,
+                       progress: Optional[Callable[[int, int], None]] = None) -> Scores:
+    """Segment every untransformed image of ``dataset`` at its own size and score it.
+
+    The labels come from :meth:`Segmenter.segment`, the same path the node uses.
+    """
+    table = dataset.table
+    matrix = ConfusionMatrix(table.num_classes, table.void_id)
+    for index in range(len(dataset)):
+        image, label = dataset.load(index)
+        matrix.update(segmenter.segment(image).labels, label)
+        if progress is not None:
+            progress(index + 1, len(dataset))
+    return matrix.scores()
+
+
+def format_scores(scores: Scores, class_names) -> str:
+    """A plain-text table: per-class IoU and accuracy, then the summary figures (in %)."""
+    width = max(len(name) for name in [*class_names, 'class-average accuracy']) + 2
+    lines = [f'{"class":<{width}}{"IoU":>8}{"acc":>8}']
+    for name, iou, acc in zip(class_names, scores.iou, scores.class_accuracy):
+        lines.append(f'{name:<{width}}{_pct(iou):>8}{_pct(acc):>8}')
+    lines.append('-' * (width + 16))
+    lines.append(f'{"mIoU":<{width}}{_pct(scores.mean_iou):>8}')
+    lines.append(f'{"class-average accuracy":<{width}}{_pct(scores.mean_class_accuracy):>8}')
+    lines.append(f'{"global accuracy":<{width}}{_pct(scores.global_accuracy):>8}')
+    return '\n'.join(lines)
+
+
+def _pct(value: float) -> str:
+    return '   n/a' if np.isnan(value) else f'{100 * value:.2f}'
