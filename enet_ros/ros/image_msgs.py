@@ -1,0 +1,183 @@
+"""sensor_msgs Image / CompressedImage <-> numpy, validating every field first.
+
+cv_bridge is the reference for the semantics (encodings, ``step``,
+``is_bigendian``) but validates nothing: a short ``step`` silently gives a
+narrower image. Here every message is checked before a byte is interpreted,
+and a bad one raises :class:`InvalidImage` with a short machine-readable
+``reason`` (used as a counter key) and a human-readable message.
+
+Raw images are converted without copying where the encoding allows it: the
+result is a view into the message's buffer (rows may be padded: ``step``
+larger than ``width * channels`` gives a strided view).
+"""
+
+from dataclasses import dataclass
+import struct
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+#: encoding -> (channels, bytes per channel, channel order of the 3 colours or None for mono)
+ENCODINGS = {
+    'rgb8': (3, 1, 'rgb'),
+    'bgr8': (3, 1, 'bgr'),
+    'rgba8': (4, 1, 'rgb'),
+    'bgra8': (4, 1, 'bgr'),
+    'mono8': (1, 1, None),
+    'rgb16': (3, 2, 'rgb'),
+    'bgr16': (3, 2, 'bgr'),
+    'mono16': (1, 2, None),
+}
+REJECTION_REASONS = ('unsupported_encoding', 'zero_size', 'bad_step', 'bad_data_length',
+                     'too_large', 'bad_compressed_format', 'decode_failed')
+
+
+class InvalidImage(ValueError):
+    """A message that cannot be turned into an image; ``reason`` is a counter key."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    """An image ready for the Segmenter: HxWx3 uint8 (possibly a strided view)."""
+
+    pixels: np.ndarray
+    bgr: bool
+
+    @property
+    def height(self) -> int:
+        """Rows."""
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        """Columns."""
+        return self.pixels.shape[1]
+
+    def rgb(self) -> np.ndarray:
+        """HxWx3 uint8 RGB (a view when already RGB, else a reordered view)."""
+        return self.pixels[..., ::-1] if self.bgr else self.pixels
+
+
+def check_raw_image(msg, max_pixels: int) -> None:
+    """Validate a sensor_msgs/Image's fields; raise :class:`InvalidImage` if unusable."""
+    encoding = msg.encoding.lower()
+    if encoding not in ENCODINGS:
+        raise InvalidImage('unsupported_encoding',
+                           f"encoding '{msg.encoding}' is not supported "
+                           f"(supported: {', '.join(ENCODINGS)})")
+    if msg.width == 0 or msg.height == 0:
+        raise InvalidImage('zero_size', f'image is {msg.width}x{msg.height}')
+    if msg.width * msg.height > max_pixels:
+        raise InvalidImage('too_large', f'image is {msg.width}x{msg.height}, more than '
+                                        f'max_pixels {max_pixels}')
+    channels, depth, _ = ENCODINGS[encoding]
+    row_bytes = msg.width * channels * depth
+    if msg.step < row_bytes:
+        raise InvalidImage('bad_step', f'step {msg.step} < width {msg.width} x {channels * depth}'
+                                       f' bytes per pixel ({encoding})')
+    if len(msg.data) != msg.height * msg.step:
+        raise InvalidImage('bad_data_length', f'data is {len(msg.data)} bytes, expected height '
+                                              f'{msg.height} x step {msg.step} = '
+                                              f'{msg.height * msg.step}')
+
+
+def raw_image_to_frame(msg, max_pixels: int) -> CameraFrame:
+    """Validate and convert a sensor_msgs/Image to a :class:`CameraFrame`.
+
+    8-bit colour encodings give a view into ``msg.data`` (no copy); mono is
+    expanded to three channels and 16-bit encodings are reduced to their high
+    byte, honouring ``is_bigendian`` (both copy).
+    """
+    check_raw_image(msg, max_pixels)
+    encoding = msg.encoding.lower()
+    channels, depth, order = ENCODINGS[encoding]
+    buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    rows = buffer.reshape(msg.height, msg.step)[:, :msg.width * channels * depth]
+    if depth == 2:
+        dtype = np.dtype('>u2' if msg.is_bigendian else '<u2')
+        rows = (np.ascontiguousarray(rows).view(dtype) >> 8).astype(np.uint8)
+    pixels = rows.reshape(msg.height, msg.width, channels)
+    if order is None:
+        return CameraFrame(cv2.cvtColor(pixels[..., 0], cv2.COLOR_GRAY2RGB), bgr=False)
+    return CameraFrame(pixels[..., :3], bgr=order == 'bgr')
+
+
+def compressed_image_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) from a PNG or JPEG header without decoding, or None if not found."""
+    if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24 and data[12:16] == b'IHDR':
+        width, height = struct.unpack('>II', data[16:24])
+        return width, height
+    if data[:2] == b'\xff\xd8':
+        position = 2
+        while position + 4 <= len(data):
+            if data[position] != 0xFF:
+                return None
+            marker = data[position + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                position += 2
+                continue
+            length = struct.unpack('>H', data[position + 2:position + 4])[0]
+            # SOF markers C0-CF except DHT (C4), JPG (C8) and DAC (CC) carry the size.
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                if position + 9 > len(data):
+                    return None
+                height, width = struct.unpack('>HH', data[position + 5:position + 9])
+                return width, height
+            position += 2 + length
+    return None
+
+
+def compressed_image_to_frame(msg, max_pixels: int) -> CameraFrame:
+    """Validate, size-check from the header, and decode a JPEG / PNG CompressedImage."""
+    data = bytes(msg.data)
+    size = compressed_image_size(data)
+    if size is None:
+        raise InvalidImage('bad_compressed_format',
+                           f"format '{msg.format}': data is neither PNG nor JPEG "
+                           f'({len(data)} bytes)')
+    width, height = size
+    if width == 0 or height == 0:
+        raise InvalidImage('zero_size', f'compressed image header says {width}x{height}')
+    if width * height > max_pixels:
+        raise InvalidImage('too_large', f'compressed image is {width}x{height}, more than '
+                                        f'max_pixels {max_pixels}')
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None or decoded.shape[:2] != (height, width):
+        raise InvalidImage('decode_failed', f"format '{msg.format}': {len(data)} bytes do not "
+                                            f'decode to a {width}x{height} image')
+    return CameraFrame(decoded, bgr=True)
+
+
+class ImageBuffer:
+    """A reusable sensor_msgs/Image whose data buffer is filled in place each frame.
+
+    ``view(height, width, channels)`` returns a numpy view of the message's
+    ``array('B')`` data to compute into; the array is only reallocated when
+    the size changes. Publishing serialises the message, so reuse is safe.
+    """
+
+    def __init__(self, image_type, encoding: str):
+        import array
+
+        self._array_type = array.array
+        self.msg = image_type()
+        self.msg.encoding = encoding
+        self.msg.is_bigendian = 0
+        self._shape: Tuple[int, ...] = ()
+        self._view: Optional[np.ndarray] = None
+
+    def view(self, height: int, width: int, channels: int) -> np.ndarray:
+        """HxW (channels 1) or HxWxC uint8 view of the data to write this frame's pixels into."""
+        shape = (height, width) if channels == 1 else (height, width, channels)
+        if shape != self._shape:
+            self._view = None  # release the buffer export before replacing the array
+            self.msg.data = self._array_type('B', bytes(height * width * channels))
+            self.msg.height, self.msg.width, self.msg.step = height, width, width * channels
+            self._view = np.frombuffer(self.msg.data, dtype=np.uint8).reshape(shape)
+            self._shape = shape
+        return self._view

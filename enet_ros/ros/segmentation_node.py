@@ -1,0 +1,350 @@
+"""The segmentation node: camera images in; labels, colour, overlay and drivable masks out.
+
+Subscribes ``image`` (sensor_msgs/Image) or, with ``input_transport:
+compressed``, ``image/compressed`` (sensor_msgs/CompressedImage, JPEG/PNG).
+Publishes ``~/labels`` (mono8 class ids), ``~/colored`` (rgb8),
+``~/overlay`` (rgb8), ``~/drivable`` (mono8, 0 or 255), each at the input
+size with the input's header, and ``/diagnostics`` about once a second.
+
+Threading: the subscription callback only validates the message and puts it
+in a one-frame slot; an inference thread takes the newest frame from the slot.
+A frame replaced before the thread took it is counted as dropped, so a slow
+model drops old frames instead of queueing them. No exception leaves a
+callback: a bad message or a failed frame is counted and logged (throttled).
+"""
+
+import logging
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+import numpy as np
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rcl_interfaces.msg import SetParametersResult
+from sensor_msgs.msg import CompressedImage, Image
+
+from .. import masks
+from ..model_file import load_model_file, ModelFileError
+from ..segmenter import Segmenter, SegmenterConfigError
+from .health import FrameStats, HealthThresholds
+from .image_msgs import (CameraFrame, check_raw_image, compressed_image_to_frame, ImageBuffer,
+                         InvalidImage, raw_image_to_frame)
+from .node_config import (CLASS_NAMES_DESCRIPTION, ConfigError, DRIVABLE_DESCRIPTION, OUTPUTS,
+                          PARAMETERS, RuntimeSettings, runtime_settings, startup_settings,
+                          StartupSettings)
+
+NODE_NAME = 'segmentation_node'
+WARN_THROTTLE_S = 5.0
+_READ_ONLY_RESTART = ('model_path', 'device', 'precision', 'network_width', 'network_height',
+                      'input_transport', 'input_reliability', 'input_depth',
+                      'output_reliability', 'diagnostics_period', 'class_names')
+
+
+class _RosLogHandler(logging.Handler):
+    """Forwards the core's Python log records (logger 'enet_ros') to a ROS logger."""
+
+    def __init__(self, ros_logger):
+        super().__init__()
+        self.ros_logger = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Log ``record`` at the matching ROS severity."""
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self.ros_logger.error(message)
+        elif record.levelno >= logging.WARNING:
+            self.ros_logger.warning(message)
+        else:
+            self.ros_logger.info(message)
+
+
+def _qos(reliability: str, depth: int) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.BEST_EFFORT if reliability == 'best_effort'
+                      else ReliabilityPolicy.RELIABLE)
+
+
+class _RuntimeState:
+    """Everything derived from the run-time settings, swapped as one object."""
+
+    def __init__(self, settings: RuntimeSettings, segmenter: Segmenter):
+        self.settings = settings
+        names = segmenter.metadata.class_names
+        self.drivable_lut = masks.drivable_lut(names.index(n) for n in settings.drivable_classes)
+        self.min_interval_s = 1.0 / settings.max_rate_hz if settings.max_rate_hz > 0 else 0.0
+        self.thresholds = HealthThresholds(settings.stale_input_s, settings.latency_warn_ms,
+                                           settings.max_consecutive_failures)
+
+
+class SegmentationNode(Node):
+    """ENet segmentation node; see the module docstring."""
+
+    def __init__(self, **node_kwargs: Any):
+        super().__init__(NODE_NAME, **node_kwargs)
+        core_logger = logging.getLogger('enet_ros')
+        core_logger.addHandler(_RosLogHandler(self.get_logger()))
+        core_logger.setLevel(logging.INFO)
+        core_logger.propagate = False
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        self.startup: StartupSettings = startup_settings(self._values(PARAMETERS))
+        self.segmenter = self._load_segmenter(self.startup)
+        self.get_logger().info(self.segmenter.describe())
+        metadata = self.segmenter.metadata
+        self.declare_parameter('class_names', list(metadata.class_names),
+                               CLASS_NAMES_DESCRIPTION)
+        self.declare_parameter('drivable_classes', list(metadata.drivable_classes) or [''],
+                               DRIVABLE_DESCRIPTION)
+        self._state = _RuntimeState(self._runtime_settings({}), self.segmenter)
+        self._palette = masks.palette_lut(metadata.colors)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.stats = FrameStats()
+        self._slot_lock = threading.Condition()
+        self._slot: Optional[Tuple[Any, float]] = None
+        self._stop = threading.Event()
+        self._last_processed = 0.0
+        self._warned: Dict[str, float] = {}
+
+        output_qos = _qos(self.startup.output_reliability, 1)
+        self._output_publishers = {name: self.create_publisher(Image, f'~/{name}', output_qos)
+                            for name in OUTPUTS}
+        self._buffers = {'labels': ImageBuffer(Image, 'mono8'),
+                         'colored': ImageBuffer(Image, 'rgb8'),
+                         'overlay': ImageBuffer(Image, 'rgb8'),
+                         'drivable': ImageBuffer(Image, 'mono8')}
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        input_qos = _qos(self.startup.input_reliability, self.startup.input_depth)
+        if self.startup.input_transport == 'compressed':
+            self._subscription = self.create_subscription(
+                CompressedImage, 'image/compressed', self._on_compressed, input_qos)
+        else:
+            self._subscription = self.create_subscription(Image, 'image', self._on_image,
+                                                          input_qos)
+        self.create_timer(self.startup.diagnostics_period_s, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._run_worker, name='inference', daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f'listening on {self._subscription.topic_name} ({self.startup.input_transport}, '
+            f'{self.startup.input_reliability}); publishing '
+            f'{", ".join(self._output_publishers[n].topic_name for n in OUTPUTS)}')
+
+    # ----------------------------------------------------------------- configuration
+
+    def _values(self, names) -> Dict[str, Any]:
+        return {name: self.get_parameter(name).value for name in names}
+
+    def _load_segmenter(self, startup: StartupSettings) -> Segmenter:
+        try:
+            loaded = load_model_file(startup.model_path or None)
+        except ModelFileError as error:
+            raise ConfigError(f'parameter model_path: {error}') from None
+        size = ((startup.network_width, startup.network_height)
+                if startup.network_width else None)
+        try:
+            return Segmenter(loaded, device=startup.device, precision=startup.precision,
+                             input_size=size)
+        except SegmenterConfigError as error:
+            raise ConfigError(f'parameters device / precision / network size: {error}') from None
+
+    def _runtime_settings(self, changes: Dict[str, Any]) -> RuntimeSettings:
+        names = [n for n, (_, d) in PARAMETERS.items() if not d.read_only]
+        values = self._values(names + ['drivable_classes'])
+        values.update(changes)
+        values['drivable_classes'] = [n for n in values['drivable_classes'] if n]
+        return runtime_settings(values, self.segmenter.metadata.class_names)
+
+    def _on_set_parameters(self, parameters: List[Parameter]) -> SetParametersResult:
+        changes = {}
+        for parameter in parameters:
+            if parameter.name in _READ_ONLY_RESTART:
+                return SetParametersResult(
+                    successful=False, reason=f'{parameter.name} is read-only: restart the node')
+            changes[parameter.name] = parameter.value
+        try:
+            state = _RuntimeState(self._runtime_settings(changes), self.segmenter)
+        except (ConfigError, TypeError, ValueError) as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        self._state = state
+        return SetParametersResult(successful=True)
+
+    # ----------------------------------------------------------------- input
+
+    def _warn(self, key: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) >= WARN_THROTTLE_S:
+            self._warned[key] = now
+            self.get_logger().warning(message)
+
+    def _offer(self, msg: Any) -> None:
+        with self._slot_lock:
+            if self._slot is not None:
+                self.stats.count('dropped_superseded')
+            self._slot = (msg, time.monotonic())
+            self._slot_lock.notify()
+
+    def _on_image(self, msg: Image) -> None:
+        self.stats.received()
+        try:
+            check_raw_image(msg, self._state.settings.max_pixels)
+        except InvalidImage as error:
+            self._reject(error)
+            return
+        self._offer(msg)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self.stats.received()
+        self._offer(msg)  # decoding is too slow for the callback; it happens in the worker
+
+    def _reject(self, error: InvalidImage) -> None:
+        self.stats.rejected_frame(error.reason)
+        self._warn(f'reject:{error.reason}', f'dropping image: {error} [{error.reason}]')
+
+    # ----------------------------------------------------------------- inference
+
+    def _run_worker(self) -> None:
+        while not self._stop.is_set():
+            with self._slot_lock:
+                while self._slot is None and not self._stop.is_set():
+                    self._slot_lock.wait(0.2)
+                if self._stop.is_set():
+                    return
+                msg, received = self._slot
+                self._slot = None
+            try:
+                self._process(msg, received)
+            except Exception as error:  # noqa: B902 - a frame must never kill the node
+                failures = self.stats.failed()
+                self._warn('failure', f'frame failed ({type(error).__name__}: {error}); '
+                                      f'{failures} in a row')
+
+    def _process(self, msg: Any, received: float) -> None:
+        state = self._state
+        wanted = [name for name in state.settings.publish
+                  if self._output_publishers[name].get_subscription_count() > 0]
+        if not wanted:
+            self.stats.count('skipped_no_subscribers')
+            return
+        if state.min_interval_s and received - self._last_processed < state.min_interval_s:
+            self.stats.count('dropped_rate_limit')
+            return
+        try:
+            if isinstance(msg, CompressedImage):
+                frame = compressed_image_to_frame(msg, state.settings.max_pixels)
+            else:
+                frame = raw_image_to_frame(msg, state.settings.max_pixels)
+        except InvalidImage as error:
+            self._reject(error)
+            return
+        self._last_processed = received
+        labels = self.segmenter.segment(frame.pixels, bgr=frame.bgr).labels
+        self._check_labels(labels, frame)
+        for name in wanted:
+            self._fill(name, labels, frame, state)
+        for name in wanted:
+            buffer = self._buffers[name]
+            buffer.msg.header = msg.header
+            self._output_publishers[name].publish(buffer.msg)
+        self.stats.published(self._latency_s(msg), time.monotonic() - received)
+
+    def _check_labels(self, labels: np.ndarray, frame: CameraFrame) -> None:
+        if labels.shape != (frame.height, frame.width) or labels.dtype != np.uint8:
+            raise RuntimeError(f'labels {labels.dtype} {labels.shape} do not match the '
+                               f'{frame.width}x{frame.height} input')
+        if int(labels.max()) >= self.segmenter.num_classes:
+            raise RuntimeError(f'label id {int(labels.max())} outside [0, '
+                               f'{self.segmenter.num_classes})')
+
+    def _fill(self, name: str, labels: np.ndarray, frame: CameraFrame,
+              state: _RuntimeState) -> None:
+        height, width = labels.shape
+        if name == 'labels':
+            np.copyto(self._buffers[name].view(height, width, 1), labels)
+        elif name == 'drivable':
+            masks.drivable_mask(labels, state.drivable_lut,
+                                out=self._buffers[name].view(height, width, 1))
+        elif name == 'colored':
+            masks.colorize(labels, self._palette, out=self._buffers[name].view(height, width, 3))
+        elif name == 'overlay':
+            colored = masks.colorize(labels, self._palette)
+            masks.overlay(frame.rgb(), colored, state.settings.overlay_alpha,
+                          out=self._buffers[name].view(height, width, 3))
+
+    def _latency_s(self, msg: Any) -> Optional[float]:
+        stamp = msg.header.stamp
+        if stamp.sec == 0 and stamp.nanosec == 0:
+            return None
+        now = self.get_clock().now().nanoseconds
+        return (now - (stamp.sec * 1_000_000_000 + stamp.nanosec)) / 1e9
+
+    # ----------------------------------------------------------------- health
+
+    def _publish_diagnostics(self) -> None:
+        snapshot = self.stats.snapshot(self._state.thresholds)
+
+        def fmt(value: Optional[float]) -> str:
+            return 'n/a' if value is None else f'{value:.1f}'
+
+        values = {
+            'input_rate_hz': fmt(snapshot.input_rate_hz),
+            'output_rate_hz': fmt(snapshot.output_rate_hz),
+            'latency_median_ms': fmt(snapshot.latency_median_ms),
+            'latency_max_ms': fmt(snapshot.latency_max_ms),
+            'processing_median_ms': fmt(snapshot.processing_median_ms),
+            'consecutive_failures': str(snapshot.consecutive_failures),
+            'device': str(self.segmenter.device),
+            'precision': self.segmenter.precision,
+            'model_path': self.segmenter.model_path,
+            'classes': ','.join(self.segmenter.metadata.class_names),
+        }
+        for key in ('received', 'processed', 'rejected', 'dropped_superseded',
+                    'dropped_rate_limit', 'skipped_no_subscribers', 'failed'):
+            values[f'frames_{key}'] = str(snapshot.totals.get(key, 0))
+        for reason, count in sorted(snapshot.rejected.items()):
+            values[f'rejected_{reason}'] = str(count)
+        status = DiagnosticStatus(
+            level=bytes([snapshot.level]), name=f'{self.get_fully_qualified_name()}: segmentation',
+            message=snapshot.message, hardware_id=str(self.segmenter.device),
+            values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_publisher.publish(array)
+
+    def stop(self) -> None:
+        """Stop the inference thread (waits for the frame in progress)."""
+        self._stop.set()
+        with self._slot_lock:
+            self._slot_lock.notify_all()
+        self._worker.join(timeout=5.0)
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """Run the node until SIGINT / SIGTERM; exit 0, or 2 on a configuration error."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = SegmentationNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ConfigError, ParameterException) as error:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
+        code = 2
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Launch enet_ros' segmentation node, optionally with RViz showing its outputs.
+
+    ros2 launch enet_ros segment.launch.py image:=/camera/image_raw
+    ros2 launch enet_ros segment.launch.py image:=/camera/image_raw rviz:=true device:=cuda
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description() -> LaunchDescription:
+    """The node with the package's parameters file, argument overrides and remappings."""
+    share = get_package_share_directory('enet_ros')
+    image = LaunchConfiguration('image')
+    params_file = LaunchConfiguration('params_file')
+    model_path = LaunchConfiguration('model_path')
+    device = LaunchConfiguration('device')
+    namespace = LaunchConfiguration('namespace')
+    rviz = LaunchConfiguration('rviz')
+    return LaunchDescription([
+        DeclareLaunchArgument('image', default_value='/camera/image_raw',
+                              description='camera topic (sensor_msgs/Image); with '
+                                          'input_transport compressed, <image>/compressed'),
+        DeclareLaunchArgument('params_file',
+                              default_value=os.path.join(share, 'config', 'segment.yaml'),
+                              description='node parameters file'),
+        DeclareLaunchArgument('model_path', default_value='',
+                              description='ENet model file; empty = the bundled CamVid model'),
+        DeclareLaunchArgument('device', default_value='auto',
+                              description="'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='namespace of the node and its outputs'),
+        DeclareLaunchArgument('rviz', default_value='false',
+                              description='start rviz2 with config/segment.rviz'),
+        # Fast DDS >= 2.13 (Jazzy, Kilted): shared memory and TCP for large images, so
+        # 720p and larger frames arrive without stalls. A value already set wins.
+        SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
+                               EnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
+                                                   default_value='LARGE_DATA')),
+        Node(
+            package='enet_ros',
+            executable='segmentation_node',
+            name='segmentation_node',
+            namespace=namespace,
+            parameters=[params_file, {'model_path': model_path, 'device': device}],
+            remappings=[('image', image), ('image/compressed', [image, '/compressed'])],
+            output='screen',
+            emulate_tty=True,
+        ),
+        Node(
+            package='rviz2',
+            executable='rviz2',
+            name='rviz2',
+            arguments=['-d', os.path.join(share, 'config', 'segment.rviz')],
+            condition=IfCondition(rviz),
+            output='screen',
+        ),
+    ])

@@ -1,0 +1,189 @@
+"""Test harness: the segmentation node as a real process, and a ROS 2 peer in the test.
+
+The node is started exactly as a user would start it without ``ros2 launch``:
+``python -m enet_ros.ros.segmentation_node --ros-args --params-file
+config/segment.yaml -p ...``. The peer publishes camera frames and records
+what the node publishes, each in a private ROS domain.
+"""
+
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = REPO_ROOT / 'config' / 'segment.yaml'
+OUTPUT_TOPICS = ('labels', 'colored', 'overlay', 'drivable')
+
+
+class NodeProcess:
+    """``segmentation_node`` in its own process, its log captured to a file."""
+
+    def __init__(self, env: dict, parameters: Optional[Dict[str, object]] = None,
+                 remaps: Optional[Dict[str, str]] = None, params_file: Path = PARAMS_FILE):
+        self.log_path = Path(tempfile.mkstemp(prefix='segmentation_node_', suffix='.log')[1])
+        command = [sys.executable, '-m', 'enet_ros.ros.segmentation_node', '--ros-args',
+                   '--params-file', str(params_file)]
+        for name, value in (parameters or {}).items():
+            command += ['-p', f'{name}:={_ros_arg(value)}']
+        for source, target in (remaps or {}).items():
+            command += ['-r', f'{source}:={target}']
+        self._log = open(self.log_path, 'w')
+        self.process = subprocess.Popen(command, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+    def log(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait for the node's 'listening on' line; fail with its log if it exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if 'listening on' in self.log():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f'node exited with {self.process.returncode}:\n{self.log()}')
+            time.sleep(0.1)
+        raise AssertionError(f'node not ready after {timeout} s:\n{self.log()}')
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        """Wait for the process to end by itself; return its exit code."""
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
+        """Send ``sig`` and return the exit code (kills after ``timeout``)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def _ros_arg(value: object) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (list, tuple)):
+        return '[' + ','.join(_ros_arg(v) for v in value) + ']'
+    return str(value)
+
+
+class RosPeer:
+    """A node in the test process (own context and domain) with a spinning executor."""
+
+    def __init__(self, env: dict, name: str = 'test_peer'):
+        os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = env['FASTDDS_BUILTIN_TRANSPORTS']
+        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = env['ROS_AUTOMATIC_DISCOVERY_RANGE']
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=int(env['ROS_DOMAIN_ID']))
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._lock = threading.Lock()
+        self.received: Dict[str, List] = {}
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            while self.context.ok():
+                self.executor.spin_once(timeout_sec=0.05)
+        except Exception:  # noqa: B902 - the context was shut down under the executor
+            pass
+
+    def subscribe(self, msg_type, topic: str, key: Optional[str] = None,
+                  reliable: bool = True) -> None:
+        """Record every message on ``topic`` under ``key`` (default: the topic)."""
+        key = key or topic
+        self.received.setdefault(key, [])
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE if reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
+
+        def record(msg, key=key):
+            with self._lock:
+                self.received[key].append((time.monotonic(), msg))
+
+        self.node.create_subscription(msg_type, topic, record, qos)
+
+    def publisher(self, msg_type, topic: str, reliable: bool = True):
+        """A publisher with depth 10."""
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def messages(self, key: str) -> List:
+        """Messages received so far under ``key``."""
+        with self._lock:
+            return [msg for _, msg in self.received.get(key, [])]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Poll ``predicate`` until true or ``timeout``; return its last value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def wait_for_subscribers(self, publisher, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until ``publisher`` is matched by ``count`` subscriptions."""
+        if not self.wait_for(lambda: publisher.get_subscription_count() >= count, timeout):
+            raise AssertionError(f'no subscriber on {publisher.topic_name} after {timeout} s')
+
+    def close(self) -> None:
+        """Shut the context down and join the spinner."""
+        self.context.try_shutdown()
+        self._thread.join(timeout=5.0)
+
+
+def make_image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = 'camera',
+                   step: Optional[int] = None):
+    """A sensor_msgs/Image from HxW or HxWxC uint8 ``pixels``; optional row padding via ``step``."""
+    import array
+
+    from sensor_msgs.msg import Image
+
+    height, width = pixels.shape[:2]
+    row = pixels.reshape(height, -1)
+    step = step or row.shape[1]
+    padded = np.zeros((height, step), dtype=np.uint8)
+    padded[:, :row.shape[1]] = row
+    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=0, step=step)
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.data = array.array('B', padded.tobytes())
+    return msg
+
+
+def stamp_ns(msg) -> int:
+    """A message header's stamp in nanoseconds."""
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def image_array(msg) -> np.ndarray:
+    """HxW (mono8) or HxWx3 (rgb8) uint8 array of an output image, checking its layout."""
+    channels = {'mono8': 1, 'rgb8': 3}[msg.encoding]
+    assert msg.step == msg.width * channels
+    assert len(msg.data) == msg.height * msg.step
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if channels == 1:
+        return data.reshape(msg.height, msg.width)
+    return data.reshape(msg.height, msg.width, channels)
