@@ -111,7 +111,7 @@ class RosPeer:
 
     def subscribe(self, msg_type, topic: str, key: Optional[str] = None,
                   reliable: bool = True) -> None:
-        """Record every message on ``topic`` under ``key`` (default: the topic)."""
+        """Record (wall-clock receipt time, message) on ``topic`` under ``key`` (default: topic)."""
         key = key or topic
         self.received.setdefault(key, [])
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE if reliable
@@ -119,7 +119,7 @@ class RosPeer:
 
         def record(msg, key=key):
             with self._lock:
-                self.received[key].append((time.monotonic(), msg))
+                self.received[key].append((time.time(), msg))
 
         self.node.create_subscription(msg_type, topic, record, qos)
 
