@@ -8,7 +8,8 @@ Color = Tuple[int, int, int]
 
 @dataclass(frozen=True)
 class ClassTable:
-    """The classes a network predicts, ids ``0 .. len(names) - 1``.
+    """
+    The classes a network predicts, ids ``0 .. len(names) - 1``.
 
     ``void_id`` is the ground-truth id that metrics and the loss ignore; it is
     never predicted (it lies outside ``[0, num_classes)``) and may be ``None``.
@@ -22,7 +23,7 @@ class ClassTable:
 
     @property
     def num_classes(self) -> int:
-        """Number of predicted classes C."""
+        """Return the number of predicted classes C."""
         return len(self.names)
 
     def ids_of(self, names: Sequence[str]) -> Tuple[int, ...]:

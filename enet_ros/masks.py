@@ -1,4 +1,5 @@
-"""Label images to colour, overlay and drivable-area images (numpy, lookup tables).
+"""
+Label images to colour, overlay and drivable-area images (numpy, lookup tables).
 
 Lookup tables are built once (at start-up or on a parameter change) and the
 per-frame functions only index them, optionally into caller-owned buffers.
@@ -25,21 +26,23 @@ def drivable_lut(drivable_ids: Iterable[int]) -> np.ndarray:
 
 def colorize(labels: np.ndarray, palette: np.ndarray,
              out: Optional[np.ndarray] = None) -> np.ndarray:
-    """HxW uint8 labels to HxWx3 uint8 RGB through a :func:`palette_lut` table."""
+    """Map HxW uint8 labels to HxWx3 uint8 RGB through a :func:`palette_lut` table."""
     return np.take(palette, labels, axis=0, out=out)
 
 
 def drivable_mask(labels: np.ndarray, lut: np.ndarray,
                   out: Optional[np.ndarray] = None) -> np.ndarray:
-    """HxW uint8 labels to an HxW uint8 mask, 255 where drivable, through a :func:`drivable_lut`."""
+    """Map HxW uint8 labels to an HxW uint8 mask, 255 where drivable (:func:`drivable_lut`)."""
     return np.take(lut, labels, out=out)
 
 
 def overlay(image: np.ndarray, colored: np.ndarray, alpha: float,
             out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Blend HxWx3 uint8 ``colored`` over HxWx3 uint8 ``image``: ``(1-alpha)*image + alpha*colored``.
+    """
+    Blend HxWx3 uint8 ``colored`` over HxWx3 uint8 ``image``.
 
-    Computed in 8-bit fixed point (weights in 1/256 steps), rounded to nearest.
+    The result is ``(1 - alpha) * image + alpha * colored``, computed in 8-bit
+    fixed point (weights in 1/256 steps) and rounded to nearest.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f'alpha must be in [0, 1], got {alpha}')

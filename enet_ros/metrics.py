@@ -1,4 +1,5 @@
-"""Confusion matrix and the segmentation scores derived from it.
+"""
+Confusion matrix and the segmentation scores derived from it.
 
 Conventions (shared by training, bag evaluation and the tests):
 
@@ -55,10 +56,13 @@ class ConfusionMatrix:
             raise ValueError(f'num_classes must be positive, got {num_classes}')
         self.num_classes = num_classes
         self.void_id = void_id
+        # A void id inside [0, C) needs its own mask; one outside falls out with the range check.
+        self._void_in_range = void_id is not None and 0 <= void_id < num_classes
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
 
     def update(self, prediction: ArrayLike, target: ArrayLike) -> None:
-        """Add a batch: ``prediction`` and ``target`` are integer arrays of one shape.
+        """
+        Add a batch: ``prediction`` and ``target`` are integer arrays of one shape.
 
         Torch tensors are counted on their own device (no per-pixel host copy).
         """
@@ -70,12 +74,16 @@ class ConfusionMatrix:
             pred = torch.as_tensor(prediction).reshape(-1).long()
             true = torch.as_tensor(target, device=pred.device).reshape(-1).long()
             valid = (true >= 0) & (true < n) & (pred >= 0) & (pred < n)
+            if self._void_in_range:
+                valid &= true != self.void_id
             counts = torch.bincount(true[valid] * n + pred[valid], minlength=n * n)
             self.matrix += counts.cpu().numpy().reshape(n, n)
             return
         pred = np.asarray(prediction).reshape(-1).astype(np.int64)
         true = np.asarray(target).reshape(-1).astype(np.int64)
         valid = (true >= 0) & (true < n) & (pred >= 0) & (pred < n)
+        if self._void_in_range:
+            valid &= true != self.void_id
         self.matrix += np.bincount(true[valid] * n + pred[valid], minlength=n * n).reshape(n, n)
 
     def merge(self, other: 'ConfusionMatrix') -> None:
@@ -114,7 +122,7 @@ def scores_from_matrix(matrix: np.ndarray) -> Scores:
 
 def binary_iou(prediction: np.ndarray, target: np.ndarray,
                valid: Optional[np.ndarray] = None) -> float:
-    """IoU of two boolean masks over the ``valid`` pixels; NaN when both are empty."""
+    """Return the IoU of two boolean masks over the ``valid`` pixels; NaN when both are empty."""
     if valid is not None:
         prediction = prediction[valid]
         target = target[valid]

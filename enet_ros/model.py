@@ -1,4 +1,5 @@
-"""ENet (Paszke et al. 2016), one module per block of the paper's Table 1.
+"""
+ENet (Paszke et al. 2016), one module per block of the paper's Table 1.
 
 Array contract of :class:`ENet`: input ``Nx3xHxW`` float (normalised), output
 ``NxCxHxW`` logits at the input resolution. Sides that are not multiples of 8

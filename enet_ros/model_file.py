@@ -1,4 +1,5 @@
-"""The model file: ENet weights plus the metadata the node needs, in one safetensors file.
+"""
+The model file: ENet weights plus the metadata the node needs, in one safetensors file.
 
 Safetensors holds only tensors and a JSON header, so loading runs no code from
 the file (unlike ``torch.load`` of a pickle). The metadata lives under the
@@ -78,12 +79,12 @@ class ModelMetadata:
 
     @property
     def num_classes(self) -> int:
-        """Number of predicted classes C."""
+        """Return the number of predicted classes C."""
         return len(self.class_names)
 
     @property
     def class_table(self) -> ClassTable:
-        """The class table view of this metadata."""
+        """Return the class table view of this metadata."""
         return ClassTable(self.dataset, self.class_names, self.colors, self.void_id,
                           self.drivable_classes)
 
@@ -188,7 +189,7 @@ class LoadedModel:
     state_dict: Mapping[str, torch.Tensor]
 
     def build(self) -> ENet:
-        """A CPU fp32 ENet in eval mode with these weights."""
+        """Build a CPU fp32 ENet in eval mode with these weights."""
         model = ENet(self.metadata.num_classes)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
@@ -221,7 +222,8 @@ _PICKLE_SIGNATURES = (b'\x80', b'PK\x03\x04')
 
 
 def load_model_file(path: Optional[PathLike] = None) -> LoadedModel:
-    """Read and validate a model file (``None`` or empty: the bundled default).
+    """
+    Read and validate a model file (``None`` or empty: the bundled default).
 
     Raises :class:`ModelFileError` naming the file and the problem.
     """
@@ -239,6 +241,8 @@ def load_model_file(path: Optional[PathLike] = None) -> LoadedModel:
             head = stream.read(8)
     except OSError as error:
         raise ModelFileError(path, f'cannot be read ({error.strerror})') from None
+    if not head:
+        raise ModelFileError(path, 'is empty (0 bytes)')
     if len(head) < 8:
         raise ModelFileError(path, f'is truncated ({len(head)} bytes, not a safetensors file)')
     if head.startswith(_PICKLE_SIGNATURES):

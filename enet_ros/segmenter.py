@@ -9,22 +9,46 @@ class).
 Per frame: upload, resize to the network input (bilinear, antialiased),
 normalise, forward, argmax on the device, nearest-neighbour resize of the
 labels back to HxW, download. Everything that does not depend on the frame
-(model, normalisation constants, index maps per input size) is built once.
+(model, normalisation constants, index maps per input size, compiled code,
+CUDA graphs) is built once.
+
+Execution paths (``optimize=True``, the default, picks the fast one for the
+device; :meth:`Segmenter.describe` says which one runs):
+
+* CPU, optimised: BatchNorm folded into the convolutions
+  (:mod:`enet_ros.fuse`), channels_last activations, the network compiled
+  with ``torch.compile`` (inductor, C++ kernels; needs a C++ compiler, falls
+  back to the folded eager network if compilation fails), argmax over the
+  contiguous channel axis. Labels agree with the eager path to float32
+  rounding (see ``test/test_fast_path.py``).
+* CUDA, optimised: BatchNorm folded, fp16 (``precision='auto'``), cuDNN
+  autotuning (``torch.backends.cudnn.benchmark``, a process-wide switch), and
+  the whole per-frame device work, pinned upload to pinned download,
+  captured in a CUDA graph per frame size (:mod:`enet_ros.cuda_graph`).
+  channels_last is off by default on CUDA (max-unpool wants NCHW); pass
+  ``channels_last=True`` where it measures faster.
+* Eager (``optimize=False``): the model as trained, NCHW, no compilation, no
+  graphs; the reference the optimised paths are tested against.
 """
 
 from dataclasses import dataclass
 import logging
-from typing import Dict, Optional, Tuple, Union
+import os
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cuda_graph import CapturedFrame, GraphCache
+from .fuse import fold_enet
 from .model_file import LoadedModel, load_model_file, ModelMetadata
 
 LOGGER = logging.getLogger(__name__)
 DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
 PRECISIONS = ('auto', 'fp16', 'fp32')
+#: Environment variable: ``0`` turns ``torch.compile`` off where ``compile=None`` (the default).
+COMPILE_ENV = 'ENET_ROS_COMPILE'
 
 
 class SegmenterConfigError(ValueError):
@@ -96,8 +120,10 @@ def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
     """NxCxHxW logits to NxHxW uint8 ids of the largest logit (first one on ties).
 
     A running maximum over the C channel planes: on the CPU this is 6-7x faster
-    than ``argmax(dim=1)``, whose reduction strides across planes, and it gives
-    identical ids.
+    than ``argmax(dim=1)`` on NCHW logits, whose reduction strides across
+    planes, and it gives identical ids. (On channels_last logits the channel
+    axis is contiguous and ``argmax(dim=1)`` is the fast one; see
+    :func:`labels_from_logits`.)
     """
     best = logits[:, 0].clone()
     labels = torch.zeros(best.shape, dtype=torch.uint8, device=logits.device)
@@ -108,11 +134,52 @@ def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """NxCxHxW logits to NxHxW uint8 class ids (first largest logit), the fastest way.
+
+    ``argmax(dim=1)`` on CUDA and on channels_last CPU logits; :func:`argmax_classes`
+    on NCHW CPU logits. Both pick the first of tied maxima, so the ids are identical.
+    """
+    channels_last = logits.dim() == 4 and logits.stride(1) == 1 and logits.shape[1] > 1
+    if logits.device.type == 'cpu' and not channels_last:
+        return argmax_classes(logits)
+    return logits.argmax(dim=1).to(torch.uint8)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ''
+
+
+def _compile_enabled(choice: Optional[bool]) -> bool:
+    if choice is not None:
+        return bool(choice)
+    return os.environ.get(COMPILE_ENV, '1').strip().lower() not in ('0', 'false', 'no', 'off')
+
+
 class Segmenter:
-    """ENet inference from uint8 images to label maps; see the module docstring."""
+    """ENet inference from uint8 images to label maps; see the module docstring.
+
+    Arguments beyond the model, device, precision, network input size
+    (``(width, height)``, multiples of 8; default from the model file) and
+    ``warmup`` (run two frames, compile and capture, at construction):
+
+    * ``optimize``: the fast path for the device (default) or the eager reference.
+    * ``compile``: ``torch.compile`` the CPU network when optimising (``None``:
+      yes unless the environment sets ``ENET_ROS_COMPILE=0``). Compilation
+      happens on the first frame (at construction with ``warmup``).
+    * ``channels_last``: memory format of activations (``None``: on the CPU
+      when optimising, never on CUDA).
+    * ``cuda_graphs``: capture the per-frame CUDA work when optimising on CUDA.
+    * ``max_graphs``: captures kept, one per frame size (and bgr / confidence
+      option), least recently used evicted first.
+    """
 
     def __init__(self, model: LoadedModel, device: str = 'auto', precision: str = 'auto',
-                 input_size: Optional[Tuple[int, int]] = None, warmup: bool = True):
+                 input_size: Optional[Tuple[int, int]] = None, warmup: bool = True,
+                 optimize: bool = True, compile: Optional[bool] = None,
+                 channels_last: Optional[bool] = None, cuda_graphs: bool = True,
+                 max_graphs: int = 4):
         self.device, note = resolve_device(device)
         if note:
             LOGGER.warning(note)
@@ -121,12 +188,36 @@ class Segmenter:
         self.metadata: ModelMetadata = model.metadata
         self.model_path = model.path
         self.input_size = self._check_input_size(input_size or model.metadata.input_size)
-        net = model.build().to(self.device, self.dtype)
+        self.optimized = bool(optimize)
+        on_cuda = self.device.type == 'cuda'
+        if channels_last is None:
+            channels_last = self.optimized and not on_cuda
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        net = model.build()
+        if self.optimized:
+            net = fold_enet(net)
+        net = net.to(self.device, self.dtype).to(memory_format=self.memory_format)
         net.requires_grad_(False)
         self.network = net.eval()
         self._mean, self._inv_std = normalization_constants(model.metadata, self.device)
-        self._bgr_to_rgb = torch.tensor([2, 1, 0], device=self.device)
         self._index_maps: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._compiled: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self._compile_verified = False
+        self._graphs: Optional[GraphCache] = None
+        self._notes = []
+        if self.optimized:
+            self._notes.append('BatchNorm folded')
+        if channels_last:
+            self._notes.append('channels_last')
+        if self.optimized and not on_cuda and _compile_enabled(compile):
+            self._compiled = torch.compile(self.network, dynamic=False)
+        elif self.optimized and not on_cuda:
+            self._notes.append('torch.compile off')
+        if self.optimized and on_cuda:
+            torch.backends.cudnn.benchmark = True
+            self._notes.append('cuDNN autotuning')
+            if cuda_graphs:
+                self._graphs = GraphCache(max_graphs)
         if warmup:
             width, height = self.input_size
             for _ in range(2):
@@ -155,14 +246,40 @@ class Segmenter:
         """``fp16`` or ``fp32``."""
         return 'fp16' if self.dtype == torch.float16 else 'fp32'
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the network runs through ``torch.compile`` (CPU optimised path)."""
+        return self._compiled is not None
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether frames run as captured CUDA graphs (CUDA optimised path)."""
+        return self._graphs is not None
+
+    @property
+    def execution_path(self) -> str:
+        """Which path runs, e.g. ``optimised (BatchNorm folded, channels_last, torch.compile)``."""
+        notes = list(self._notes)
+        if self._compiled is not None:
+            notes.append('torch.compile' + ('' if self._compile_verified else ' (not yet run)'))
+        if self._graphs is not None:
+            notes.append('CUDA graphs')
+        mode = 'optimised' if self.optimized else 'eager'
+        return f'{mode} ({", ".join(notes)})' if notes else mode
+
     def describe(self) -> str:
-        """One line for logs: device, precision, input size, model."""
+        """One line for logs: device, precision, input size, execution path, model."""
         width, height = self.input_size
         return (f'ENet {self.num_classes} classes ({self.metadata.dataset}) on {self.device} '
-                f'{self.precision}, network input {width}x{height}, model {self.model_path}')
+                f'{self.precision}, network input {width}x{height}, {self.execution_path}, '
+                f'model {self.model_path}')
 
     def _label_index(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Row and column indices mapping an HxW output to the network grid (nearest)."""
+        """Row (length H) and column (length W) indices into the network grid (nearest).
+
+        Output pixel ``(r, c)`` takes the label of the network pixel whose area
+        contains the output pixel's centre.
+        """
         key = (height, width)
         if key not in self._index_maps:
             net_width, net_height = self.input_size
@@ -170,39 +287,123 @@ class Segmenter:
             cols = ((torch.arange(width, dtype=torch.float64) + 0.5) * net_width / width)
             rows = rows.floor().clamp_(max=net_height - 1).long().to(self.device)
             cols = cols.floor().clamp_(max=net_width - 1).long().to(self.device)
-            self._index_maps[key] = (rows[:, None], cols[None, :])
+            self._index_maps[key] = (rows, cols)
         return self._index_maps[key]
 
-    def preprocess(self, image: np.ndarray, bgr: bool = False) -> torch.Tensor:
-        """HxWx3 uint8 to the normalised 1x3xhxw network input on the device."""
+    @staticmethod
+    def _as_tensor(image: np.ndarray) -> torch.Tensor:
+        """Check an HxWx3 uint8 image and wrap it as a CPU tensor (no copy unless needed)."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
                 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
             raise ValueError('expected an HxWx3 uint8 array, got '
                              f'{getattr(image, "dtype", type(image))} '
                              f'{getattr(image, "shape", "")}')
-        frame = torch.from_numpy(image).to(self.device, non_blocking=True)
+        if any(stride < 0 for stride in image.strides):  # e.g. image[..., ::-1]
+            image = np.ascontiguousarray(image)
+        return torch.from_numpy(image)
+
+    def _network_input(self, frame: torch.Tensor, bgr: bool) -> torch.Tensor:
+        """HxWx3 uint8 device frame to the 1x3xhxw normalised input (dtype, memory format)."""
         frame = frame.permute(2, 0, 1).unsqueeze(0)
         if bgr:
-            frame = frame.index_select(1, self._bgr_to_rgb)
+            frame = frame.flip(1)
         frame = frame.float()
         net_width, net_height = self.input_size
         if frame.shape[-2:] != (net_height, net_width):
             frame = F.interpolate(frame, size=(net_height, net_width), mode='bilinear',
                                   align_corners=False, antialias=True)
         normalised = normalize(frame, self._mean, self._inv_std)
-        # A permuted HWC frame is channels_last in memory; the network runs NCHW.
-        return normalised.to(self.dtype).contiguous()
+        # A permuted HWC frame is channels_last in memory; make it what the network runs.
+        return normalised.to(self.dtype).contiguous(memory_format=self.memory_format)
+
+    def preprocess(self, image: np.ndarray, bgr: bool = False) -> torch.Tensor:
+        """HxWx3 uint8 to the normalised 1x3xhxw network input on the device.
+
+        The tensor has the Segmenter's dtype and memory format (channels_last
+        on the optimised CPU path); its shape is ``1x3xhxw`` either way.
+        """
+        frame = self._as_tensor(image).to(self.device, non_blocking=True)
+        return self._network_input(frame, bgr)
+
+    @torch.inference_mode()
+    def logits(self, network_input: torch.Tensor) -> torch.Tensor:
+        """Run the network as :meth:`segment` does: 1x3xhxw input to 1xCxhxw logits.
+
+        ``network_input`` comes from :meth:`preprocess`. On the compiled CPU
+        path the compiled network runs; a compilation failure on the first call
+        logs a warning and falls back to the (folded) eager network for good.
+        """
+        if self._compiled is not None:
+            try:
+                logits = self._compiled(network_input)
+            except Exception as error:  # inductor raises many types (no compiler, ...)
+                if self._compile_verified:
+                    raise
+                LOGGER.warning('torch.compile of ENet failed, running it eagerly instead: '
+                               '%s: %s', type(error).__name__, _first_line(error))
+                self._compiled = None
+                self._notes.append('torch.compile failed')
+            else:
+                self._compile_verified = True
+                return logits
+        return self.network(network_input)
+
+    def _device_pipeline(self, frame: torch.Tensor, bgr: bool, with_confidence: bool
+                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """HxWx3 uint8 device frame to (HxW uint8 labels, HxW float32 confidence or None).
+
+        Device work only (no host synchronisation, no host tensors), so it
+        can be captured in a CUDA graph.
+        """
+        height, width = frame.shape[:2]
+        logits = self.logits(self._network_input(frame, bgr))
+        labels = labels_from_logits(logits)[0]
+        confidence = None
+        if with_confidence:
+            confidence = torch.softmax(logits.float(), dim=1).amax(dim=1)[0]
+        if labels.shape != (height, width):
+            rows, cols = self._label_index(height, width)
+            labels = labels.index_select(0, rows).index_select(1, cols)
+            if confidence is not None:
+                confidence = confidence.index_select(0, rows).index_select(1, cols)
+        return labels, confidence
+
+    def _capture(self, shape: Tuple[int, int], bgr: bool,
+                 with_confidence: bool) -> CapturedFrame:
+        self._label_index(*shape)  # index maps are built outside the capture
+
+        def pipeline(frame: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+            return self._device_pipeline(frame, bgr, with_confidence)
+
+        LOGGER.info('capturing a CUDA graph for %dx%d frames', shape[1], shape[0])
+        return CapturedFrame(pipeline, shape, self.device, with_confidence=with_confidence)
+
+    def _segment_captured(self, image: np.ndarray, bgr: bool,
+                          with_confidence: bool) -> Optional[Segmentation]:
+        """Segment through a CUDA graph; None (and graphs off for good) if capture fails."""
+        key = (image.shape[0], image.shape[1], bool(bgr), bool(with_confidence))
+        try:
+            runner = self._graphs.get(key, lambda: self._capture(key[:2], bgr, with_confidence))
+        except Exception as error:  # capture failures come as RuntimeError and others
+            LOGGER.warning('CUDA graph capture failed, running frames eagerly instead: '
+                           '%s: %s', type(error).__name__, error)
+            self._graphs = None
+            self._notes.append('CUDA graph capture failed')
+            torch.cuda.synchronize(self.device)
+            return None
+        labels, confidence = runner.run(image)
+        return Segmentation(labels, confidence)
 
     @torch.inference_mode()
     def segment(self, image: np.ndarray, bgr: bool = False,
                 with_confidence: bool = False) -> Segmentation:
         """Label one HxWx3 uint8 image; see the module docstring for the contract."""
-        height, width = image.shape[:2]
-        logits = self.network(self.preprocess(image, bgr))
-        rows, cols = self._label_index(height, width)
-        labels = argmax_classes(logits)[0][rows, cols]
-        confidence = None
-        if with_confidence:
-            probability = torch.softmax(logits.float(), dim=1).amax(dim=1)[0]
-            confidence = probability[rows, cols].cpu().numpy()
-        return Segmentation(labels.cpu().numpy(), confidence)
+        frame = self._as_tensor(image)
+        if self._graphs is not None:
+            result = self._segment_captured(image, bgr, with_confidence)
+            if result is not None:
+                return result
+        frame = frame.to(self.device, non_blocking=True)
+        labels, confidence = self._device_pipeline(frame, bgr, with_confidence)
+        return Segmentation(labels.cpu().numpy(),
+                            None if confidence is None else confidence.cpu().numpy())

@@ -1,7 +1,8 @@
-"""Launch enet_ros' segmentation node, optionally with RViz showing its outputs.
+"""
+Launch enet_ros' segmentation node, optionally with RViz showing its outputs.
 
-    ros2 launch enet_ros segment.launch.py image:=/camera/image_raw
-    ros2 launch enet_ros segment.launch.py image:=/camera/image_raw rviz:=true device:=cuda
+ros2 launch enet_ros segment.launch.py image:=/camera/image_raw
+ros2 launch enet_ros segment.launch.py image:=/camera/image_raw rviz:=true device:=cuda
 """
 
 import os
@@ -15,7 +16,7 @@ from launch_ros.actions import Node
 
 
 def generate_launch_description() -> LaunchDescription:
-    """The node with the package's parameters file, argument overrides and remappings."""
+    """Describe the node with the parameters file, argument overrides and remappings."""
     share = get_package_share_directory('enet_ros')
     image = LaunchConfiguration('image')
     params_file = LaunchConfiguration('params_file')

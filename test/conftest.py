@@ -11,15 +11,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / 'test'))
 
 
-def pytest_configure(config):
-    """Register markers."""
-    config.addinivalue_line('markers', 'slow: takes more than a few seconds on the CPU')
-    config.addinivalue_line('markers', 'gpu: needs CUDA; skipped without it')
-
-
 @pytest.fixture(scope='session')
 def camvid_root() -> Path:
-    """The CamVid folder (ENET_ROS_CAMVID or ../shared/data/camvid); skip when absent."""
+    """Return the CamVid folder (ENET_ROS_CAMVID or ../shared/data/camvid); skip if absent."""
     root = Path(os.environ.get('ENET_ROS_CAMVID', REPO_ROOT.parent / 'shared' / 'data' / 'camvid'))
     if not (root / 'val').is_dir():
         pytest.skip(f'CamVid data not found at {root} (set ENET_ROS_CAMVID)')
@@ -28,7 +22,7 @@ def camvid_root() -> Path:
 
 @pytest.fixture(scope='session')
 def random_model_file(tmp_path_factory) -> Path:
-    """A CamVid-class model file with seeded random weights and a 480x360 input."""
+    """Write a CamVid-class model file with seeded random weights and a 480x360 input."""
     from model_files import write_random_model
 
     return write_random_model(tmp_path_factory.mktemp('models') / 'random.safetensors')

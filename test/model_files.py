@@ -3,16 +3,16 @@
 from pathlib import Path
 from typing import Tuple
 
-import torch
-
 from enet_ros.labels import CAMVID_11, ClassTable
 from enet_ros.model import ENet
 from enet_ros.model_file import ModelMetadata, save_model_file
+import torch
 
 
 def write_random_model(path: Path, table: ClassTable = CAMVID_11,
                        input_size: Tuple[int, int] = (480, 360), seed: int = 0) -> Path:
-    """Save a seeded random ENet for ``table`` with BatchNorm statistics perturbed.
+    """
+    Save a seeded random ENet for ``table`` with BatchNorm statistics perturbed.
 
     Perturbing the running statistics makes the random network's outputs vary
     across the image, so label maps are not constant.

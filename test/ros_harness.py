@@ -1,4 +1,5 @@
-"""Test harness: the segmentation node as a real process, and a ROS 2 peer in the test.
+"""
+Test harness: the segmentation node as a real process, and a ROS 2 peer in the test.
 
 The node is started exactly as a user would start it without ``ros2 launch``:
 ``python -m enet_ros.ros.segmentation_node --ros-args --params-file
@@ -9,13 +10,12 @@ what the node publishes, each in a private ROS domain.
 import os
 from pathlib import Path
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from enet_ros.ros import node_process
 import numpy as np
 import rclpy
 from rclpy.context import Context
@@ -27,63 +27,23 @@ PARAMS_FILE = REPO_ROOT / 'config' / 'segment.yaml'
 OUTPUT_TOPICS = ('labels', 'colored', 'overlay', 'drivable')
 
 
-class NodeProcess:
-    """``segmentation_node`` in its own process, its log captured to a file."""
+class NodeProcess(node_process.NodeProcess):
+    """The node started with ``params_file`` plus overrides; its log kept for assertions."""
 
     def __init__(self, env: dict, parameters: Optional[Dict[str, object]] = None,
                  remaps: Optional[Dict[str, str]] = None, params_file: Path = PARAMS_FILE):
-        self.log_path = Path(tempfile.mkstemp(prefix='segmentation_node_', suffix='.log')[1])
-        command = [sys.executable, '-m', 'enet_ros.ros.segmentation_node', '--ros-args',
-                   '--params-file', str(params_file)]
-        for name, value in (parameters or {}).items():
-            command += ['-p', f'{name}:={_ros_arg(value)}']
-        for source, target in (remaps or {}).items():
-            command += ['-r', f'{source}:={target}']
-        self._log = open(self.log_path, 'w')
-        self.process = subprocess.Popen(command, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-
-    def log(self) -> str:
-        """Everything the process printed so far."""
-        return self.log_path.read_text()
+        log_path = Path(tempfile.mkstemp(prefix='segmentation_node_', suffix='.log')[1])
+        super().__init__(node_process.node_command(parameters, remaps, params_file), env=env,
+                         log_path=log_path)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Wait for the node's 'listening on' line; fail with its log if it exits first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if 'listening on' in self.log():
-                return
-            if self.process.poll() is not None:
-                raise AssertionError(f'node exited with {self.process.returncode}:\n{self.log()}')
-            time.sleep(0.1)
-        raise AssertionError(f'node not ready after {timeout} s:\n{self.log()}')
-
-    def wait_exit(self, timeout: float = 60.0) -> int:
-        """Wait for the process to end by itself; return its exit code."""
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._log.close()
+        """Wait for the node's ready line; fail with its log if it exits or times out."""
+        if not super().wait_ready(timeout):
+            raise AssertionError(f'node not ready (exit code {self.exited()}):\n{self.log()}')
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
-        """Send ``sig`` and return the exit code (kills after ``timeout``)."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-
-def _ros_arg(value: object) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, (list, tuple)):
-        return '[' + ','.join(_ros_arg(v) for v in value) + ']'
-    return str(value)
+        """Send ``sig`` (escalating after ``timeout``) and return the exit code."""
+        return super().stop(sig, timeout)
 
 
 class RosPeer:
@@ -111,7 +71,7 @@ class RosPeer:
 
     def subscribe(self, msg_type, topic: str, key: Optional[str] = None,
                   reliable: bool = True) -> None:
-        """Record (wall-clock receipt time, message) on ``topic`` under ``key`` (default: topic)."""
+        """Record (wall-clock receipt time, message) on ``topic`` under ``key``."""
         key = key or topic
         self.received.setdefault(key, [])
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE if reliable
@@ -124,7 +84,7 @@ class RosPeer:
         self.node.create_subscription(msg_type, topic, record, qos)
 
     def publisher(self, msg_type, topic: str, reliable: bool = True):
-        """A publisher with depth 10."""
+        """Create a publisher with depth 10."""
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable
                          else ReliabilityPolicy.BEST_EFFORT)
         return self.node.create_publisher(msg_type, topic, qos)
@@ -156,7 +116,7 @@ class RosPeer:
 
 def make_image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = 'camera',
                    step: Optional[int] = None):
-    """A sensor_msgs/Image from HxW or HxWxC uint8 ``pixels``; optional row padding via ``step``."""
+    """Build a sensor_msgs/Image from HxW or HxWxC uint8 ``pixels``; ``step`` pads rows."""
     import array
 
     from sensor_msgs.msg import Image
@@ -174,12 +134,12 @@ def make_image_msg(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: s
 
 
 def stamp_ns(msg) -> int:
-    """A message header's stamp in nanoseconds."""
+    """Return a message header's stamp in nanoseconds."""
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def image_array(msg) -> np.ndarray:
-    """HxW (mono8) or HxWx3 (rgb8) uint8 array of an output image, checking its layout."""
+    """Return an output image as HxW (mono8) or HxWx3 (rgb8) uint8, checking its layout."""
     channels = {'mono8': 1, 'rgb8': 3}[msg.encoding]
     assert msg.step == msg.width * channels
     assert len(msg.data) == msg.height * msg.step

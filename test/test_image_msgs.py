@@ -1,14 +1,13 @@
 """Message validation and conversion (no ROS graph needed: messages are built in-process)."""
 
 import cv2
+from enet_ros.ros.image_msgs import (check_raw_image, compressed_image_size,
+                                     compressed_image_to_frame, ImageBuffer, InvalidImage,
+                                     raw_image_to_frame)
 import numpy as np
 import pytest
 from ros_harness import make_image_msg
 from sensor_msgs.msg import CompressedImage, Image
-
-from enet_ros.ros.image_msgs import (check_raw_image, compressed_image_size,
-                                     compressed_image_to_frame, ImageBuffer, InvalidImage,
-                                     raw_image_to_frame)
 
 MAX = 4096 * 4096
 RNG = np.random.default_rng(0)

@@ -1,15 +1,14 @@
-"""The segmentation node as a real process with the real rclpy, started with config/segment.yaml."""
+"""The segmentation node as a real process on the real rclpy, with config/segment.yaml."""
 
 import signal
 import time
 
-import numpy as np
-import pytest
-from ros_harness import image_array, make_image_msg, NodeProcess, OUTPUT_TOPICS, RosPeer, stamp_ns
-
 from enet_ros import masks
 from enet_ros.labels import CAMVID_11
 from enet_ros.segmenter import Segmenter
+import numpy as np
+import pytest
+from ros_harness import image_array, make_image_msg, NodeProcess, OUTPUT_TOPICS, RosPeer, stamp_ns
 
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
 NODE = '/segmentation_node'
@@ -17,7 +16,7 @@ NODE = '/segmentation_node'
 
 @pytest.fixture(scope='module')
 def module_ros_env(tmp_path_factory):
-    """A ROS environment shared by the tests of one node process."""
+    """Return a ROS environment shared by the tests of one node process."""
     import os
     import random
 

@@ -6,14 +6,13 @@ import signal
 import time
 
 import cv2
+from enet_ros.labels import CAMVID_11
+from enet_ros.model import ENet
+from enet_ros.model_file import ModelMetadata
 import numpy as np
 import pytest
 from ros_harness import image_array, make_image_msg, NodeProcess, OUTPUT_TOPICS, RosPeer, stamp_ns
 import torch
-
-from enet_ros.labels import CAMVID_11
-from enet_ros.model import ENet
-from enet_ros.model_file import ModelMetadata, save_model_file
 
 NODE = '/segmentation_node'
 TINY = {'network_width': 64, 'network_height': 48}
@@ -168,7 +167,7 @@ def test_fuzz_valid_and_malformed_images(ros_env, random_model_file):
         peer.wait_for_subscribers(publisher)
         rng = np.random.default_rng(42)
         kinds = ['unsupported_encoding', 'zero_size', 'bad_step', 'bad_data_length', 'too_large']
-        sent = {kind: 0 for kind in kinds}
+        sent = dict.fromkeys(kinds, 0)
         valid = []
         for index in range(300):
             stamp = 1_800_000_000_000_000_000 + index
@@ -323,7 +322,8 @@ def _rss_kib(pid: int) -> int:
 
 @pytest.mark.slow
 def test_overload_keeps_latency_bounded(ros_env, random_model_file):
-    """Frames at several times the node's rate for 30 s: latency flat, drops counted, no growth.
+    """
+    Frames at several times the node's rate for 30 s: latency flat, drops counted, no growth.
 
     Margins: the second half's p99 latency at most 1.5x the first half's plus 100 ms
     (scheduling noise on a shared 2-core machine), resident memory growth below 64 MiB.
@@ -395,4 +395,3 @@ def test_no_subscribers_costs_no_inference(ros_env, random_model_file):
     finally:
         peer.close()
         assert node.stop() == 0
-

@@ -1,4 +1,5 @@
-"""Rosbag2 reading and writing, and image messages <-> numpy arrays, with rosbags only.
+"""
+Rosbag2 reading and writing, and image messages <-> numpy arrays, with rosbags only.
 
 No rclpy and no ROS installation: messages are the dataclasses of a rosbags
 typestore (ROS 2 Humble definitions; ``sensor_msgs/Image`` and
@@ -18,7 +19,7 @@ import json
 import os
 from pathlib import Path
 import shutil
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Sequence, Union
 
 import cv2
 import numpy as np
@@ -79,7 +80,7 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 def make_header(stamp_ns: int, frame_id: str) -> Any:
-    """A ``std_msgs/Header`` (rosbags dataclass) for ``stamp_ns`` nanoseconds and ``frame_id``."""
+    """Make a ``std_msgs/Header`` (rosbags dataclass) stamped ``stamp_ns`` ns, ``frame_id``."""
     time_type = TYPESTORE.types['builtin_interfaces/msg/Time']
     header_type = TYPESTORE.types['std_msgs/msg/Header']
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
@@ -87,13 +88,13 @@ def make_header(stamp_ns: int, frame_id: str) -> Any:
 
 
 def _message_bytes(data: Any) -> np.ndarray:
-    """The uint8[] field of a message (ndarray, bytes or array.array) as a flat uint8 view."""
+    """View a message's uint8[] field (ndarray, bytes or array.array) as flat uint8."""
     return np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) \
         else data.reshape(-1).view(np.uint8)
 
 
 def _pixel_rows(msg: Any, channels: int) -> np.ndarray:
-    """HxWxchannels uint8 view of an ``Image``'s data; MessageError if sizes disagree."""
+    """View an ``Image``'s data as HxWxchannels uint8; MessageError if sizes disagree."""
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise MessageError(f'empty image ({width}x{height})')
@@ -107,7 +108,8 @@ def _pixel_rows(msg: Any, channels: int) -> np.ndarray:
 
 
 def message_to_frame(msg: Any, msgtype: str) -> CameraFrame:
-    """A camera message of either image type to a :class:`CameraFrame` (HxWx3 uint8 + order).
+    """
+    Convert a camera message of either image type to a :class:`CameraFrame`.
 
     The node's own conversion (:mod:`enet_ros.ros.image_msgs`), so a bag frame
     reaches the Segmenter exactly as a live one does. Raises
@@ -125,7 +127,8 @@ def message_to_frame(msg: Any, msgtype: str) -> CameraFrame:
 
 
 def message_to_labels(msg: Any, msgtype: str) -> np.ndarray:
-    """A label message to an HxW uint8 class-id array.
+    """
+    Convert a label message to an HxW uint8 class-id array.
 
     Accepts ``Image`` mono8 / 8UC1 and lossless (PNG) single-channel
     ``CompressedImage``; raises :class:`MessageError` otherwise.
@@ -171,14 +174,19 @@ def array_to_compressed(rgb: np.ndarray, fmt: str, header: Any,
 
 
 def serialize(msg: Any) -> bytes:
-    """A rosbags message to CDR bytes (the rmw wire format)."""
+    """Serialise a rosbags message to CDR bytes (the rmw wire format)."""
     return bytes(TYPESTORE.serialize_cdr(msg, msg.__msgtype__))
 
 
 def deserialize(data: bytes, msgtype: str) -> Any:
-    """CDR bytes to a rosbags message; MessageError when they do not parse."""
+    """
+    CDR bytes to a rosbags message with writable arrays; MessageError when they do not parse.
+
+    The data is copied first: arrays of the message view the copy, so they are
+    writable (torch refuses read-only numpy arrays without a warning).
+    """
     try:
-        return TYPESTORE.deserialize_cdr(data, msgtype)
+        return TYPESTORE.deserialize_cdr(bytearray(data), msgtype)
     except Exception as error:  # rosbags raises several types for corrupt data
         raise MessageError(f'cannot deserialise {msgtype} ({error})') from None
 
@@ -187,13 +195,17 @@ def deserialize(data: bytes, msgtype: str) -> Any:
 
 @contextmanager
 def open_bag(path: PathLike) -> Iterator[Reader]:
-    """Open a rosbag2 bag (a directory, or a single .db3 / .mcap file) for reading.
+    """
+    Open a rosbag2 bag (a directory, or a single .db3 / .mcap file) for reading.
 
     Raises :class:`BagError` naming the bag and the problem.
     """
     path = Path(path)
     if not path.exists():
         raise BagError(f"bag '{path}' does not exist")
+    if path.is_dir() and not (path / 'metadata.yaml').is_file():
+        raise BagError(f"bag '{path}' cannot be read: it is a directory without metadata.yaml, "
+                       'not a rosbag2 bag')
     try:
         reader = Reader(path)
         reader.open()
@@ -206,7 +218,7 @@ def open_bag(path: PathLike) -> Iterator[Reader]:
 
 
 def bag_topics(reader: Reader) -> Dict[str, TopicInfo]:
-    """The topics of an open bag, by name."""
+    """Return the topics of an open bag, by name."""
     return {name: TopicInfo(name, info.msgtype or 'mixed types', info.msgcount)
             for name, info in reader.topics.items()}
 
@@ -233,7 +245,7 @@ def require_topic(reader: Reader, topic: str, msgtypes: Sequence[str]) -> TopicI
 
 
 def read_messages(reader: Reader, topics: Sequence[str]) -> Iterator[RawMessage]:
-    """Serialised messages of ``topics`` in log-time order."""
+    """Yield the serialised messages of ``topics`` in log-time order."""
     connections = [c for c in reader.connections if c.topic in topics]
     if not connections:
         return
@@ -242,7 +254,7 @@ def read_messages(reader: Reader, topics: Sequence[str]) -> Iterator[RawMessage]
 
 
 def bag_custom_data(reader: Reader) -> Dict[str, str]:
-    """The ``custom_data`` of a bag directory's metadata.yaml (empty when absent)."""
+    """Return the ``custom_data`` of a bag directory's metadata.yaml (empty when absent)."""
     metadata = getattr(reader.storage, 'metadata', None)
     return dict(getattr(metadata, 'custom', None) or {})
 
@@ -320,4 +332,3 @@ class BagWriter:
     def set_custom_data(self, key: str, value: str) -> None:
         """Store a string in metadata.yaml's ``custom_data``."""
         self._writer.set_custom_data(key, value)
-

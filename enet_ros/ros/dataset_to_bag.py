@@ -1,4 +1,5 @@
-"""Turn an image folder or a dataset split into a rosbag2 bag: a camera topic plus labels.
+"""
+Turn an image folder or a dataset split into a rosbag2 bag: a camera topic plus labels.
 
 Layouts:
 
@@ -128,7 +129,7 @@ def cityscapes_label_mapping(path: Path) -> Optional[np.ndarray]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB."""
+    """Read an image file as HxWx3 uint8 RGB."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetError(f"cannot read image '{path}'")
@@ -136,7 +137,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_labels(path: Path, mapping: Optional[np.ndarray] = None) -> np.ndarray:
-    """A single-channel 8-bit label PNG as HxW uint8, through ``mapping`` when given."""
+    """Read a single-channel 8-bit label PNG as HxW uint8, through ``mapping`` when given."""
     labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if labels is None or labels.ndim != 2 or labels.dtype != np.uint8:
         raise DatasetError(f"'{path}' is not a single-channel 8-bit label image")
@@ -160,7 +161,7 @@ class BagOptions:
 
 
 def camera_topic(options: BagOptions) -> str:
-    """The image topic actually written: ``<topic>/compressed`` for compressed frames."""
+    """Return the image topic written: ``<topic>/compressed`` for compressed frames."""
     topic = options.image_topic
     if options.image_format != 'raw' and not topic.endswith('/compressed'):
         topic = f'{topic}/compressed'
@@ -169,7 +170,8 @@ def camera_topic(options: BagOptions) -> str:
 
 def write_bag(samples: List[Sample], output: Path, options: BagOptions,
               label_mapping: Optional[Callable[[Path], Optional[np.ndarray]]] = None) -> dict:
-    """Write ``samples`` to a new bag at ``output``; return a summary (counts, stamps, topics).
+    """
+    Write ``samples`` to a new bag at ``output``; return a summary (counts, stamps, topics).
 
     ``label_mapping(path)`` gives the id mapping table for a label file (or None).
     """
@@ -216,7 +218,7 @@ def write_bag(samples: List[Sample], output: Path, options: BagOptions,
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``dataset_to_bag``."""
+    """Build the command-line interface of ``dataset_to_bag``."""
     parser = argparse.ArgumentParser(
         prog=TOOL, description='Write an image folder or a CamVid / Cityscapes split to a '
         'rosbag2 bag: camera frames and ground-truth labels with matching stamps.')

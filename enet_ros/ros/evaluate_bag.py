@@ -1,4 +1,5 @@
-"""Offline evaluation of a rosbag2 bag: segment every camera frame, score against ground truth.
+r"""
+Offline evaluation of a rosbag2 bag: segment every camera frame, score against ground truth.
 
 Every frame of the image topic (``sensor_msgs/Image`` rgb8, bgr8, rgba8, bgra8,
 mono8 or ``CompressedImage`` JPEG / PNG) goes through
@@ -13,7 +14,7 @@ report and an output bag with the node's four topics (input headers kept).
 
 Example::
 
-    evaluate_bag /tmp/camvid_val_bag --json /tmp/eval.json --report /tmp/eval.png \\
+    evaluate_bag /tmp/camvid_val_bag --json /tmp/eval.json --report /tmp/eval.png \
         --output-bag /tmp/camvid_val_seg
 
 No rclpy: this module needs only rosbags and the core.
@@ -33,10 +34,9 @@ from typing import (AbstractSet, Any, Callable, Dict, List, Optional, Protocol, 
 import numpy as np
 from tqdm import tqdm
 
-from .bag_io import (BagError, BagWriter, deserialize, frame_names, frame_to_rgb, IMAGE,
-                     IMAGE_TYPES, make_header, message_to_frame, message_to_labels,
-                     MessageError, open_bag, read_messages, require_topic, stamp_to_ns,
-                     STORAGES, storage_of, TYPESTORE)
+from .bag_io import (array_to_image, BagError, BagWriter, deserialize, frame_names, IMAGE,
+                     IMAGE_TYPES, message_to_frame, message_to_labels, MessageError, open_bag,
+                     read_messages, require_topic, stamp_to_ns, storage_of, STORAGES)
 from .evaluation import (DEFAULT_LABELS_TOPIC, FolderTruth, format_table, latency_summary,
                          NO_TRUTH, parse_class_list, resolve_image_topic, Scoreboard,
                          skipped_dict, StampMatcher)
@@ -130,7 +130,6 @@ class _Outputs:
 
     def write(self, header: Any, log_time: int, labels: np.ndarray, rgb: np.ndarray) -> None:
         """Write labels (mono8), colour and overlay (rgb8), drivable (mono8 0/255)."""
-        from .bag_io import array_to_image
         colored = masks.colorize(labels, self.palette)
         images = {'labels': (labels, 'mono8'), 'colored': (colored, 'rgb8'),
                   'overlay': (masks.overlay(rgb, colored, self.alpha), 'rgb8'),
@@ -171,7 +170,8 @@ def evaluate_bag(options: EvaluateOptions,
                  segmenter: Union[SegmenterLike, Callable[[], SegmenterLike]],
                  log: Callable[[str], None] = lambda text: print(text, file=sys.stderr)
                  ) -> Dict[str, Any]:
-    """Evaluate ``options.bag`` and return the report (also written where options say).
+    """
+    Evaluate ``options.bag`` and return the report (also written where options say).
 
     ``segmenter`` is a :class:`Segmenter` (or a test double with its
     ``metadata`` and ``segment``), or a function making one, called only after
@@ -346,9 +346,9 @@ def _write_json(path: Path, report: Dict[str, Any]) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``evaluate_bag``."""
+    """Build the command-line interface of ``evaluate_bag``."""
     parser = argparse.ArgumentParser(
-        prog=TOOL, description='Segment every frame of a rosbag2 bag with the node\'s '
+        prog=TOOL, description="Segment every frame of a rosbag2 bag with the node's "
         'inference path and score it against ground truth.')
     parser.add_argument('bag', type=Path, help='rosbag2 bag (directory, .db3 or .mcap)')
     parser.add_argument('--image-topic', default=None,
@@ -366,7 +366,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='auto', help=f"one of {', '.join(DEVICE_CHOICES)}")
     parser.add_argument('--precision', default='auto', choices=PRECISIONS)
     parser.add_argument('--drivable-classes', default='',
-                        help='comma-separated class names (default: the model\'s)')
+                        help="comma-separated class names (default: the model's)")
     parser.add_argument('--json', type=Path, default=None, help='write every figure here')
     parser.add_argument('--report', type=Path, default=None, help='write a PNG report here')
     parser.add_argument('--report-frames', type=int, default=4,
@@ -376,7 +376,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--output-storage', choices=sorted(STORAGES), default=None,
                         help='storage of the output bag (default: that of the input)')
     parser.add_argument('--output-prefix', default='/segmentation_node',
-                        help='namespace of the output topics (the node\'s by default)')
+                        help="namespace of the output topics (the node's by default)")
     parser.add_argument('--no-copy-input', dest='copy_input', action='store_false',
                         help='do not copy the camera and label topics into the output bag')
     parser.add_argument('--overlay-alpha', type=float, default=0.5)

@@ -1,4 +1,5 @@
-"""Replay evaluation parts shared by ``evaluate_bag`` and ``live_evaluate``.
+"""
+Replay evaluation parts shared by ``evaluate_bag`` and ``live_evaluate``.
 
 Which bag topic holds the frames, where the ground truth comes from (a label
 topic of the bag, or a folder of label PNGs), pairing predictions with ground
@@ -17,7 +18,7 @@ from typing import (AbstractSet, Any, Dict, Iterable, List, Mapping, Optional, S
 import cv2
 import numpy as np
 
-from .bag_io import (BagError, bag_topics, describe_topics, IMAGE_TYPES, MessageError,
+from .bag_io import (bag_topics, BagError, describe_topics, IMAGE_TYPES, MessageError,
                      require_topic, TopicInfo)
 from ..metrics import ConfusionMatrix
 from ..model_file import ModelMetadata
@@ -28,7 +29,8 @@ NO_TRUTH = 'no ground truth for the stamp'
 
 
 def resolve_image_topic(reader: Any, topic: Optional[str]) -> TopicInfo:
-    """The camera topic: ``topic`` if given, else the default or the only image topic.
+    """
+    Find the camera topic: ``topic`` if given, else the default or the only image topic.
 
     Raises :class:`BagError` listing the bag's topics when there is no such topic,
     or when its type is not ``sensor_msgs/Image`` or ``CompressedImage``.
@@ -56,7 +58,8 @@ def parse_class_list(text: Optional[str], metadata: ModelMetadata) -> Tuple[str,
 
 
 class FolderTruth:
-    """Ground-truth label PNGs in a folder, found by stamp or by the frame's recorded name.
+    """
+    Ground-truth label PNGs in a folder, found by stamp or by the frame's recorded name.
 
     For a frame stamped ``t`` nanoseconds it tries ``<t>.png``,
     ``<sec>_<nanosec:09d>.png`` and, when the bag records the frame's source
@@ -82,7 +85,7 @@ class FolderTruth:
         return [self.folder / f'{name}.png' for name in names]
 
     def get(self, stamp: int) -> Optional[np.ndarray]:
-        """HxW uint8 labels of ``stamp``, None when no file matches; MessageError if unreadable."""
+        """Read the HxW uint8 labels of ``stamp``: None if no file matches, MessageError if bad."""
         for path in self.candidates(stamp):
             if path.is_file():
                 labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -93,7 +96,8 @@ class FolderTruth:
 
 
 class StampMatcher:
-    """Pairs predictions with ground truth by header stamp, whichever arrives first.
+    """
+    Pairs predictions with ground truth by header stamp, whichever arrives first.
 
     ``truth_stamps`` (when known) are the stamps that have ground truth, so a
     frame without any is reported at once instead of being held.
@@ -153,7 +157,8 @@ class Scoreboard:
         self.frames = 0
 
     def add(self, prediction: np.ndarray, truth: np.ndarray) -> None:
-        """Count one frame: HxW uint8 prediction and HxW uint8 ground truth.
+        """
+        Count one frame: HxW uint8 prediction and HxW uint8 ground truth.
 
         Raises :class:`MessageError` when the sizes differ.
         """
@@ -170,7 +175,7 @@ class Scoreboard:
 
     @property
     def drivable_iou(self) -> float:
-        """IoU of the drivable masks summed over all frames (NaN when both are empty)."""
+        """Drivable-area IoU over all frames' pixels (NaN when both masks are empty)."""
         if not self.drivable_union:
             return float('nan')
         return self.drivable_intersection / self.drivable_union
@@ -217,7 +222,7 @@ def _ms(value: Optional[float]) -> str:
 
 
 def format_table(report: Mapping[str, Any]) -> str:
-    """The report of either tool as a plain-text table for the terminal."""
+    """Format the report of either tool as a plain-text table for the terminal."""
     lines = [f"{report['tool']}: {report['bag']}",
              f"  frames: {report['image_topic']} ({report['image_type']}); "
              f"ground truth: {report['ground_truth']}",
@@ -245,7 +250,8 @@ def format_table(report: Mapping[str, Any]) -> str:
                      f"({', '.join(drivable['classes']) or 'no classes'})")
     else:
         lines.append('  accuracy: no frame had ground truth')
-    for key, title in (('latency', 'segment latency'),
+    for key, title in (('latency', 'latency (decode + segment)'),
+                       ('segment_latency', 'latency (segment only)'),
                        ('end_to_end_latency', 'end-to-end latency')):
         if key in report:
             latency = report[key]

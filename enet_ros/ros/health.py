@@ -1,4 +1,5 @@
-"""Frame counters, rates and latency over a sliding window, and the health verdict.
+"""
+Frame counters, rates and latency over a sliding window, and the health verdict.
 
 Thread-safe: the subscription callback and the inference worker both report
 here; the diagnostics timer reads a :class:`HealthSnapshot`.
@@ -60,7 +61,7 @@ class FrameStats:
             self._published.popleft()
 
     def received(self) -> None:
-        """A message arrived."""
+        """Count an arriving message."""
         with self._lock:
             now = self._clock()
             self.totals['received'] += 1
@@ -68,7 +69,7 @@ class FrameStats:
             self._received.append(now)
 
     def rejected_frame(self, reason: str) -> None:
-        """A message was malformed and dropped."""
+        """Count a malformed message that was dropped."""
         with self._lock:
             self.totals['rejected'] += 1
             self.rejected[reason] += 1
@@ -79,14 +80,14 @@ class FrameStats:
             self.totals[key] += 1
 
     def failed(self) -> int:
-        """Inference or publishing failed for a frame; returns the failures in a row."""
+        """Count a frame whose inference or publishing failed; return the failures in a row."""
         with self._lock:
             self.totals['failed'] += 1
             self.consecutive_failures += 1
             return self.consecutive_failures
 
     def published(self, latency_s: Optional[float], processing_s: float) -> None:
-        """A frame's outputs were published; latency from its stamp, processing time."""
+        """Count a published frame with its latency from the stamp and its processing time."""
         with self._lock:
             now = self._clock()
             self.totals['processed'] += 1
@@ -95,7 +96,7 @@ class FrameStats:
                                     processing_s))
 
     def snapshot(self, thresholds: HealthThresholds) -> HealthSnapshot:
-        """Current figures and the OK / WARN / ERROR verdict with its reason."""
+        """Return the current figures and the OK / WARN / ERROR verdict with its reason."""
         with self._lock:
             now = self._clock()
             self._trim(now)

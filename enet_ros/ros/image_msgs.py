@@ -1,4 +1,5 @@
-"""sensor_msgs Image / CompressedImage <-> numpy, validating every field first.
+"""
+sensor_msgs Image / CompressedImage <-> numpy, validating every field first.
 
 cv_bridge is the reference for the semantics (encodings, ``step``,
 ``is_bigendian``) but validates nothing: a short ``step`` silently gives a
@@ -87,7 +88,8 @@ def check_raw_image(msg, max_pixels: int) -> None:
 
 
 def raw_image_to_frame(msg, max_pixels: int) -> CameraFrame:
-    """Validate and convert a sensor_msgs/Image to a :class:`CameraFrame`.
+    """
+    Validate and convert a sensor_msgs/Image to a :class:`CameraFrame`.
 
     8-bit colour encodings give a view into ``msg.data`` (no copy); mono is
     expanded to three channels and 16-bit encodings are reduced to their high
@@ -154,7 +156,8 @@ def compressed_image_to_frame(msg, max_pixels: int) -> CameraFrame:
 
 
 class ImageBuffer:
-    """A reusable sensor_msgs/Image whose data buffer is filled in place each frame.
+    """
+    A reusable sensor_msgs/Image whose data buffer is filled in place each frame.
 
     ``view(height, width, channels)`` returns a numpy view of the message's
     ``array('B')`` data to compute into; the array is only reallocated when
@@ -172,7 +175,7 @@ class ImageBuffer:
         self._view: Optional[np.ndarray] = None
 
     def view(self, height: int, width: int, channels: int) -> np.ndarray:
-        """HxW (channels 1) or HxWxC uint8 view of the data to write this frame's pixels into."""
+        """Return an HxW (channels 1) or HxWxC uint8 view of the data, to write pixels into."""
         shape = (height, width) if channels == 1 else (height, width, channels)
         if shape != self._shape:
             self._view = None  # release the buffer export before replacing the array

@@ -1,4 +1,5 @@
-"""Live evaluation: play a bag into the running segmentation node over ROS 2 and score its output.
+"""
+Live evaluation: play a bag into the running segmentation node over ROS 2 and score its output.
 
 The camera messages of the bag are published as they are (serialised bytes,
 header stamps from the bag) at the recorded rate times ``--rate``, on the
@@ -51,7 +52,7 @@ from ..model_file import load_model_file, ModelFileError
 
 TOOL = 'live_evaluate'
 NODE_NAME = 'segmentation_node'
-DROPPED = 'dropped by the node (a later frame was answered)'
+DROPPED = 'dropped by the node or in transport (a later frame was answered)'
 
 
 class LiveError(RuntimeError):
@@ -84,7 +85,7 @@ class LiveOptions:
 
 
 def default_params_file() -> Optional[Path]:
-    """The package's config/segment.yaml: installed share directory, else the source tree."""
+    """Find the package's config/segment.yaml: installed share directory, else source tree."""
     try:
         from ament_index_python.packages import get_package_share_directory
         installed = Path(get_package_share_directory('enet_ros')) / 'config' / 'segment.yaml'
@@ -97,7 +98,7 @@ def default_params_file() -> Optional[Path]:
 
 
 def node_command(options: LiveOptions, input_topic: str, compressed: bool) -> List[str]:
-    """The command line that starts the node listening on ``input_topic``."""
+    """Build the command line that starts the node listening on ``input_topic``."""
     command = [sys.executable, '-m', 'enet_ros.ros.segmentation_node', '--ros-args']
     params_file = options.params_file or default_params_file()
     if params_file:
@@ -117,6 +118,7 @@ class NodeProcess:
     """The segmentation node started by this tool, its output captured in a log file."""
 
     def __init__(self, command: Sequence[str], log_path: Optional[Path]):
+        self.temporary_log = log_path is None
         if log_path is None:
             handle, name = tempfile.mkstemp(prefix='segmentation_node_', suffix='.log')
             os.close(handle)
@@ -127,12 +129,12 @@ class NodeProcess:
         self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
 
     def tail(self, lines: int = 30) -> str:
-        """The last lines the node printed."""
+        """Return the last lines the node printed."""
         self._log.flush()
         return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
 
     def exited(self) -> Optional[int]:
-        """The exit code if the process has ended, else None."""
+        """Return the exit code if the process has ended, else None."""
         return self.process.poll()
 
     def stop(self, timeout: float = 10.0) -> int:
@@ -146,7 +148,14 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 continue
         self._log.close()
+        if self.temporary_log and self.process.returncode == 0:
+            self.log_path.unlink(missing_ok=True)
         return self.process.returncode
+
+    @property
+    def kept_log(self) -> Optional[str]:
+        """Path of the log file while it exists (a clean run's temporary log is removed)."""
+        return str(self.log_path) if self.log_path.exists() else None
 
 
 class _Peer:
@@ -310,7 +319,8 @@ def _wait_ready(peer: _Peer, node: Optional[NodeProcess], options: LiveOptions,
 
 def live_evaluate(options: LiveOptions,
                   log=lambda text: print(text, file=sys.stderr)) -> Dict[str, Any]:
-    """Play ``options.bag`` into the node and return the report; see the module docstring.
+    """
+    Play ``options.bag`` into the node and return the report; see the module docstring.
 
     Raises :class:`BagError` for a bag that cannot be played, :class:`LiveError`
     when the node does not come up, ModelFileError for a bad model.
@@ -449,7 +459,7 @@ def _report(options: LiveOptions, image: Any, truth_text: str, session: _Session
         'ground_truth': truth_text,
         'model': options.model or 'bundled default',
         'node': {'command': node.command if node else None, 'attached': node is None,
-                 'exit_code': node_exit, 'log': str(node.log_path) if node else None,
+                 'exit_code': node_exit, 'log': node.kept_log if node else None,
                  'input_topic': input_topic, 'labels_topic': labels_topic},
         'rate': options.rate,
         'frames': {'read': len(session.records), 'published': published,
@@ -466,7 +476,7 @@ def _report(options: LiveOptions, image: Any, truth_text: str, session: _Session
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``live_evaluate``."""
+    """Build the command-line interface of ``live_evaluate``."""
     parser = argparse.ArgumentParser(
         prog=TOOL, description='Play a rosbag2 bag into the segmentation node over ROS 2, '
         'record its labels and score them (accuracy, end-to-end latency, drops).')
@@ -489,17 +499,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--node-name', default=NODE_NAME,
                         help='name of the node whose ~/labels are recorded')
     parser.add_argument('--input-topic', default=None,
-                        help='topic to publish frames on (default: the bag\'s camera topic; '
+                        help="topic to publish frames on (default: the bag's camera topic; "
                         'with --attach, the topic the node subscribes to)')
     parser.add_argument('--params-file', type=Path, default=None,
                         help='parameters file for the started node '
-                        '(default: the package\'s config/segment.yaml)')
+                        "(default: the package's config/segment.yaml)")
     parser.add_argument('-p', '--node-param', dest='node_parameters', action='append',
                         default=[], metavar='NAME:=VALUE',
                         help='extra parameter for the started node (repeatable), e.g. '
                         'device:=cpu')
     parser.add_argument('--drivable-classes', default='',
-                        help='comma-separated class names (default: the model\'s)')
+                        help="comma-separated class names (default: the model's)")
     parser.add_argument('--startup-timeout', type=float, default=90.0,
                         help='seconds to wait for the node to come up')
     parser.add_argument('--wait', type=float, default=5.0,
@@ -507,7 +517,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--limit', type=int, default=None, help='play the first N frames')
     parser.add_argument('--json', type=Path, default=None, help='write every figure here')
     parser.add_argument('--node-log', type=Path, default=None,
-                        help='write the started node\'s output here (default: a temp file)')
+                        help="write the started node's output here (default: a temp file)")
     parser.add_argument('--no-progress', dest='progress', action='store_false')
     return parser
 

@@ -1,4 +1,5 @@
-"""The segmentation node's parameters: declarations, validation and frozen settings.
+"""
+The segmentation node's parameters: declarations, validation and frozen settings.
 
 Parameters that need a restart (model, device, precision, network size,
 transport, QoS) are read-only; the others can change at run time and are
@@ -51,7 +52,8 @@ class RuntimeSettings:
 
 
 def _descriptor(description: str, read_only: bool = False,
-                type_: int = ParameterType.PARAMETER_NOT_SET, **ranges: Any) -> ParameterDescriptor:
+                type_: int = ParameterType.PARAMETER_NOT_SET,
+                **ranges: Any) -> ParameterDescriptor:
     descriptor = ParameterDescriptor(description=description, read_only=read_only, type=type_)
     if 'float_range' in ranges:
         low, high = ranges['float_range']
@@ -77,10 +79,10 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
     'precision': ('auto', _descriptor(
         "'auto' (fp16 on CUDA, fp32 on CPU), 'fp16' (CUDA only) or 'fp32'", True, STRING)),
     'network_width': (0, _descriptor(
-        'network input width override, multiple of 8; 0 = the model file\'s', True, INT,
+        "network input width override, multiple of 8; 0 = the model file's", True, INT,
         int_range=(0, 4096, 8))),
     'network_height': (0, _descriptor(
-        'network input height override, multiple of 8; 0 = the model file\'s', True, INT,
+        "network input height override, multiple of 8; 0 = the model file's", True, INT,
         int_range=(0, 4096, 8))),
     'input_transport': ('raw', _descriptor(
         "'raw': sensor_msgs/Image on 'image'; 'compressed': sensor_msgs/CompressedImage "

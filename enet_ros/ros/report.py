@@ -1,4 +1,5 @@
-"""A PNG report of a bag evaluation: example frames side by side and a per-class IoU chart.
+"""
+A PNG report of a bag evaluation: example frames side by side and a per-class IoU chart.
 
 Each example row shows the camera frame, the prediction and the ground truth in
 the model's palette (void black), and the drivable area: the frame dimmed, with
@@ -31,7 +32,8 @@ class ReportFrame:
 
 def drivable_errors(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray,
                     drivable: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 RGB: ``image`` dimmed, drivable hits green, false red, missed blue.
+    """
+    HxWx3 uint8 RGB: ``image`` dimmed, drivable hits green, false red, missed blue.
 
     ``drivable`` and ``valid`` are 256-entry boolean tables over class ids;
     pixels whose ground truth is not valid (void) show the dimmed frame only.
@@ -86,7 +88,7 @@ def write_report(path: Path, frames: Sequence[ReportFrame], accuracy: Mapping[st
     _iou_chart(figure.add_subplot(grid[rows, :]), accuracy, metadata)
     if title:
         figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.98) if title else None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -1,4 +1,5 @@
-"""The segmentation node: camera images in; labels, colour, overlay and drivable masks out.
+"""
+The segmentation node: camera images in; labels, colour, overlay and drivable masks out.
 
 Subscribes ``image`` (sensor_msgs/Image) or, with ``input_transport:
 compressed``, ``image/compressed`` (sensor_msgs/CompressedImage, JPEG/PNG).
@@ -21,24 +22,24 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
+from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import CompressedImage, Image
 
-from .. import masks
-from ..model_file import load_model_file, ModelFileError
-from ..segmenter import Segmenter, SegmenterConfigError
 from .health import FrameStats, HealthThresholds
 from .image_msgs import (CameraFrame, check_raw_image, compressed_image_to_frame, ImageBuffer,
                          InvalidImage, raw_image_to_frame)
 from .node_config import (CLASS_NAMES_DESCRIPTION, ConfigError, DRIVABLE_DESCRIPTION, OUTPUTS,
-                          PARAMETERS, RuntimeSettings, runtime_settings, startup_settings,
+                          PARAMETERS, runtime_settings, RuntimeSettings, startup_settings,
                           StartupSettings)
+from .. import masks
+from ..model_file import load_model_file, ModelFileError
+from ..segmenter import Segmenter, SegmenterConfigError
 
 NODE_NAME = 'segmentation_node'
 WARN_THROTTLE_S = 5.0
@@ -114,8 +115,8 @@ class SegmentationNode(Node):
         self._warned: Dict[str, float] = {}
 
         output_qos = _qos(self.startup.output_reliability, 1)
-        self._output_publishers = {name: self.create_publisher(Image, f'~/{name}', output_qos)
-                            for name in OUTPUTS}
+        self._output_publishers = {
+            name: self.create_publisher(Image, f'~/{name}', output_qos) for name in OUTPUTS}
         self._buffers = {'labels': ImageBuffer(Image, 'mono8'),
                          'colored': ImageBuffer(Image, 'rgb8'),
                          'overlay': ImageBuffer(Image, 'rgb8'),
@@ -310,7 +311,8 @@ class SegmentationNode(Node):
         for reason, count in sorted(snapshot.rejected.items()):
             values[f'rejected_{reason}'] = str(count)
         status = DiagnosticStatus(
-            level=bytes([snapshot.level]), name=f'{self.get_fully_qualified_name()}: segmentation',
+            level=bytes([snapshot.level]),
+            name=f'{self.get_fully_qualified_name()}: segmentation',
             message=snapshot.message, hardware_id=str(self.segmenter.device),
             values=[KeyValue(key=k, value=v) for k, v in values.items()])
         array = DiagnosticArray(status=[status])

@@ -1,18 +1,21 @@
 """``enet-train``: train, evaluate and export ENet model files."""
 
 import argparse
+import math
 from pathlib import Path
 import shutil
 import sys
 from typing import List, Optional
 
+from enet_ros.model_file import load_model_file, ModelFileError, ModelMetadata, save_model_file
+from enet_ros.segmenter import Segmenter, SegmenterConfigError
 import torch
 
-from enet_ros.model_file import load_model_file, ModelMetadata, save_model_file
-from enet_ros.segmenter import Segmenter
-
-from .datasets import make_dataset
+from .datasets import DatasetError, make_dataset
 from .evaluate import evaluate_segmenter, format_scores
+
+#: Errors that are the user's input, reported as one line and exit status 2 (no traceback).
+USER_ERRORS = (DatasetError, ModelFileError, SegmenterConfigError)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -31,20 +34,31 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     source = Path(args.source)
+    if not source.is_file():
+        raise ModelFileError(source, 'does not exist (expected a best.safetensors or a '
+                                     'checkpoint.pth of a training run)')
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if source.suffix == '.safetensors':
         load_model_file(source)  # validate before copying
         shutil.copyfile(source, args.out)
     else:
         from .train import DEFAULT_INPUT_SIZE
         from enet_ros.labels import CLASS_TABLES
-        state = torch.load(source, map_location='cpu', weights_only=True)
-        saved = state['args']
-        weights = {k[len('enet.'):]: v for k, v in state['model'].items()
-                   if k.startswith('enet.')}
+        try:
+            # weights_only: tensors and plain data only, so no code in the file runs.
+            state = torch.load(source, map_location='cpu', weights_only=True)
+            saved, model_state, epoch = state['args'], state['model'], state['epoch']
+            table = CLASS_TABLES[saved['dataset']]
+        except Exception as error:  # torch.load raises many types for foreign files
+            raise ModelFileError(source, f'is not an enet-train checkpoint ({error!r})') from None
+        weights = {k[len('enet.'):]: v for k, v in model_state.items() if k.startswith('enet.')}
+        # The checkpoint holds the last epoch's weights: record their own val score, if any.
+        val_miou = (state.get('history') or [{}])[-1].get('val_miou')
         metadata = ModelMetadata.from_class_table(
-            CLASS_TABLES[saved['dataset']],
-            tuple(saved.get('input_size') or DEFAULT_INPUT_SIZE[saved['dataset']]),
-            val_miou=None, training={'epoch': state['epoch'], 'args': saved})
+            table, tuple(saved.get('input_size') or DEFAULT_INPUT_SIZE[saved['dataset']]),
+            val_miou=round(val_miou, 6) if val_miou is not None and math.isfinite(val_miou)
+            else None,
+            training={'epoch': epoch, 'args': saved})
         save_model_file(args.out, weights, metadata)
     loaded = load_model_file(args.out)
     print(f"exported '{args.out}': {loaded.metadata.num_classes} classes, val mIoU "
@@ -53,7 +67,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``enet-train`` argument parser with its three commands."""
+    """Build the ``enet-train`` argument parser with its three commands."""
     from .train import add_train_arguments, train
 
     parser = argparse.ArgumentParser(prog='enet-train', description=__doc__)
@@ -78,9 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``enet-train``."""
+    """Run ``enet-train``; a bad dataset, model file or device is one error line, status 2."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        print(f'enet-train: error: {error}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

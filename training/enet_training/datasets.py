@@ -1,4 +1,5 @@
-"""CamVid (SegNet 11-class layout) and Cityscapes (official layout) datasets.
+"""
+CamVid (SegNet 11-class layout) and Cityscapes (official layout) datasets.
 
 Each item is ``(image, label)``: HxWx3 uint8 RGB and HxW uint8 class ids in
 ``[0, C)`` or the table's void id. Files are checked as they are read: an
@@ -10,10 +11,9 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import cv2
+from enet_ros.labels import CAMVID_11, CITYSCAPES_19, ClassTable
 import numpy as np
 from torch.utils.data import Dataset
-
-from enet_ros.labels import CAMVID_11, CITYSCAPES_19, ClassTable
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 Sample = Tuple[np.ndarray, np.ndarray]
@@ -54,18 +54,27 @@ def check_label_ids(label: np.ndarray, table: ClassTable, path: Path) -> None:
 
 
 class SegmentationDataset(Dataset):
-    """Pairs of (image path, label path) read, checked and transformed on access."""
+    """
+    Pairs of (image path, label path) read, checked and transformed on access.
+
+    ``label_map`` (256 entries) maps the ids stored in the label files to class
+    ids; ``raw_ids`` lists the ids a label file may hold before that mapping
+    (default: any). Cityscapes uses both: its ``labelIds`` images hold the 34
+    official ids, and anything else means a wrong or corrupt file.
+    """
 
     def __init__(self, pairs: Sequence[Tuple[Path, Path]], table: ClassTable,
                  transform: Optional[Transform] = None,
-                 label_map: Optional[np.ndarray] = None):
+                 label_map: Optional[np.ndarray] = None,
+                 raw_ids: Optional[Sequence[int]] = None):
         self.pairs = list(pairs)
         self.table = table
         self.transform = transform
         self.label_map = label_map
+        self.raw_ids = None if raw_ids is None else np.asarray(sorted(raw_ids))
 
     def __len__(self) -> int:
-        """Number of samples."""
+        """Return the number of samples."""
         return len(self.pairs)
 
     def load(self, index: int) -> Sample:
@@ -76,6 +85,11 @@ class SegmentationDataset(Dataset):
         if image.shape[:2] != label.shape:
             raise DatasetError(f"image '{image_path}' is {image.shape[1]}x{image.shape[0]} but "
                                f"label '{label_path}' is {label.shape[1]}x{label.shape[0]}")
+        if self.raw_ids is not None:
+            unknown = np.setdiff1d(np.unique(label), self.raw_ids)
+            if unknown.size:
+                raise DatasetError(f"label '{label_path}' has ids {unknown[:10].tolist()} that "
+                                   f'are not {self.table.dataset} label ids')
         if self.label_map is not None:
             label = self.label_map[label]
         check_label_ids(label, self.table, label_path)
@@ -94,7 +108,8 @@ def _images_in(folder: Path) -> List[Path]:
 
 
 def camvid_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
-    """(image, label) paths of a CamVid split: ``<split>/`` frames, ``<split>annot/`` labels.
+    """
+    (image, label) paths of a CamVid split: ``<split>/`` frames, ``<split>annot/`` labels.
 
     Frames may be PNG or JPEG; labels are PNG with the frame's stem.
     """
@@ -115,7 +130,8 @@ def camvid_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
 
 
 def cityscapes_label_map() -> np.ndarray:
-    """256-entry uint8 table from Cityscapes label ids to train ids (void 255).
+    """
+    Return the 256-entry uint8 table from Cityscapes label ids to train ids (void 255).
 
     Built from the official table in ``cityscapesscripts.helpers.labels``.
     """
@@ -127,6 +143,13 @@ def cityscapes_label_map() -> np.ndarray:
                 and not label.ignoreInEval:
             table[label.id] = label.trainId
     return table
+
+
+def cityscapes_label_ids() -> Tuple[int, ...]:
+    """Return the label ids a ``*_gtFine_labelIds.png`` may hold (the official table's)."""
+    from cityscapesscripts.helpers.labels import labels as cityscapes_labels
+
+    return tuple(sorted(label.id for label in cityscapes_labels if 0 <= label.id < 256))
 
 
 def cityscapes_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
@@ -151,10 +174,11 @@ def cityscapes_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
 
 def make_dataset(name: str, root: Path, split: str,
                  transform: Optional[Transform] = None) -> SegmentationDataset:
-    """The ``camvid`` or ``cityscapes`` split at ``root``."""
+    """Return the ``camvid`` or ``cityscapes`` split at ``root``."""
     if name == 'camvid':
         return SegmentationDataset(camvid_pairs(root, split), CAMVID_11, transform)
     if name == 'cityscapes':
         return SegmentationDataset(cityscapes_pairs(root, split), CITYSCAPES_19, transform,
-                                   label_map=cityscapes_label_map())
+                                   label_map=cityscapes_label_map(),
+                                   raw_ids=cityscapes_label_ids())
     raise DatasetError(f"unknown dataset '{name}' (camvid or cityscapes)")

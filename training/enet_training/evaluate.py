@@ -2,17 +2,17 @@
 
 from typing import Callable, Optional
 
-import numpy as np
-
 from enet_ros.metrics import ConfusionMatrix, Scores
 from enet_ros.segmenter import Segmenter
+import numpy as np
 
 from .datasets import SegmentationDataset
 
 
 def evaluate_segmenter(segmenter: Segmenter, dataset: SegmentationDataset,
                        progress: Optional[Callable[[int, int], None]] = None) -> Scores:
-    """Segment every untransformed image of ``dataset`` at its own size and score it.
+    """
+    Segment every untransformed image of ``dataset`` at its own size and score it.
 
     The labels come from :meth:`Segmenter.segment`, the same path the node uses.
     """
@@ -27,7 +27,7 @@ def evaluate_segmenter(segmenter: Segmenter, dataset: SegmentationDataset,
 
 
 def format_scores(scores: Scores, class_names) -> str:
-    """A plain-text table: per-class IoU and accuracy, then the summary figures (in %)."""
+    """Format a plain-text table: per-class IoU and accuracy, then the summary (in %)."""
     width = max(len(name) for name in [*class_names, 'class-average accuracy']) + 2
     lines = [f'{"class":<{width}}{"IoU":>8}{"acc":>8}']
     for name, iou, acc in zip(class_names, scores.iou, scores.class_accuracy):

@@ -1,4 +1,5 @@
-"""Train ENet: the paper's recipe by default, each part switchable by flags.
+"""
+Train ENet: the paper's recipe by default, each part switchable by flags.
 
 Run ``enet-train train --help``. Multi-GPU: ``torchrun --nproc-per-node N -m
 enet_training.cli train ...`` (DistributedDataParallel; only rank 0 logs and
@@ -14,16 +15,14 @@ import random
 import time
 from typing import Any, Dict, Optional
 
+from enet_ros.model import ENet
+from enet_ros.model_file import LoadedModel, ModelMetadata, save_model_file
+from enet_ros.segmenter import normalization_constants, normalize, Segmenter
 import numpy as np
 import torch
 from torch import nn
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-
-from enet_ros.model import ENet
-from enet_ros.model_file import LoadedModel, ModelMetadata, save_model_file
-from enet_ros.segmenter import normalization_constants, normalize, Segmenter
 
 from .class_weights import cached_enet_weights
 from .datasets import make_dataset
@@ -36,7 +35,7 @@ BEST_MODEL_NAME = 'best.safetensors'
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of ``enet-train train``."""
+    """Add the flags of ``enet-train train`` to ``parser`` and return it."""
     parser.add_argument('--data', required=True, type=Path, help='dataset root folder')
     parser.add_argument('--dataset', default='camvid', choices=('camvid', 'cityscapes'))
     parser.add_argument('--train-split', default='train')
@@ -196,6 +195,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32),
                                     ignore_index=table.void_id).to(device)
 
+    # Seeded initial weights: two runs with one --seed start alike (and so resume alike).
+    _seed_everything(args.seed)
     model = TrainingModel(table.num_classes)
     if args.init:
         from enet_ros.model_file import load_model_file
@@ -210,6 +211,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     if resume == 'auto':
         resume = str(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else ''
     if resume:
+        if not Path(resume).is_file():
+            raise SystemExit(f"--resume '{resume}': no such checkpoint file")
         # weights_only: a checkpoint holds tensors and plain data, nothing that runs code.
         state = torch.load(resume, map_location='cpu', weights_only=True)
         model.load_state_dict(state['model'])
@@ -237,8 +240,10 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                         num_workers=args.workers, collate_fn=collate, drop_last=True,
                         pin_memory=device.type == 'cuda', persistent_workers=False,
                         worker_init_fn=_worker_init)
-    iterations = len(loader) if not args.max_iterations else min(len(loader),
-                                                                  args.max_iterations)
+    if len(loader) == 0:
+        raise SystemExit(f'the training split has {len(sampler)} images per process, fewer '
+                         f'than --batch-size {args.batch_size} (batches are never partial)')
+    iterations = min(len(loader), args.max_iterations) if args.max_iterations else len(loader)
     run_start = time.time()
     images_seen = 0
     for epoch in range(start_epoch, args.epochs):

@@ -1,4 +1,5 @@
-"""Joint image/label augmentation (NEAREST for labels) and batching.
+"""
+Joint image/label augmentation (NEAREST for labels) and batching.
 
 Images are HxWx3 uint8 RGB and labels HxW uint8 throughout; normalisation
 happens on the device with the core's :func:`enet_ros.segmenter.normalize`.

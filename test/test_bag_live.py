@@ -1,0 +1,101 @@
+"""live_evaluate against the real segmentation node process on a small bag."""
+
+import importlib.util
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+from bag_helpers import (camvid_metadata, HEIGHT, make_camvid, make_labels, quick_cpu,
+                         subprocess_env, WIDTH)
+from enet_ros.ros.dataset_to_bag import main as dataset_to_bag
+from enet_ros.ros.evaluate_bag import evaluate_bag, EvaluateOptions
+from enet_ros.ros.evaluation import Scoreboard, StampMatcher
+from enet_ros.ros.live_evaluate import _Session, DROPPED
+from enet_ros.segmenter import Segmenter
+import pytest
+
+COUNT = 6
+pytestmark = pytest.mark.usefixtures(quick_cpu.__name__)
+needs_node = pytest.mark.skipif(
+    importlib.util.find_spec('enet_ros.ros.segmentation_node') is None,
+    reason='segmentation node not present')
+
+
+@pytest.fixture(scope='module')
+def model_file(tmp_path_factory) -> Path:
+    """Write a random CamVid model file with a 64x48 network input."""
+    from model_files import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp('model') / 'tiny.safetensors',
+                              input_size=(WIDTH, HEIGHT))
+
+
+@needs_node
+@pytest.mark.parametrize('image_format', ['raw', 'png'])
+def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, image_format):
+    root = tmp_path / 'camvid'
+    make_camvid(root, COUNT)
+    bag = root / 'bag'
+    assert dataset_to_bag([str(root), str(bag), '--rate', '10', '--format', image_format,
+                           '--storage', 'mcap', '--no-progress']) == 0
+    env = subprocess_env(ros_env)
+    result = subprocess.run(
+        [sys.executable, '-m', 'enet_ros.ros.live_evaluate', str(bag), '--model',
+         str(model_file), '-p', 'device:=cpu', '--json', str(tmp_path / 'live.json'),
+         '--wait', '10', '--no-progress'],
+        env=env, capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'end-to-end latency' in result.stdout
+    report = json.loads((tmp_path / 'live.json').read_text())
+    frames = report['frames']
+    assert frames['read'] == frames['published'] == COUNT
+    assert frames['answered'] + frames['dropped'] == COUNT
+    assert frames['answered'] >= 1
+    assert frames['evaluated'] == frames['answered']
+    statuses = [r['status'] for r in report['per_frame']]
+    assert None not in statuses
+    answered = {r['stamp_ns'] for r in report['per_frame'] if r['status'] == 'evaluated'}
+    assert len(answered) == frames['answered']
+    assert report['end_to_end_latency']['count'] == frames['answered']
+    assert report['end_to_end_latency']['p50_ms'] > 0
+    assert report['node']['exit_code'] == 0
+
+    offline = evaluate_bag(EvaluateOptions(bag=bag, stamps=answered, progress=False),
+                           Segmenter.from_file(str(model_file), device='cpu'))
+    assert offline['frames']['evaluated'] == frames['answered']
+    assert offline['accuracy']['confusion_matrix'] == report['accuracy']['confusion_matrix']
+    assert offline['accuracy']['mean_iou'] == pytest.approx(report['accuracy']['mean_iou'])
+
+
+def test_offline_tools_do_not_import_rclpy():
+    code = ('import sys, enet_ros.ros.evaluate_bag, enet_ros.ros.dataset_to_bag, '
+            'enet_ros.ros.live_evaluate, enet_ros.ros.report; '
+            'assert "rclpy" not in sys.modules, "rclpy imported"')
+    subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
+
+
+def test_session_accounts_for_every_frame():
+    """Answers, drops (a later frame answered first) and the final timeout, without ROS."""
+    metadata = camvid_metadata()
+    truth = {stamp: make_labels(stamp) for stamp in (1, 2, 3, 4, 5)}
+    session = _Session(Scoreboard(metadata, metadata.drivable_classes),
+                       StampMatcher(set(truth) - {5}), None)
+    for stamp in (1, 2, 3, 4, 5):
+        record = {'index': stamp, 'stamp_ns': stamp, 'status': None}
+        session.records.append(record)
+        session.pending[stamp] = (record, float(stamp))
+        if stamp != 3:
+            session.truth(stamp, truth[stamp])
+    session.answer(1, 1.5, truth[1])             # truth first, then the answer
+    session.answer(3, 3.25, truth[3])            # frame 2 dropped; truth of 3 not read yet
+    session.truth(3, truth[3])
+    session.answer(5, 5.5, truth[5])             # frame 4 dropped; 5 has no ground truth
+    session.answer(9, 9.0, truth[5])             # not ours
+    statuses = [r['status'] for r in session.records]
+    assert statuses == ['evaluated', DROPPED, 'evaluated', DROPPED,
+                        'no ground truth for the stamp']
+    assert (session.answered, session.dropped, session.unexpected) == (3, 2, 1)
+    assert session.scoreboard.frames == 2
+    assert session.latencies == pytest.approx([0.5, 0.25, 0.5])
+    assert session.scoreboard.as_dict()['mean_iou'] == 1.0

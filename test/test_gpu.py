@@ -1,0 +1,220 @@
+"""The CUDA path: fp16, folded BatchNorm and CUDA graphs agree with eager; replay never syncs.
+
+Every test here needs CUDA and is skipped without it ('CUDA not available').
+
+Agreement bounds: captured fp16 against eager fp16 >= 99.9% of pixels (the
+same fp16 arithmetic, except that BatchNorm is folded into the fp16 weights
+and cuDNN may pick other algorithms); captured fp16 against eager fp32 >=
+99.5% (fp16 rounding of weights and activations moves near-tied logits and
+max-pool near-ties).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from enet_ros import segmenter as segmenter_module
+from enet_ros.model_file import BUNDLED_MODEL, load_model_file
+from enet_ros.segmenter import Segmenter
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA not available'),
+]
+
+NET_SIZE = (480, 360)
+SAME_FP16 = 0.999
+FP16_VS_FP32 = 0.995
+
+
+def _scene(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """An HxWx3 uint8 image with smooth regions, edges and noise (not constant labels)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    image = np.stack([rows * 255 // max(1, height - 1), cols * 255 // max(1, width - 1),
+                      ((rows // 23 + cols // 31) % 3) * 100], axis=-1).astype(np.int32)
+    image += rng.integers(-20, 21, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    return float((a == b).mean())
+
+
+@pytest.fixture(scope='module')
+def loaded(random_model_file: Path):
+    """The shared random model file (480x360 network input), loaded."""
+    return load_model_file(random_model_file)
+
+
+@pytest.fixture(scope='module')
+def captured(loaded) -> Segmenter:
+    """The default CUDA path: fp16, folded, cuDNN autotuning, CUDA graphs."""
+    return Segmenter(loaded, device='cuda')
+
+
+@pytest.fixture(scope='module')
+def eager16(loaded) -> Segmenter:
+    """Eager fp16: the unoptimised network in half precision."""
+    return Segmenter(loaded, device='cuda', precision='fp16', optimize=False)
+
+
+@pytest.fixture(scope='module')
+def eager32(loaded) -> Segmenter:
+    """Eager fp32: the reference."""
+    return Segmenter(loaded, device='cuda', precision='fp32', optimize=False)
+
+
+def test_default_cuda_path_is_captured_fp16(captured):
+    """describe() names fp16, folding, autotuning and CUDA graphs."""
+    assert captured.precision == 'fp16' and captured.cuda_graphs
+    text = captured.describe()
+    for part in ('fp16', 'BatchNorm folded', 'cuDNN autotuning', 'CUDA graphs'):
+        assert part in text, text
+    assert 'failed' not in text
+
+
+@pytest.mark.parametrize('shape', [(360, 480), (720, 1280), (301, 397)])
+def test_captured_agrees_with_eager_fp16_and_fp32(captured, eager16, eager32, shape):
+    """Labels at the frame size; >= 99.9% equal to eager fp16, >= 99.5% to eager fp32."""
+    image = _scene(*shape, seed=shape[0])
+    got = captured.segment(image)
+    assert got.labels.shape == shape and got.labels.dtype == np.uint8
+    assert _agreement(got.labels, eager16.segment(image).labels) >= SAME_FP16
+    assert _agreement(got.labels, eager32.segment(image).labels) >= FP16_VS_FP32
+
+
+def test_captured_bgr_and_confidence(captured, eager16):
+    """bgr and with_confidence are captured too (their own graphs) and agree with eager."""
+    image = _scene(360, 480, seed=3)
+    got = captured.segment(image[..., ::-1], bgr=True, with_confidence=True)
+    expected = eager16.segment(image, with_confidence=True)
+    assert _agreement(got.labels, expected.labels) >= SAME_FP16
+    assert got.confidence.shape == image.shape[:2] and got.confidence.dtype == np.float32
+    assert float(np.abs(got.confidence - expected.confidence).mean()) < 1e-2
+
+
+def test_results_are_copies_not_pinned_buffers(captured):
+    """A later frame does not change an earlier result (outputs are copied out)."""
+    first = captured.segment(_scene(360, 480, seed=1))
+    kept = first.labels.copy()
+    captured.segment(_scene(360, 480, seed=2))
+    assert np.array_equal(first.labels, kept)
+
+
+def test_input_size_change_recaptures_and_cache_is_bounded(loaded, eager16):
+    """A new frame size captures a new graph; old sizes are reused; at most max_graphs kept."""
+    segmenter = Segmenter(loaded, device='cuda', max_graphs=2, warmup=False)
+    shapes = [(360, 480), (480, 640), (360, 480), (240, 320)]
+    for index, shape in enumerate(shapes):
+        image = _scene(*shape, seed=index)
+        got = segmenter.segment(image).labels
+        assert got.shape == shape
+        assert _agreement(got, eager16.segment(image).labels) >= SAME_FP16
+    cache = segmenter._graphs
+    assert cache is not None, segmenter.describe()
+    assert cache.captures == 3  # 360x480 was reused, not recaptured
+    assert len(cache) == 2
+    assert (240, 320, False, False) in cache and (360, 480, False, False) in cache
+
+
+def test_replay_does_not_synchronise(captured):
+    """Upload into pinned memory and graph launch run under sync debug mode 'error'."""
+    image = _scene(360, 480, seed=5)
+    expected = captured.segment(image).labels
+    runner = captured._graphs.peek((360, 480, False, False))
+    assert runner is not None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        runner.launch(image)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    labels, _ = runner.collect()
+    assert np.array_equal(labels, expected)
+
+
+def test_one_frame_is_one_launch_and_one_wait(captured):
+    """Profiled segment(): one cudaGraphLaunch, one cudaEventSynchronize, no other sync or copy.
+
+    Only CUDA runtime calls made inside the frame's ``record_function`` range
+    count (the profiler's own start and stop synchronise too).
+    """
+    from torch.profiler import profile, ProfilerActivity, record_function
+
+    image = _scene(360, 480, seed=6)
+    captured.segment(image)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function('enet_frame'):
+            captured.segment(image)
+    events = prof.events()
+    frames = [event for event in events if event.name == 'enet_frame']
+    assert len(frames) == 1
+    start, end = frames[0].time_range.start, frames[0].time_range.end
+    runtime = [event.name for event in events if event.name.startswith('cuda')
+               and start <= event.time_range.start and event.time_range.end <= end]
+    if 'cudaGraphLaunch' not in runtime:
+        pytest.skip(f'profiler recorded no CUDA runtime calls here (got {sorted(set(runtime))})')
+    assert runtime.count('cudaGraphLaunch') == 1, runtime
+    syncs = [name for name in runtime if 'Synchronize' in name]
+    assert syncs == ['cudaEventSynchronize'], runtime
+    copies = [name for name in runtime if name.startswith('cudaMemcpy')]
+    assert copies == [], runtime
+    launches = [name for name in runtime if name in ('cudaLaunchKernel', 'cuLaunchKernel')]
+    assert launches == [], runtime
+
+
+def test_uncaptured_and_channels_last_variants_agree(loaded, captured):
+    """cuda_graphs=False and channels_last=True give the captured path's labels."""
+    image = _scene(360, 480, seed=8)
+    expected = captured.segment(image).labels
+    plain = Segmenter(loaded, device='cuda', cuda_graphs=False)
+    assert not plain.cuda_graphs
+    assert _agreement(plain.segment(image).labels, expected) >= SAME_FP16
+    nhwc = Segmenter(loaded, device='cuda', channels_last=True)
+    assert 'channels_last' in nhwc.describe()
+    assert _agreement(nhwc.segment(image).labels, expected) >= SAME_FP16
+
+
+def test_capture_failure_falls_back_to_eager(loaded, eager16, monkeypatch):
+    """If capture raises, the Segmenter logs it and runs the same frames eagerly."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('capture failed (simulated)')
+
+    monkeypatch.setattr(segmenter_module, 'CapturedFrame', broken)
+    segmenter = Segmenter(loaded, device='cuda')
+    assert not segmenter.cuda_graphs
+    assert 'CUDA graph capture failed' in segmenter.describe()
+    image = _scene(360, 480, seed=9)
+    assert _agreement(segmenter.segment(image).labels,
+                      eager16.segment(image).labels) >= SAME_FP16
+
+
+@pytest.mark.slow
+def test_bundled_model_on_camvid_val_fp16_captured_vs_fp32(camvid_root):
+    """On CamVid val, captured fp16 labels equal eager fp32 labels on >= 99.5% of pixels."""
+    import cv2
+
+    if not BUNDLED_MODEL.exists():
+        pytest.skip(f'no bundled model at {BUNDLED_MODEL}')
+    model = load_model_file(None)
+    fast = Segmenter(model, device='cuda')
+    reference = Segmenter(model, device='cuda', precision='fp32', optimize=False)
+    images = sorted((camvid_root / 'val').glob('*.png'))
+    assert images, f'no images under {camvid_root / "val"}'
+    equal = total = 0
+    for path in images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None or image.ndim != 3:
+            continue
+        got = fast.segment(image, bgr=True).labels
+        expected = reference.segment(image, bgr=True).labels
+        equal += int((got == expected).sum())
+        total += got.size
+    assert total > 0
+    assert equal / total >= FP16_VS_FP32, f'{equal / total:.5f} of {total} pixels agree'

@@ -1,0 +1,110 @@
+"""Masks: colour, drivable and overlay images on hand-built arrays, exact values."""
+
+from enet_ros.masks import colorize, drivable_lut, drivable_mask, overlay, palette_lut
+import numpy as np
+import pytest
+
+COLORS = ((10, 20, 30), (40, 50, 60), (70, 80, 90))
+LABELS = np.array([[0, 1, 2],
+                   [2, 2, 0]], dtype=np.uint8)
+
+
+def test_palette_lut():
+    """Row i is class i's colour; rows past the palette are black."""
+    lut = palette_lut(COLORS)
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    np.testing.assert_array_equal(lut[:3], np.array(COLORS, dtype=np.uint8))
+    assert not lut[3:].any()
+
+
+def test_colorize_exact():
+    """Each label becomes its palette colour."""
+    colored = colorize(LABELS, palette_lut(COLORS))
+    expected = np.array([[COLORS[0], COLORS[1], COLORS[2]],
+                         [COLORS[2], COLORS[2], COLORS[0]]], dtype=np.uint8)
+    assert colored.dtype == np.uint8
+    np.testing.assert_array_equal(colored, expected)
+
+
+def test_colorize_unknown_label_is_black():
+    """A label past the palette (e.g. void 255) is drawn black."""
+    colored = colorize(np.array([[1, 255]], dtype=np.uint8), palette_lut(COLORS))
+    np.testing.assert_array_equal(colored, [[COLORS[1], (0, 0, 0)]])
+
+
+def test_colorize_into_buffer():
+    """With out= the result is written into, and returned as, the caller's buffer."""
+    out = np.full((2, 3, 3), 7, dtype=np.uint8)
+    result = colorize(LABELS, palette_lut(COLORS), out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, colorize(LABELS, palette_lut(COLORS)))
+
+
+def test_drivable_mask():
+    """255 where the label is a drivable id, 0 elsewhere."""
+    lut = drivable_lut([2])
+    assert lut.dtype == np.uint8 and lut.shape == (256,)
+    assert lut[2] == 255 and np.count_nonzero(lut) == 1
+    np.testing.assert_array_equal(drivable_mask(LABELS, lut), [[0, 0, 255], [255, 255, 0]])
+    both = drivable_lut((0, 2))
+    np.testing.assert_array_equal(drivable_mask(LABELS, both), [[255, 0, 255], [255, 255, 255]])
+    nothing = drivable_lut([])
+    assert not drivable_mask(LABELS, nothing).any()
+
+
+def test_drivable_mask_into_buffer():
+    """drivable_mask writes into out= and returns it."""
+    out = np.full(LABELS.shape, 9, dtype=np.uint8)
+    result = drivable_mask(LABELS, drivable_lut([0]), out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, [[255, 0, 0], [0, 0, 255]])
+
+
+IMAGE = np.array([[[0, 100, 255], [1, 2, 3]]], dtype=np.uint8)
+COLORED = np.array([[[255, 0, 255], [4, 6, 3]]], dtype=np.uint8)
+
+
+def test_overlay_alpha_zero_and_one():
+    """Give the image at alpha 0 and the colours at alpha 1, exactly."""
+    np.testing.assert_array_equal(overlay(IMAGE, COLORED, 0.0), IMAGE)
+    np.testing.assert_array_equal(overlay(IMAGE, COLORED, 1.0), COLORED)
+
+
+def test_overlay_half():
+    """Give the mean at alpha 0.5, rounded half up."""
+    blended = overlay(IMAGE, COLORED, 0.5)
+    assert blended.dtype == np.uint8
+    # (0+255)/2=127.5->128, (100+0)/2=50, 255, (1+4)/2=2.5->3, 4, 3
+    np.testing.assert_array_equal(blended, [[[128, 50, 255], [3, 4, 3]]])
+
+
+def test_overlay_quarter():
+    """Give (3 * image + colour) / 4 at alpha 0.25, rounded to nearest."""
+    blended = overlay(IMAGE, COLORED, 0.25)
+    expected = np.floor((3 * IMAGE.astype(float) + COLORED) / 4 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(blended, expected)
+
+
+def test_overlay_within_one_of_float_blend():
+    """On random images the fixed-point blend is within 1 of the float blend."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    colored = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for alpha in (0.1, 0.3, 0.5, 0.77, 0.999):
+        exact = (1 - alpha) * image + alpha * colored
+        assert np.abs(overlay(image, colored, alpha).astype(float) - exact).max() <= 1.0
+
+
+def test_overlay_into_buffer():
+    """With out= the blend lands in the caller's buffer, which is returned."""
+    out = np.zeros_like(IMAGE)
+    result = overlay(IMAGE, COLORED, 0.5, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, [[[128, 50, 255], [3, 4, 3]]])
+
+
+@pytest.mark.parametrize('alpha', [-0.1, 1.5, float('nan')])
+def test_overlay_bad_alpha(alpha: float):
+    """An alpha outside [0, 1] is refused."""
+    with pytest.raises(ValueError, match='alpha'):
+        overlay(IMAGE, COLORED, alpha)
