@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark the Segmenter's execution paths: one table per machine, modes interleaved.
+"""
+Benchmark the Segmenter's execution paths: one table per machine, modes interleaved.
 
 For every frame size and mode, the time of a whole ``Segmenter.segment`` call
 (HxWx3 uint8 frame in, HxW uint8 labels out, on the host) over ``--frames``
@@ -22,7 +23,8 @@ built in memory (``--model`` takes a model file instead). With ``--input-size``
 the network input stays fixed and frames are resized to it and back, as on a
 robot whose camera is larger than the network input.
 
-Example: ``python bench/bench_segmenter.py --device cpu --sizes 480x360 --frames 50``.
+Example (enet_ros installed, e.g. ``pip install -e .``):
+``python bench/bench_segmenter.py --device cpu --sizes 480x360 --frames 50``.
 """
 
 import argparse
@@ -35,15 +37,12 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from enet_ros.labels import CAMVID_11
+from enet_ros.model import ENet
+from enet_ros.model_file import load_model_file, LoadedModel, ModelMetadata
+from enet_ros.segmenter import Segmenter
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from enet_ros.labels import CAMVID_11  # noqa: E402
-from enet_ros.model import ENet  # noqa: E402
-from enet_ros.model_file import LoadedModel, load_model_file, ModelMetadata  # noqa: E402
-from enet_ros.segmenter import Segmenter  # noqa: E402
 
 DEFAULT_SIZES = '480x360,1024x512,1280x720,1920x1080'
 
@@ -80,7 +79,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def random_model(input_size: Tuple[int, int], seed: int = 0) -> LoadedModel:
-    """A CamVid-class ENet with seeded random weights and perturbed BatchNorm statistics."""
+    """Build a CamVid-class ENet with seeded random weights and perturbed BatchNorm statistics."""
     torch.manual_seed(seed)
     model = ENet(CAMVID_11.num_classes)
     for module in model.modules():
@@ -92,7 +91,7 @@ def random_model(input_size: Tuple[int, int], seed: int = 0) -> LoadedModel:
 
 
 def machine_info(device: torch.device) -> Dict[str, object]:
-    """What the numbers were measured on."""
+    """Describe the machine the numbers were measured on."""
     cpu = platform.processor() or 'unknown CPU'
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
@@ -156,13 +155,13 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     on_cuda = device.type == 'cuda'
     if on_cuda:
-        specs = [('eager fp32', dict(precision='fp32', optimize=False)),
-                 ('eager fp16', dict(precision='fp16', optimize=False)),
-                 ('captured fp16', dict(precision='fp16', optimize=True))]
+        specs = [('eager fp32', {'precision': 'fp32', 'optimize': False}),
+                 ('eager fp16', {'precision': 'fp16', 'optimize': False}),
+                 ('captured fp16', {'precision': 'fp16', 'optimize': True})]
     else:
-        specs = [('baseline fp32', dict(precision='fp32', optimize=False)),
-                 ('eager fp32', dict(precision='fp32', optimize=False)),
-                 ('optimised fp32', dict(precision='fp32', optimize=True))]
+        specs = [('baseline fp32', {'precision': 'fp32', 'optimize': False}),
+                 ('eager fp32', {'precision': 'fp32', 'optimize': False}),
+                 ('optimised fp32', {'precision': 'fp32', 'optimize': True})]
     modes = []
     for name, options in specs:
         if wanted and name not in wanted:
@@ -200,7 +199,7 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
 
 
 def _baseline(segmenter: Segmenter, image: np.ndarray, network_input: torch.Tensor):
-    """The unoptimised model: plain forward and torch.argmax, the Segmenter's pre/post."""
+    """Run the unoptimised model: plain forward, torch.argmax, the Segmenter's pre/post."""
     network = segmenter.network
     height, width = image.shape[:2]
     rows, cols = segmenter._label_index(height, width)
@@ -220,8 +219,9 @@ def _baseline(segmenter: Segmenter, image: np.ndarray, network_input: torch.Tens
     return frame, forward
 
 
-def _captured_forward(segmenter: Segmenter, network_input: torch.Tensor) -> Callable[[], object]:
-    """The bare forward of the captured mode: the folded fp16 network in its own CUDA graph."""
+def _captured_forward(segmenter: Segmenter,
+                      network_input: torch.Tensor) -> Callable[[], object]:
+    """Capture the bare forward of the captured mode (folded fp16 network) in a CUDA graph."""
     static_input = network_input.clone()
     with torch.inference_mode():
         side = torch.cuda.Stream(segmenter.device)

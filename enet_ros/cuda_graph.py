@@ -1,4 +1,5 @@
-"""The per-frame CUDA work captured once in a CUDA graph and replayed for every frame.
+"""
+The per-frame CUDA work captured once in a CUDA graph and replayed for every frame.
 
 A :class:`CapturedFrame` owns, for one frame size, pinned host buffers, static
 device buffers and a ``torch.cuda.CUDAGraph`` holding the whole device side of
@@ -36,16 +37,19 @@ Pipeline = Callable[[torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 
 class CapturedFrame:
-    """One CUDA graph for HxWx3 uint8 frames of one size; see the module docstring.
+    """
+    One CUDA graph for HxWx3 uint8 frames of one size; see the module docstring.
 
     ``pipeline`` must be capturable: no host synchronisation, no tensors made
     from host data, fixed shapes. It is run ``warmup_iterations`` times on a
     side stream before capture (cuDNN autotuning happens there), then captured.
+    ``pool`` is a ``torch.cuda.graph_pool_handle()`` to share memory between
+    captures that never run concurrently (default: a private pool).
     """
 
     def __init__(self, pipeline: Pipeline, frame_shape: Tuple[int, int], device: torch.device,
                  with_confidence: bool = False, warmup_iterations: int = 3,
-                 pool=None):
+                 pool: Optional[Tuple[int, int]] = None):
         if device.type != 'cuda':
             raise ValueError(f'CapturedFrame needs a CUDA device, got {device}')
         height, width = (int(v) for v in frame_shape)
@@ -77,7 +81,7 @@ class CapturedFrame:
             torch.cuda.synchronize(device)
 
     def _step(self) -> None:
-        """The captured work: upload, pipeline, download (all stream-ordered, no sync)."""
+        """Do the captured work: upload, pipeline, download (all stream-ordered, no sync)."""
         self.device_frame.copy_(self.host_frame, non_blocking=True)
         labels, confidence = self._pipeline(self.device_frame)
         self.host_labels.copy_(labels, non_blocking=True)
@@ -87,7 +91,8 @@ class CapturedFrame:
             self.host_confidence.copy_(confidence, non_blocking=True)
 
     def launch(self, image: np.ndarray) -> None:
-        """Copy ``image`` (HxWx3 uint8, any strides) to pinned memory and launch the graph.
+        """
+        Copy ``image`` (HxWx3 uint8, any strides) to pinned memory and launch the graph.
 
         Returns without waiting for the device; :meth:`collect` waits.
         """
@@ -123,7 +128,7 @@ class GraphCache:
         self.captures = 0
 
     def __len__(self) -> int:
-        """Number of captures held."""
+        """Return the number of captures held."""
         return len(self._entries)
 
     def __contains__(self, key: Hashable) -> bool:
@@ -131,11 +136,11 @@ class GraphCache:
         return key in self._entries
 
     def peek(self, key: Hashable) -> Optional[CapturedFrame]:
-        """The capture for ``key`` if held (recency unchanged), else None."""
+        """Return the capture for ``key`` if held (recency unchanged), else None."""
         return self._entries.get(key)
 
     def get(self, key: Hashable, build: Callable[[], CapturedFrame]) -> CapturedFrame:
-        """The capture for ``key``, built (and the oldest evicted if full) on a miss."""
+        """Return the capture for ``key``, built (oldest evicted if full) on a miss."""
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)

@@ -1,4 +1,5 @@
-"""BatchNorm folding: an inference copy of :class:`~enet_ros.model.ENet` with fewer layers.
+"""
+BatchNorm folding: an inference copy of :class:`~enet_ros.model.ENet` with fewer layers.
 
 In eval mode a BatchNorm is a per-channel affine map ``y = x * scale + shift``
 with ``scale = gamma / sqrt(running_var + eps)`` and
@@ -49,7 +50,7 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _folded_conv(conv: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
-    """A copy of ``conv`` (Conv2d or ConvTranspose2d, groups 1) with the affine map folded in."""
+    """Copy ``conv`` (Conv2d or ConvTranspose2d, groups 1) with the affine map folded in."""
     if conv.groups != 1:
         raise ValueError('folding supports groups=1 convolutions only')
     folded = copy.deepcopy(conv)
@@ -68,7 +69,8 @@ def _folded_conv(conv: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> n
 
 
 def fold_sequential(sequence: nn.Sequential) -> nn.Sequential:
-    """Fold every ``(Conv2d | ConvTranspose2d, BatchNorm2d)`` pair; drop ``Dropout2d``.
+    """
+    Fold every ``(Conv2d | ConvTranspose2d, BatchNorm2d)`` pair; drop ``Dropout2d``.
 
     Other modules (PReLU, convolutions not followed by a BatchNorm) are kept in
     order. A BatchNorm that does not follow a convolution is kept as it is.
@@ -91,7 +93,8 @@ def fold_sequential(sequence: nn.Sequential) -> nn.Sequential:
 
 
 class FoldedInitialBlock(nn.Module):
-    """The initial block with its BatchNorm folded (see the module docstring).
+    """
+    The initial block with its BatchNorm folded (see the module docstring).
 
     Maps Nx3xHxW to Nx16x(H/2)x(W/2), like :class:`~enet_ros.model.InitialBlock`.
     """
@@ -114,7 +117,8 @@ class FoldedInitialBlock(nn.Module):
 
 
 def fold_enet(model: ENet) -> ENet:
-    """Return an eval-mode copy of ``model`` with every BatchNorm folded; ``model`` is unchanged.
+    """
+    Return an eval-mode copy of ``model`` with every BatchNorm folded; ``model`` is unchanged.
 
     The copy has the same ``forward`` and array contract as ``model``.
     """
@@ -134,5 +138,5 @@ def fold_enet(model: ENet) -> ENet:
 
 
 def count_batchnorms(model: nn.Module) -> int:
-    """Number of BatchNorm2d modules in ``model`` (0 after :func:`fold_enet`)."""
+    """Count the BatchNorm2d modules in ``model`` (0 after :func:`fold_enet`)."""
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())

@@ -11,6 +11,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / 'test'))
 
 
+@pytest.fixture(autouse=True, scope='session')
+def one_torch_thread():
+    """
+    Run torch on one intra-op thread in the test process.
+
+    The node processes the tests start run beside it on a 2-core machine;
+    two-thread inference in both stalls each other (OpenMP spin-waits).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope='session')
 def camvid_root() -> Path:
     """Return the CamVid folder (ENET_ROS_CAMVID or ../shared/data/camvid); skip if absent."""
@@ -36,5 +52,6 @@ def ros_env() -> dict:
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
     env['PYTHONUNBUFFERED'] = '1'
+    env['OMP_NUM_THREADS'] = '1'  # see one_torch_thread
     env.pop('ROS_LOCALHOST_ONLY', None)
     return env

@@ -9,19 +9,25 @@ from enet_ros.model_file import ModelMetadata, save_model_file
 import torch
 
 
-def write_random_model(path: Path, table: ClassTable = CAMVID_11,
-                       input_size: Tuple[int, int] = (480, 360), seed: int = 0) -> Path:
+def random_enet(num_classes: int = CAMVID_11.num_classes, seed: int = 0) -> ENet:
     """
-    Save a seeded random ENet for ``table`` with BatchNorm statistics perturbed.
+    Build a seeded random ENet in eval mode with its BatchNorm statistics perturbed.
 
     Perturbing the running statistics makes the random network's outputs vary
     across the image, so label maps are not constant.
     """
     torch.manual_seed(seed)
-    model = ENet(table.num_classes)
+    model = ENet(num_classes)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def write_random_model(path: Path, table: ClassTable = CAMVID_11,
+                       input_size: Tuple[int, int] = (480, 360), seed: int = 0) -> Path:
+    """Save :func:`random_enet` for ``table`` as a model file with a ``input_size`` input."""
+    model = random_enet(table.num_classes, seed)
     metadata = ModelMetadata.from_class_table(table, input_size)
     return save_model_file(path, model, metadata)

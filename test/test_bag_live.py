@@ -8,6 +8,7 @@ import sys
 
 from bag_helpers import (camvid_metadata, HEIGHT, make_camvid, make_labels, quick_cpu,
                          subprocess_env, WIDTH)
+from enet_ros.ros.bag_io import bag_topics, deserialize, open_bag, read_messages, stamp_to_ns
 from enet_ros.ros.dataset_to_bag import main as dataset_to_bag
 from enet_ros.ros.evaluate_bag import evaluate_bag, EvaluateOptions
 from enet_ros.ros.evaluation import Scoreboard, StampMatcher
@@ -43,7 +44,7 @@ def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, 
     result = subprocess.run(
         [sys.executable, '-m', 'enet_ros.ros.live_evaluate', str(bag), '--model',
          str(model_file), '-p', 'device:=cpu', '--json', str(tmp_path / 'live.json'),
-         '--wait', '10', '--no-progress'],
+         '--wait', '10', '--no-progress', '--record-bag', str(tmp_path / 'outputs')],
         env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'end-to-end latency' in result.stdout
@@ -60,6 +61,14 @@ def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, 
     assert report['end_to_end_latency']['count'] == frames['answered']
     assert report['end_to_end_latency']['p50_ms'] > 0
     assert report['node']['exit_code'] == 0
+
+    with open_bag(tmp_path / 'outputs') as recorded:
+        topics = bag_topics(recorded)
+        for output in ('labels', 'colored', 'overlay', 'drivable'):
+            assert topics[f'/segmentation_node/{output}'].count == frames['answered'], output
+        stamps = {stamp_to_ns(deserialize(raw.data, raw.msgtype).header.stamp)
+                  for raw in read_messages(recorded, ['/segmentation_node/labels'])}
+    assert stamps == answered
 
     offline = evaluate_bag(EvaluateOptions(bag=bag, stamps=answered, progress=False),
                            Segmenter.from_file(str(model_file), device='cpu'))

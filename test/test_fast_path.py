@@ -1,4 +1,5 @@
-"""The optimised CPU path gives the eager path's labels; BatchNorm folding is exact to rounding.
+"""
+The optimised CPU path gives the eager path's labels; BatchNorm folding is exact to rounding.
 
 Agreement bound, >= 99.9% of pixels, and why not bit-identical: the optimised
 path folds BatchNorm into the convolutions (in float64, stored as float32) and
@@ -15,17 +16,16 @@ eager path has the same sensitivity across machines and library versions.
 from pathlib import Path
 from typing import Tuple
 
+from enet_ros import segmenter as segmenter_module
+from enet_ros.cuda_graph import CapturedFrame, GraphCache
+from enet_ros.fuse import count_batchnorms, fold_enet, fold_sequential
+from enet_ros.model import ENet, RegularBottleneck
+from enet_ros.model_file import load_model_file
+from enet_ros.segmenter import argmax_classes, COMPILE_ENV, labels_from_logits, Segmenter
 import numpy as np
 import pytest
 import torch
 from torch import nn
-
-from enet_ros import segmenter as segmenter_module
-from enet_ros.cuda_graph import GraphCache
-from enet_ros.fuse import count_batchnorms, fold_enet, fold_sequential
-from enet_ros.model import ENet, RegularBottleneck
-from enet_ros.model_file import load_model_file
-from enet_ros.segmenter import (argmax_classes, COMPILE_ENV, labels_from_logits, Segmenter)
 
 AGREEMENT = 0.999
 
@@ -35,6 +35,8 @@ def _assert_confidence_close(got: np.ndarray, expected: np.ndarray) -> None:
     difference = np.abs(got - expected)
     assert float(difference.mean()) <= 1e-4
     assert float(difference.max()) <= 1e-2
+
+
 NET_SIZE = (96, 64)  # (width, height): small so that the CPU tests stay fast
 
 
@@ -51,7 +53,7 @@ def _random_enet(seed: int = 0, num_classes: int = 11) -> ENet:
 
 
 def _images(shapes=((64, 96), (120, 160), (37, 53))) -> list:
-    """Generated HxWx3 uint8 inputs: noise, and a smooth gradient with blocks."""
+    """Generate HxWx3 uint8 inputs: noise, and a smooth gradient with blocks."""
     rng = np.random.default_rng(7)
     images = []
     for height, width in shapes:
@@ -70,13 +72,13 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope='module')
 def loaded(random_model_file: Path):
-    """The shared random model file, loaded."""
+    """Load the shared random model file."""
     return load_model_file(random_model_file)
 
 
 @pytest.fixture(scope='module')
 def eager(loaded) -> Segmenter:
-    """The reference: the unoptimised fp32 network."""
+    """Build the reference: the unoptimised fp32 network."""
     return Segmenter(loaded, device='cpu', input_size=NET_SIZE, optimize=False)
 
 
@@ -162,7 +164,7 @@ def test_labels_from_logits_equal_for_nchw_channels_last_and_ties():
 
 def test_optimised_eager_cpu_path_agrees_with_eager_fp32(loaded, eager):
     """Folded channels_last network (compile off): labels agree on generated inputs."""
-    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, compile=False)
+    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False)
     assert not fast.compiled
     assert 'BatchNorm folded' in fast.describe() and 'channels_last' in fast.describe()
     assert 'torch.compile off' in fast.describe()
@@ -177,7 +179,8 @@ def test_optimised_eager_cpu_path_agrees_with_eager_fp32(loaded, eager):
 
 def test_optimised_path_accepts_views_and_negative_strides(loaded, eager):
     """A cropped view and a channel-reversed view (negative stride) both work."""
-    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, compile=False, warmup=False)
+    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False,
+                     warmup=False)
     image = _images()[0]
     padded = np.zeros((80, 120, 3), dtype=np.uint8)
     padded[5:69, 7:103] = image
@@ -189,8 +192,9 @@ def test_optimised_path_accepts_views_and_negative_strides(loaded, eager):
 
 
 def test_preprocess_shape_and_logits(loaded, eager):
-    """preprocess gives 1x3xhxw (channels_last when optimised); logits are 1xCxhxw."""
-    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, compile=False, warmup=False)
+    """Preprocess gives 1x3xhxw (channels_last when optimised); logits are 1xCxhxw."""
+    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False,
+                     warmup=False)
     image = _images()[2]
     x = fast.preprocess(image)
     assert x.shape == (1, 3, NET_SIZE[1], NET_SIZE[0]) and x.dtype == torch.float32
@@ -203,17 +207,31 @@ def test_preprocess_shape_and_logits(loaded, eager):
     assert float((logits - eager.logits(reference)).abs().max()) < 1e-2
 
 
+def test_device_label_resize_matches_host_resize(loaded):
+    """The on-device label resize (what CUDA graphs capture) equals the CPU's numpy resize."""
+    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False,
+                     warmup=False)
+    for image in _images():
+        expected = fast.segment(image, bgr=True, with_confidence=True)
+        with torch.inference_mode():
+            labels, confidence = fast._device_pipeline(torch.from_numpy(image), True, True,
+                                                       resize_labels=True)
+        assert np.array_equal(labels.numpy(), expected.labels)
+        assert np.array_equal(confidence.numpy(), expected.confidence)
+
+
 def test_describe_names_the_path(loaded, eager):
     """describe() says eager or optimised, and what the optimised path does."""
     assert 'eager' in eager.describe() and not eager.compiled and not eager.cuda_graphs
     assert eager.execution_path == 'eager'
-    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, compile=False, warmup=False)
+    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False,
+                     warmup=False)
     assert fast.execution_path.startswith('optimised (')
     assert not fast.cuda_graphs  # CUDA graphs are for CUDA only
 
 
 def test_compile_env_switch(loaded, monkeypatch):
-    """ENET_ROS_COMPILE=0 turns torch.compile off where compile is left at None."""
+    """ENET_ROS_COMPILE=0 turns torch.compile off where torch_compile is left at None."""
     monkeypatch.setenv(COMPILE_ENV, '0')
     fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, warmup=False)
     assert not fast.compiled and 'torch.compile off' in fast.describe()
@@ -229,7 +247,7 @@ def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, caplog)
 
     monkeypatch.setattr(segmenter_module.torch, 'compile', failing_compile)
     with caplog.at_level('WARNING'):
-        fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, compile=True)
+        fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True)
     assert not fast.compiled
     assert 'torch.compile failed' in fast.describe()
     assert 'no C++ compiler (simulated)' in caplog.text
@@ -239,11 +257,12 @@ def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, caplog)
 
 @pytest.mark.slow
 def test_compiled_cpu_path_agrees_with_eager_fp32(loaded, eager):
-    """torch.compile (inductor) path: compiles, runs compiled and agrees with eager fp32.
+    """
+    torch.compile (inductor) path: compiles, runs compiled and agrees with eager fp32.
 
     Tiny network input to keep compilation short (it is still 10-40 s on 2 cores).
     """
-    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, compile=True)
+    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True)
     assert fast.compiled, fast.describe()
     assert 'torch.compile' in fast.describe() and 'failed' not in fast.describe()
     assert 'not yet run' not in fast.describe()
@@ -282,3 +301,9 @@ def test_graph_cache_is_bounded_lru():
     assert len(cache) == 2 and cache.captures == 3 and built == ['a', 'b', 'c']
     with pytest.raises(ValueError):
         GraphCache(capacity=0)
+
+
+def test_captured_frame_needs_cuda():
+    """A CPU device is refused by CapturedFrame before anything touches CUDA."""
+    with pytest.raises(ValueError, match='CUDA'):
+        CapturedFrame(lambda frame: (frame[..., 0], None), (4, 4), torch.device('cpu'))

@@ -1,4 +1,5 @@
-"""The CUDA path: fp16, folded BatchNorm and CUDA graphs agree with eager; replay never syncs.
+"""
+The CUDA path: fp16, folded BatchNorm and CUDA graphs agree with eager; replay never syncs.
 
 Every test here needs CUDA and is skipped without it ('CUDA not available').
 
@@ -11,13 +12,12 @@ max-pool near-ties).
 
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-
 from enet_ros import segmenter as segmenter_module
 from enet_ros.model_file import BUNDLED_MODEL, load_model_file
 from enet_ros.segmenter import Segmenter
+import numpy as np
+import pytest
+import torch
 
 pytestmark = [
     pytest.mark.gpu,
@@ -30,7 +30,7 @@ FP16_VS_FP32 = 0.995
 
 
 def _scene(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """An HxWx3 uint8 image with smooth regions, edges and noise (not constant labels)."""
+    """Make an HxWx3 uint8 image with smooth regions, edges and noise (not constant labels)."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[0:height, 0:width]
     image = np.stack([rows * 255 // max(1, height - 1), cols * 255 // max(1, width - 1),
@@ -46,13 +46,13 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope='module')
 def loaded(random_model_file: Path):
-    """The shared random model file (480x360 network input), loaded."""
+    """Load the shared random model file (480x360 network input)."""
     return load_model_file(random_model_file)
 
 
 @pytest.fixture(scope='module')
 def captured(loaded) -> Segmenter:
-    """The default CUDA path: fp16, folded, cuDNN autotuning, CUDA graphs."""
+    """Build the default CUDA path: fp16, folded, cuDNN autotuning, CUDA graphs."""
     return Segmenter(loaded, device='cuda')
 
 
@@ -88,7 +88,7 @@ def test_captured_agrees_with_eager_fp16_and_fp32(captured, eager16, eager32, sh
 
 
 def test_captured_bgr_and_confidence(captured, eager16):
-    """bgr and with_confidence are captured too (their own graphs) and agree with eager."""
+    """Captures cover bgr and with_confidence too (their own graphs) and agree with eager."""
     image = _scene(360, 480, seed=3)
     got = captured.segment(image[..., ::-1], bgr=True, with_confidence=True)
     expected = eager16.segment(image, with_confidence=True)
@@ -138,7 +138,8 @@ def test_replay_does_not_synchronise(captured):
 
 
 def test_one_frame_is_one_launch_and_one_wait(captured):
-    """Profiled segment(): one cudaGraphLaunch, one cudaEventSynchronize, no other sync or copy.
+    """
+    Profiled segment(): one cudaGraphLaunch, one cudaEventSynchronize, no other sync or copy.
 
     Only CUDA runtime calls made inside the frame's ``record_function`` range
     count (the profiler's own start and stop synchronise too).

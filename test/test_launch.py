@@ -48,7 +48,7 @@ def _stub_launch_modules(monkeypatch, share: Path):
 
 @pytest.fixture
 def description(monkeypatch):
-    """Run generate_launch_description() against the stand-ins."""
+    """Build the launch description against the stand-ins."""
     _stub_launch_modules(monkeypatch, ROOT)
     spec = importlib.util.spec_from_file_location('segment_launch', LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)

@@ -4,6 +4,7 @@ from typing import List
 
 from enet_ros.model import (count_parameters, DownsamplingBottleneck, ENet, OUTPUT_STRIDE,
                             UpsamplingBottleneck)
+from model_files import random_enet
 import pytest
 import torch
 from torch import nn
@@ -14,30 +15,10 @@ from torch.utils._pytree import tree_flatten
 PAPER_PARAMETERS = 0.37e6
 
 
-def _random_eval_model(num_classes: int = 11, seed: int = 0) -> ENet:
-    """Build a seeded ENet in eval mode whose BatchNorm statistics vary (non-trivial outputs)."""
-    torch.manual_seed(seed)
-    model = ENet(num_classes)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: small forwards are fastest so, above all on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope='module')
 def model() -> ENet:
     """Return an 11-class ENet in eval mode."""
-    return _random_eval_model()
+    return random_enet()
 
 
 @pytest.mark.parametrize('height, width', [(33, 47), (48, 64), (8, 8), (1, 1), (19, 120),
@@ -238,12 +219,12 @@ def test_host_tensor_detector_works():
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_low_precision_forward_cpu(dtype: torch.dtype):
     """A bf16 / fp16 forward works and stays close to fp32 (skipped without CPU kernels)."""
-    reference_model = _random_eval_model()
+    reference_model = random_enet()
     x = torch.randn(1, 3, 33, 47)
     with torch.no_grad():
         reference = reference_model(x)
         try:
-            low = _random_eval_model().to(dtype)(x.to(dtype))
+            low = random_enet().to(dtype)(x.to(dtype))
         except (RuntimeError, NotImplementedError) as error:
             pytest.skip(f'this CPU build has no {dtype} kernel for ENet: {error}')
     assert low.dtype == dtype
@@ -273,7 +254,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 @requires_cuda
 def test_cuda_fp16_forward():
     """On CUDA, an fp16 forward matches fp32 closely."""
-    model = _random_eval_model().cuda()
+    model = random_enet().cuda()
     x = torch.randn(1, 3, 360, 480, device='cuda')
     with torch.no_grad():
         reference = model(x)
@@ -289,7 +270,7 @@ def test_cuda_fp16_forward():
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 def test_cuda_graph_capture_replay(dtype: torch.dtype):
     """A CUDA graph of the forward (odd input size) replays to the eager output."""
-    model = _random_eval_model().cuda().to(dtype)
+    model = random_enet().cuda().to(dtype)
     static_input = torch.randn(1, 3, 361, 479, device='cuda', dtype=dtype)
     with torch.no_grad():
         stream = torch.cuda.Stream()

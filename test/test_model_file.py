@@ -17,15 +17,6 @@ from safetensors.torch import load_file, save_file
 import torch
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: small forwards are fastest so, above all on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope='module')
 def good_file(tmp_path_factory) -> Path:
     """Write a valid CamVid model file (64x48 input)."""

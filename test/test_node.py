@@ -23,7 +23,8 @@ def module_ros_env(tmp_path_factory):
     env = dict(os.environ)
     env.update(ROS_DOMAIN_ID=str(random.Random().randint(101, 200)),
                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-               FASTDDS_BUILTIN_TRANSPORTS='LARGE_DATA', PYTHONUNBUFFERED='1')
+               FASTDDS_BUILTIN_TRANSPORTS='LARGE_DATA', PYTHONUNBUFFERED='1',
+               OMP_NUM_THREADS='1')
     return env
 
 

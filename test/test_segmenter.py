@@ -14,15 +14,6 @@ import torch.nn.functional as F
 NET_SIZE = (64, 48)  # network input (width, height) for fast tests
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: small forwards are fastest so, above all on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope='module', params=['eager', 'default'])
 def segmenter(request, random_model_file: Path) -> Segmenter:
     """Build a CPU Segmenter (eager, and the default path the node runs), 64x48 input."""

@@ -26,32 +26,31 @@ Example::
 
 import argparse
 from collections import Counter, OrderedDict
+import contextlib
 from dataclasses import dataclass
 import json
-import os
 from pathlib import Path
 import queue
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
-from .bag_io import (BagError, COMPRESSED_IMAGE, deserialize, frame_names, IMAGE, IMAGE_TYPES,
-                     message_to_labels, MessageError, open_bag, read_messages, require_topic,
-                     stamp_to_ns)
+from .bag_io import (BagError, BagWriter, COMPRESSED_IMAGE, deserialize, frame_names, IMAGE,
+                     IMAGE_TYPES, message_to_labels, MessageError, open_bag, read_messages,
+                     require_topic, stamp_to_ns)
 from .evaluation import (DEFAULT_LABELS_TOPIC, FolderTruth, format_table, latency_summary,
                          NO_TRUTH, parse_class_list, resolve_image_topic, Scoreboard,
                          skipped_dict, StampMatcher)
+from .node_process import node_command as process_command, NodeProcess
 from ..model_file import load_model_file, ModelFileError
 
 TOOL = 'live_evaluate'
 NODE_NAME = 'segmentation_node'
+RECORDED_OUTPUTS = ('labels', 'colored', 'overlay', 'drivable')
 DROPPED = 'dropped by the node or in transport (a later frame was answered)'
 
 
@@ -81,87 +80,26 @@ class LiveOptions:
     limit: Optional[int] = None
     json_path: Optional[Path] = None
     node_log: Optional[Path] = None
+    record_bag: Optional[Path] = None
     progress: bool = True
-
-
-def default_params_file() -> Optional[Path]:
-    """Find the package's config/segment.yaml: installed share directory, else source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        installed = Path(get_package_share_directory('enet_ros')) / 'config' / 'segment.yaml'
-        if installed.is_file():
-            return installed
-    except Exception:  # not installed as a ROS package (e.g. an editable pip install)
-        pass
-    source = Path(__file__).resolve().parents[2] / 'config' / 'segment.yaml'
-    return source if source.is_file() else None
 
 
 def node_command(options: LiveOptions, input_topic: str, compressed: bool) -> List[str]:
     """Build the command line that starts the node listening on ``input_topic``."""
-    command = [sys.executable, '-m', 'enet_ros.ros.segmentation_node', '--ros-args']
-    params_file = options.params_file or default_params_file()
-    if params_file:
-        command += ['--params-file', str(params_file)]
-    if options.model:
-        command += ['-p', f'model_path:={options.model}']
+    parameters: Dict[str, object] = {'model_path': options.model} if options.model else {}
     if compressed:
-        command += ['-p', 'input_transport:=compressed', '-r', f'image/compressed:={input_topic}']
+        parameters['input_transport'] = 'compressed'
+        remaps = {'image/compressed': input_topic}
     else:
-        command += ['-r', f'image:={input_topic}']
-    for assignment in options.node_parameters:
-        command += ['-p', assignment]
-    return command
-
-
-class NodeProcess:
-    """The segmentation node started by this tool, its output captured in a log file."""
-
-    def __init__(self, command: Sequence[str], log_path: Optional[Path]):
-        self.temporary_log = log_path is None
-        if log_path is None:
-            handle, name = tempfile.mkstemp(prefix='segmentation_node_', suffix='.log')
-            os.close(handle)
-            log_path = Path(name)
-        self.log_path = Path(log_path)
-        self.command = list(command)
-        self._log = open(self.log_path, 'w')
-        self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def tail(self, lines: int = 30) -> str:
-        """Return the last lines the node printed."""
-        self._log.flush()
-        return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
-
-    def exited(self) -> Optional[int]:
-        """Return the exit code if the process has ended, else None."""
-        return self.process.poll()
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGINT, then SIGTERM, then SIGKILL, each after ``timeout``; return the exit code."""
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if self.process.poll() is not None:
-                break
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                continue
-        self._log.close()
-        if self.temporary_log and self.process.returncode == 0:
-            self.log_path.unlink(missing_ok=True)
-        return self.process.returncode
-
-    @property
-    def kept_log(self) -> Optional[str]:
-        """Path of the log file while it exists (a clean run's temporary log is removed)."""
-        return str(self.log_path) if self.log_path.exists() else None
+        remaps = {'image': input_topic}
+    return process_command(parameters, remaps, options.params_file, options.node_parameters)
 
 
 class _Peer:
     """The rclpy side: a publisher of camera frames and a recorder of the node's labels."""
 
-    def __init__(self, input_topic: str, msgtype: str, labels_topic: str):
+    def __init__(self, input_topic: str, msgtype: str, labels_topic: str,
+                 recorder: Optional[BagWriter] = None):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -179,7 +117,15 @@ class _Peer:
         self.received: 'queue.SimpleQueue[Tuple[int, float, Any]]' = queue.SimpleQueue()
         record = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                             reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(Image, labels_topic, self._on_labels, record)
+        self.subscriptions = [
+            self.node.create_subscription(Image, labels_topic, self._on_labels, record)]
+        if recorder is not None:
+            for output in RECORDED_OUTPUTS:
+                topic = labels_topic.rsplit('/', 1)[0] + '/' + output
+                recorder.add_topic(topic, IMAGE)
+                self.subscriptions.append(self.node.create_subscription(
+                    Image, topic, lambda data, topic=topic: recorder.write_raw(
+                        topic, data, time.time_ns()), record, raw=True))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, name='ros', daemon=True)
@@ -194,9 +140,9 @@ class _Peer:
         self.received.put((stamp_to_ns(msg.header.stamp), received, labels))
 
     def ready(self) -> bool:
-        """Whether the node subscribes to our frames and publishes labels."""
+        """Whether the node subscribes to our frames and is matched with our recorders."""
         return (self.publisher.get_subscription_count() > 0
-                and self.node.count_publishers(self.labels_topic) > 0)
+                and all(s.get_publisher_count() > 0 for s in self.subscriptions))
 
     def publish(self, data: bytes) -> None:
         """Publish one serialised camera message."""
@@ -330,7 +276,6 @@ def live_evaluate(options: LiveOptions,
     metadata = load_model_file(options.model or None).metadata
     drivable = parse_class_list(options.drivable_classes, metadata)
     node = None
-    peer = None
     with open_bag(options.bag) as reader:
         image = resolve_image_topic(reader, options.image_topic)
         folder, truth_topic, truth_text = None, None, 'none'
@@ -361,14 +306,20 @@ def live_evaluate(options: LiveOptions,
         try:
             if not options.attach:
                 node = NodeProcess(node_command(options, input_topic, compressed),
-                                   options.node_log)
+                                   log_path=options.node_log)
                 log(f"{TOOL}: started the node: {' '.join(node.command)} (log {node.log_path})")
-            peer = _Peer(input_topic, image.msgtype, labels_topic)
-            _wait_ready(peer, node, options, input_topic)
-            _play(reader, image.name, truth_topic, total, options, peer, session)
+            recorder = (BagWriter(options.record_bag, 'mcap', overwrite=True)
+                        if options.record_bag else None)
+            with recorder if recorder is not None else contextlib.nullcontext():
+                peer = _Peer(input_topic, image.msgtype, labels_topic, recorder)
+                try:
+                    _wait_ready(peer, node, options, input_topic)
+                    _play(reader, image.name, truth_topic, total, options, peer, session)
+                    if recorder is not None:
+                        _wait_recorded(recorder, session.answered, options.wait)
+                finally:
+                    peer.close()
         finally:
-            if peer is not None:
-                peer.close()
             node_exit = node.stop() if node is not None else None
     for record, _ in session.matcher.unmatched_predictions() if session.matcher else []:
         session.skip(record, NO_TRUTH)
@@ -379,6 +330,14 @@ def live_evaluate(options: LiveOptions,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + '\n')
     return report
+
+
+def _wait_recorded(recorder: BagWriter, answered: int, timeout: float) -> None:
+    """Let the outputs published after the last frame's labels reach the recording."""
+    deadline = time.monotonic() + timeout
+    while (min(recorder.counts.values(), default=answered) < answered
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
 
 
 def _play(reader: Any, image_topic: str, truth_topic: Optional[str], total: int,
@@ -518,6 +477,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--json', type=Path, default=None, help='write every figure here')
     parser.add_argument('--node-log', type=Path, default=None,
                         help="write the started node's output here (default: a temp file)")
+    parser.add_argument('--record-bag', type=Path, default=None,
+                        help="record the node's four outputs into this MCAP bag (a folder, "
+                        'replaced if it is a bag), to view beside the camera in Foxglove')
     parser.add_argument('--no-progress', dest='progress', action='store_false')
     return parser
 
@@ -532,7 +494,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         node_name=args.node_name, input_topic=args.input_topic, params_file=args.params_file,
         node_parameters=tuple(args.node_parameters), startup_timeout=args.startup_timeout,
         wait=args.wait, limit=args.limit, json_path=args.json, node_log=args.node_log,
-        progress=args.progress)
+        record_bag=args.record_bag, progress=args.progress)
     try:
         report = live_evaluate(options)
     except KeyboardInterrupt:

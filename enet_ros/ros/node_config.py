@@ -34,6 +34,7 @@ class StartupSettings:
     input_reliability: str
     input_depth: int
     output_reliability: str
+    output_depth: int
     diagnostics_period_s: float
 
 
@@ -96,6 +97,9 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
     'output_reliability': ('reliable', _descriptor(
         "output QoS reliability: 'reliable' (matches any subscriber) or 'best_effort'", True,
         STRING)),
+    'output_depth': (5, _descriptor(
+        'output QoS history depth; with reliable outputs, 1 loses frames a slow subscriber '
+        'has not acknowledged yet', True, INT, int_range=(1, 100, 1))),
     'diagnostics_period': (1.0, _descriptor(
         'seconds between /diagnostics messages', True, DOUBLE, float_range=(0.1, 60.0))),
     'overlay_alpha': (0.5, _descriptor(
@@ -153,6 +157,7 @@ def startup_settings(values: Dict[str, Any]) -> StartupSettings:
         input_reliability=choice('input_reliability', RELIABILITY),
         input_depth=int(values['input_depth']),
         output_reliability=choice('output_reliability', RELIABILITY),
+        output_depth=int(values['output_depth']),
         diagnostics_period_s=float(values['diagnostics_period']),
     )
 

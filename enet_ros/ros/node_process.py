@@ -107,7 +107,8 @@ class NodeProcess:
             self._log.close()
 
     def stop(self, first_signal: int = signal.SIGINT, timeout: float = 10.0) -> int:
-        """Send ``first_signal``, then SIGTERM, then SIGKILL, each after ``timeout``.
+        """
+        Send ``first_signal``, then SIGTERM, then SIGKILL, each after ``timeout``.
 
         Returns the exit code. A temporary log of a clean (exit 0) run is removed.
         """
@@ -125,3 +126,8 @@ class NodeProcess:
         if self.temporary_log and self.process.returncode == 0:
             self.log_path.unlink(missing_ok=True)
         return self.process.returncode
+
+    @property
+    def kept_log(self) -> Optional[str]:
+        """Path of the log file while it exists (a clean run's temporary log is removed)."""
+        return str(self.log_path) if self.log_path.exists() else None

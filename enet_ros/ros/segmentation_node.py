@@ -45,7 +45,8 @@ NODE_NAME = 'segmentation_node'
 WARN_THROTTLE_S = 5.0
 _READ_ONLY_RESTART = ('model_path', 'device', 'precision', 'network_width', 'network_height',
                       'input_transport', 'input_reliability', 'input_depth',
-                      'output_reliability', 'diagnostics_period', 'class_names')
+                      'output_reliability', 'output_depth', 'diagnostics_period',
+                      'class_names')
 
 
 class _RosLogHandler(logging.Handler):
@@ -114,7 +115,7 @@ class SegmentationNode(Node):
         self._last_processed = 0.0
         self._warned: Dict[str, float] = {}
 
-        output_qos = _qos(self.startup.output_reliability, 1)
+        output_qos = _qos(self.startup.output_reliability, self.startup.output_depth)
         self._output_publishers = {
             name: self.create_publisher(Image, f'~/{name}', output_qos) for name in OUTPUTS}
         self._buffers = {'labels': ImageBuffer(Image, 'mono8'),
