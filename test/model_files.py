@@ -6,6 +6,7 @@ from typing import Tuple
 from enet_ros.labels import CAMVID_11, ClassTable
 from enet_ros.model import ENet
 from enet_ros.model_file import ModelMetadata, save_model_file
+import numpy as np
 import torch
 
 
@@ -31,3 +32,9 @@ def write_random_model(path: Path, table: ClassTable = CAMVID_11,
     model = random_enet(table.num_classes, seed)
     metadata = ModelMetadata.from_class_table(table, input_size)
     return save_model_file(path, model, metadata)
+
+
+def label_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of equal pixels of two HxW uint8 label maps of one shape."""
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    return float((a == b).mean())

@@ -22,6 +22,7 @@ from enet_ros.fuse import count_batchnorms, fold_enet, fold_sequential
 from enet_ros.model import ENet, RegularBottleneck
 from enet_ros.model_file import load_model_file
 from enet_ros.segmenter import argmax_classes, COMPILE_ENV, labels_from_logits, Segmenter
+from model_files import label_agreement
 import numpy as np
 import pytest
 import torch
@@ -63,11 +64,6 @@ def _images(shapes=((64, 96), (120, 160), (37, 53))) -> list:
                            ((rows // 8 + cols // 8) % 2) * 200], axis=-1)
         images.append(smooth.astype(np.uint8))
     return images
-
-
-def _agreement(a: np.ndarray, b: np.ndarray) -> float:
-    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
-    return float((a == b).mean())
 
 
 @pytest.fixture(scope='module')
@@ -173,7 +169,7 @@ def test_optimised_eager_cpu_path_agrees_with_eager_fp32(loaded, eager):
             got = fast.segment(image, bgr=bgr, with_confidence=True)
             expected = eager.segment(image, bgr=bgr, with_confidence=True)
             assert got.labels.shape == image.shape[:2]
-            assert _agreement(got.labels, expected.labels) >= AGREEMENT
+            assert label_agreement(got.labels, expected.labels) >= AGREEMENT
             _assert_confidence_close(got.confidence, expected.confidence)
 
 
@@ -185,10 +181,10 @@ def test_optimised_path_accepts_views_and_negative_strides(loaded, eager):
     padded = np.zeros((80, 120, 3), dtype=np.uint8)
     padded[5:69, 7:103] = image
     view = padded[5:69, 7:103]
-    assert _agreement(fast.segment(view).labels, eager.segment(image).labels) >= AGREEMENT
+    assert label_agreement(fast.segment(view).labels, eager.segment(image).labels) >= AGREEMENT
     reversed_view = image[..., ::-1]
-    assert _agreement(fast.segment(reversed_view, bgr=True).labels,
-                      eager.segment(image).labels) >= AGREEMENT
+    assert label_agreement(fast.segment(reversed_view, bgr=True).labels,
+                           eager.segment(image).labels) >= AGREEMENT
 
 
 def test_preprocess_shape_and_logits(loaded, eager):
@@ -252,7 +248,7 @@ def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, caplog)
     assert 'torch.compile failed' in fast.describe()
     assert 'no C++ compiler (simulated)' in caplog.text
     image = _images()[0]
-    assert _agreement(fast.segment(image).labels, eager.segment(image).labels) >= AGREEMENT
+    assert label_agreement(fast.segment(image).labels, eager.segment(image).labels) >= AGREEMENT
 
 
 @pytest.mark.slow
@@ -269,7 +265,7 @@ def test_compiled_cpu_path_agrees_with_eager_fp32(loaded, eager):
     for image in _images():
         got = fast.segment(image, with_confidence=True)
         expected = eager.segment(image, with_confidence=True)
-        assert _agreement(got.labels, expected.labels) >= AGREEMENT
+        assert label_agreement(got.labels, expected.labels) >= AGREEMENT
         _assert_confidence_close(got.confidence, expected.confidence)
     assert fast.compiled  # still compiled: no fallback happened on the way
 

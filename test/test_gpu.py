@@ -15,6 +15,7 @@ from pathlib import Path
 from enet_ros import segmenter as segmenter_module
 from enet_ros.model_file import BUNDLED_MODEL, load_model_file
 from enet_ros.segmenter import Segmenter
+from model_files import label_agreement
 import numpy as np
 import pytest
 import torch
@@ -37,11 +38,6 @@ def _scene(height: int, width: int, seed: int = 0) -> np.ndarray:
                       ((rows // 23 + cols // 31) % 3) * 100], axis=-1).astype(np.int32)
     image += rng.integers(-20, 21, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def _agreement(a: np.ndarray, b: np.ndarray) -> float:
-    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
-    return float((a == b).mean())
 
 
 @pytest.fixture(scope='module')
@@ -83,8 +79,8 @@ def test_captured_agrees_with_eager_fp16_and_fp32(captured, eager16, eager32, sh
     image = _scene(*shape, seed=shape[0])
     got = captured.segment(image)
     assert got.labels.shape == shape and got.labels.dtype == np.uint8
-    assert _agreement(got.labels, eager16.segment(image).labels) >= SAME_FP16
-    assert _agreement(got.labels, eager32.segment(image).labels) >= FP16_VS_FP32
+    assert label_agreement(got.labels, eager16.segment(image).labels) >= SAME_FP16
+    assert label_agreement(got.labels, eager32.segment(image).labels) >= FP16_VS_FP32
 
 
 def test_captured_bgr_and_confidence(captured, eager16):
@@ -92,7 +88,7 @@ def test_captured_bgr_and_confidence(captured, eager16):
     image = _scene(360, 480, seed=3)
     got = captured.segment(image[..., ::-1], bgr=True, with_confidence=True)
     expected = eager16.segment(image, with_confidence=True)
-    assert _agreement(got.labels, expected.labels) >= SAME_FP16
+    assert label_agreement(got.labels, expected.labels) >= SAME_FP16
     assert got.confidence.shape == image.shape[:2] and got.confidence.dtype == np.float32
     assert float(np.abs(got.confidence - expected.confidence).mean()) < 1e-2
 
@@ -113,7 +109,7 @@ def test_input_size_change_recaptures_and_cache_is_bounded(loaded, eager16):
         image = _scene(*shape, seed=index)
         got = segmenter.segment(image).labels
         assert got.shape == shape
-        assert _agreement(got, eager16.segment(image).labels) >= SAME_FP16
+        assert label_agreement(got, eager16.segment(image).labels) >= SAME_FP16
     cache = segmenter._graphs
     assert cache is not None, segmenter.describe()
     assert cache.captures == 3  # 360x480 was reused, not recaptured
@@ -175,10 +171,10 @@ def test_uncaptured_and_channels_last_variants_agree(loaded, captured):
     expected = captured.segment(image).labels
     plain = Segmenter(loaded, device='cuda', cuda_graphs=False)
     assert not plain.cuda_graphs
-    assert _agreement(plain.segment(image).labels, expected) >= SAME_FP16
+    assert label_agreement(plain.segment(image).labels, expected) >= SAME_FP16
     nhwc = Segmenter(loaded, device='cuda', channels_last=True)
     assert 'channels_last' in nhwc.describe()
-    assert _agreement(nhwc.segment(image).labels, expected) >= SAME_FP16
+    assert label_agreement(nhwc.segment(image).labels, expected) >= SAME_FP16
 
 
 def test_capture_failure_falls_back_to_eager(loaded, eager16, monkeypatch):
@@ -192,8 +188,8 @@ def test_capture_failure_falls_back_to_eager(loaded, eager16, monkeypatch):
     assert not segmenter.cuda_graphs
     assert 'CUDA graph capture failed' in segmenter.describe()
     image = _scene(360, 480, seed=9)
-    assert _agreement(segmenter.segment(image).labels,
-                      eager16.segment(image).labels) >= SAME_FP16
+    assert label_agreement(segmenter.segment(image).labels,
+                           eager16.segment(image).labels) >= SAME_FP16
 
 
 @pytest.mark.slow

@@ -24,7 +24,6 @@ import argparse
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-import json
 from pathlib import Path
 import sys
 import time
@@ -37,9 +36,9 @@ from tqdm import tqdm
 from .bag_io import (array_to_image, BagError, BagWriter, deserialize, frame_names, IMAGE,
                      IMAGE_TYPES, message_to_frame, message_to_labels, MessageError, open_bag,
                      read_messages, require_topic, stamp_to_ns, storage_of, STORAGES)
-from .evaluation import (DEFAULT_LABELS_TOPIC, FolderTruth, format_table, latency_summary,
-                         NO_TRUTH, parse_class_list, resolve_image_topic, Scoreboard,
-                         skipped_dict, StampMatcher)
+from .evaluation import (add_bag_arguments, DEFAULT_LABELS_TOPIC, FolderTruth, format_table,
+                         latency_summary, NO_TRUTH, parse_class_list, resolve_image_topic,
+                         Scoreboard, skipped_dict, StampMatcher, write_json)
 from .. import masks
 from ..model_file import ModelFileError, ModelMetadata
 from ..segmenter import DEVICE_CHOICES, PRECISIONS, Segmenter, SegmenterConfigError
@@ -306,7 +305,7 @@ def evaluate_bag(options: EvaluateOptions,
     report = _report(options, image, truth_text, segmenter, scoreboard, records, skipped,
                      segment_s, frame_s, wall)
     if options.json_path:
-        _write_json(options.json_path, report)
+        write_json(options.json_path, report)
     if options.report_path:
         from .report import write_report
         write_report(options.report_path, picker.frames, report['accuracy'], metadata,
@@ -339,35 +338,14 @@ def _report(options: EvaluateOptions, image: Any, truth_text: str, segmenter: An
     }
 
 
-def _write_json(path: Path, report: Dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + '\n')
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     """Build the command-line interface of ``evaluate_bag``."""
     parser = argparse.ArgumentParser(
         prog=TOOL, description="Segment every frame of a rosbag2 bag with the node's "
         'inference path and score it against ground truth.')
-    parser.add_argument('bag', type=Path, help='rosbag2 bag (directory, .db3 or .mcap)')
-    parser.add_argument('--image-topic', default=None,
-                        help='camera topic, sensor_msgs/Image or CompressedImage '
-                        '(default: /camera/image_raw[/compressed] or the only image topic)')
-    truth = parser.add_mutually_exclusive_group()
-    truth.add_argument('--labels-topic', default=None,
-                       help=f'ground-truth mono8 topic (default: {DEFAULT_LABELS_TOPIC} '
-                       'when present)')
-    truth.add_argument('--labels-dir', type=Path, default=None,
-                       help='folder of label PNGs named <stamp_ns>.png, <sec>_<nanosec>.png '
-                       'or after the source frame recorded by dataset_to_bag')
-    parser.add_argument('--model', default='',
-                        help='model file (empty: the bundled enet_camvid.safetensors)')
+    add_bag_arguments(parser, 'evaluate')
     parser.add_argument('--device', default='auto', help=f"one of {', '.join(DEVICE_CHOICES)}")
     parser.add_argument('--precision', default='auto', choices=PRECISIONS)
-    parser.add_argument('--drivable-classes', default='',
-                        help="comma-separated class names (default: the model's)")
-    parser.add_argument('--json', type=Path, default=None, help='write every figure here')
     parser.add_argument('--report', type=Path, default=None, help='write a PNG report here')
     parser.add_argument('--report-frames', type=int, default=4,
                         help='frames shown in the PNG report')
@@ -382,9 +360,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--overlay-alpha', type=float, default=0.5)
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an existing output bag')
-    parser.add_argument('--limit', type=int, default=None, help='evaluate the first N frames')
-    parser.add_argument('--no-progress', dest='progress', action='store_false',
-                        help='no progress bar')
     return parser
 
 

@@ -10,7 +10,9 @@ Label arrays are HxW uint8 class ids; ground-truth ids equal to the model's
 ``void_id`` or outside ``[0, C)`` are ignored by every score.
 """
 
+import argparse
 from collections import Counter
+import json
 from pathlib import Path
 from typing import (AbstractSet, Any, Dict, Iterable, List, Mapping, Optional, Sequence,
                     Tuple)
@@ -263,3 +265,34 @@ def format_table(report: Mapping[str, Any]) -> str:
         if report.get(key) is not None:
             lines.append(f'  {title}: {report[key]:.2f}')
     return '\n'.join(lines)
+
+
+def add_bag_arguments(parser: argparse.ArgumentParser, action: str) -> None:
+    """Add the arguments both bag evaluations share: the bag, its topics, model, outputs."""
+    parser.add_argument('bag', type=Path, help='rosbag2 bag (directory, .db3 or .mcap)')
+    parser.add_argument('--image-topic', default=None,
+                        help='camera topic, sensor_msgs/Image or CompressedImage '
+                        '(default: /camera/image_raw[/compressed] or the only image topic)')
+    truth = parser.add_mutually_exclusive_group()
+    truth.add_argument('--labels-topic', default=None,
+                       help=f'ground-truth mono8 topic (default: {DEFAULT_LABELS_TOPIC} '
+                       'when present)')
+    truth.add_argument('--labels-dir', type=Path, default=None,
+                       help='folder of label PNGs named <stamp_ns>.png, <sec>_<nanosec>.png '
+                       'or after the source frame recorded by dataset_to_bag')
+    parser.add_argument('--model', default='',
+                        help='model file (empty: the bundled enet_camvid.safetensors); its '
+                        'classes are used for scoring')
+    parser.add_argument('--drivable-classes', default='',
+                        help="comma-separated class names (default: the model's)")
+    parser.add_argument('--limit', type=int, default=None, help=f'{action} the first N frames')
+    parser.add_argument('--json', type=Path, default=None, help='write every figure here')
+    parser.add_argument('--no-progress', dest='progress', action='store_false',
+                        help='no progress bar')
+
+
+def write_json(path: Path, report: Mapping[str, Any]) -> None:
+    """Write ``report`` as indented JSON, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + '\n')

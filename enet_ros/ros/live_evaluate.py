@@ -28,7 +28,6 @@ import argparse
 from collections import Counter, OrderedDict
 import contextlib
 from dataclasses import dataclass
-import json
 from pathlib import Path
 import queue
 import sys
@@ -42,9 +41,9 @@ from tqdm import tqdm
 from .bag_io import (BagError, BagWriter, COMPRESSED_IMAGE, deserialize, frame_names, IMAGE,
                      IMAGE_TYPES, message_to_labels, MessageError, open_bag, read_messages,
                      require_topic, stamp_to_ns)
-from .evaluation import (DEFAULT_LABELS_TOPIC, FolderTruth, format_table, latency_summary,
-                         NO_TRUTH, parse_class_list, resolve_image_topic, Scoreboard,
-                         skipped_dict, StampMatcher)
+from .evaluation import (add_bag_arguments, DEFAULT_LABELS_TOPIC, FolderTruth, format_table,
+                         latency_summary, NO_TRUTH, parse_class_list, resolve_image_topic,
+                         Scoreboard, skipped_dict, StampMatcher, write_json)
 from .node_process import node_command as process_command, NodeProcess
 from ..model_file import load_model_file, ModelFileError
 
@@ -326,9 +325,7 @@ def live_evaluate(options: LiveOptions,
     report = _report(options, image, truth_text, session, node, node_exit, input_topic,
                      labels_topic)
     if options.json_path:
-        path = Path(options.json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + '\n')
+        write_json(options.json_path, report)
     return report
 
 
@@ -439,18 +436,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=TOOL, description='Play a rosbag2 bag into the segmentation node over ROS 2, '
         'record its labels and score them (accuracy, end-to-end latency, drops).')
-    parser.add_argument('bag', type=Path, help='rosbag2 bag (directory, .db3 or .mcap)')
-    parser.add_argument('--image-topic', default=None,
-                        help='camera topic in the bag (default: /camera/image_raw[/compressed] '
-                        'or the only image topic)')
-    truth = parser.add_mutually_exclusive_group()
-    truth.add_argument('--labels-topic', default=None,
-                       help=f'ground-truth topic in the bag (default: {DEFAULT_LABELS_TOPIC})')
-    truth.add_argument('--labels-dir', type=Path, default=None,
-                       help='folder of label PNGs (see evaluate_bag --help)')
-    parser.add_argument('--model', default='',
-                        help='model file the node loads (empty: the bundled default); its '
-                        'classes are used for scoring')
+    add_bag_arguments(parser, 'play')
     parser.add_argument('--rate', type=float, default=1.0,
                         help='playback speed as a multiple of the recorded rate')
     parser.add_argument('--attach', action='store_true',
@@ -467,20 +453,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                         default=[], metavar='NAME:=VALUE',
                         help='extra parameter for the started node (repeatable), e.g. '
                         'device:=cpu')
-    parser.add_argument('--drivable-classes', default='',
-                        help="comma-separated class names (default: the model's)")
     parser.add_argument('--startup-timeout', type=float, default=90.0,
                         help='seconds to wait for the node to come up')
     parser.add_argument('--wait', type=float, default=5.0,
                         help='seconds to wait for outputs after the last one received')
-    parser.add_argument('--limit', type=int, default=None, help='play the first N frames')
-    parser.add_argument('--json', type=Path, default=None, help='write every figure here')
     parser.add_argument('--node-log', type=Path, default=None,
                         help="write the started node's output here (default: a temp file)")
     parser.add_argument('--record-bag', type=Path, default=None,
                         help="record the node's four outputs into this MCAP bag (a folder, "
                         'replaced if it is a bag), to view beside the camera in Foxglove')
-    parser.add_argument('--no-progress', dest='progress', action='store_false')
     return parser
 
 

@@ -30,6 +30,7 @@ class StartupSettings:
     precision: str
     network_width: int
     network_height: int
+    torch_compile: bool
     input_transport: str
     input_reliability: str
     input_depth: int
@@ -85,6 +86,10 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
     'network_height': (0, _descriptor(
         "network input height override, multiple of 8; 0 = the model file's", True, INT,
         int_range=(0, 4096, 8))),
+    'torch_compile': (True, _descriptor(
+        'CPU: compile the network with torch.compile (about 2.5x faster; the first start '
+        'compiles for up to a minute, later starts reuse the cache). The environment '
+        'variable ENET_ROS_COMPILE=0 also turns it off', True, ParameterType.PARAMETER_BOOL)),
     'input_transport': ('raw', _descriptor(
         "'raw': sensor_msgs/Image on 'image'; 'compressed': sensor_msgs/CompressedImage "
         "(JPEG/PNG) on 'image/compressed'", True, STRING)),
@@ -153,6 +158,7 @@ def startup_settings(values: Dict[str, Any]) -> StartupSettings:
         precision=str(values['precision']),
         network_width=int(values['network_width']),
         network_height=int(values['network_height']),
+        torch_compile=bool(values['torch_compile']),
         input_transport=choice('input_transport', TRANSPORTS),
         input_reliability=choice('input_reliability', RELIABILITY),
         input_depth=int(values['input_depth']),

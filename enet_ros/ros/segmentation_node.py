@@ -44,6 +44,7 @@ from ..segmenter import Segmenter, SegmenterConfigError
 NODE_NAME = 'segmentation_node'
 WARN_THROTTLE_S = 5.0
 _READ_ONLY_RESTART = ('model_path', 'device', 'precision', 'network_width', 'network_height',
+                      'torch_compile',
                       'input_transport', 'input_reliability', 'input_depth',
                       'output_reliability', 'output_depth', 'diagnostics_period',
                       'class_names')
@@ -152,7 +153,8 @@ class SegmentationNode(Node):
                 if startup.network_width else None)
         try:
             return Segmenter(loaded, device=startup.device, precision=startup.precision,
-                             input_size=size)
+                             input_size=size,
+                             torch_compile=None if startup.torch_compile else False)
         except SegmenterConfigError as error:
             raise ConfigError(f'parameters device / precision / network size: {error}') from None
 
