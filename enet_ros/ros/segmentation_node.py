@@ -250,8 +250,9 @@ class SegmentationNode(Node):
         self._last_processed = received
         labels = self.segmenter.segment(frame.pixels, bgr=frame.bgr).labels
         self._check_labels(labels, frame)
-        for name in wanted:
-            self._fill(name, labels, frame, state)
+        colored = None
+        for name in sorted(wanted, key=OUTPUTS.index):  # colored is filled before overlay
+            colored = self._fill(name, labels, frame, state, colored)
         for name in wanted:
             buffer = self._buffers[name]
             buffer.msg.header = msg.header
@@ -266,8 +267,9 @@ class SegmentationNode(Node):
             raise RuntimeError(f'label id {int(labels.max())} outside [0, '
                                f'{self.segmenter.num_classes})')
 
-    def _fill(self, name: str, labels: np.ndarray, frame: CameraFrame,
-              state: _RuntimeState) -> None:
+    def _fill(self, name: str, labels: np.ndarray, frame: CameraFrame, state: _RuntimeState,
+              colored: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """Compute output ``name`` into its message buffer; return the colour image if known."""
         height, width = labels.shape
         if name == 'labels':
             np.copyto(self._buffers[name].view(height, width, 1), labels)
@@ -275,11 +277,14 @@ class SegmentationNode(Node):
             masks.drivable_mask(labels, state.drivable_lut,
                                 out=self._buffers[name].view(height, width, 1))
         elif name == 'colored':
-            masks.colorize(labels, self._palette, out=self._buffers[name].view(height, width, 3))
+            colored = masks.colorize(labels, self._palette,
+                                     out=self._buffers[name].view(height, width, 3))
         elif name == 'overlay':
-            colored = masks.colorize(labels, self._palette)
+            if colored is None:
+                colored = masks.colorize(labels, self._palette)
             masks.overlay(frame.rgb(), colored, state.settings.overlay_alpha,
                           out=self._buffers[name].view(height, width, 3))
+        return colored
 
     def _latency_s(self, msg: Any) -> Optional[float]:
         stamp = msg.header.stamp
