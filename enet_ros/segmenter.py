@@ -233,8 +233,10 @@ class Segmenter:
                 self._graphs = GraphCache(max_graphs)
         if warmup:
             width, height = self.input_size
-            for _ in range(2):
-                self.segment(np.zeros((height, width, 3), dtype=np.uint8))
+            # A frame at the network size and a resized one reach the compiled network
+            # with different layouts, so both are compiled here, not on a camera frame.
+            for shape in ((height, width, 3), (height, width, 3), (height + 2, width + 2, 3)):
+                self.segment(np.zeros(shape, dtype=np.uint8))
 
     @classmethod
     def from_file(cls, path: Union[str, None], **kwargs) -> 'Segmenter':

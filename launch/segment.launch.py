@@ -44,10 +44,6 @@ def generate_launch_description() -> LaunchDescription:
         SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
                                EnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
                                                    default_value='LARGE_DATA')),
-        # CPU inference: OpenMP threads sleep instead of spinning while they wait, so the
-        # node does not starve the camera driver and other nodes on a few cores.
-        SetEnvironmentVariable('OMP_WAIT_POLICY',
-                               EnvironmentVariable('OMP_WAIT_POLICY', default_value='PASSIVE')),
         Node(
             package='enet_ros',
             executable='segmentation_node',

@@ -37,6 +37,8 @@ def ros_arg(value: object) -> str:
         return 'true' if value else 'false'
     if isinstance(value, (list, tuple)):
         return '[' + ','.join(ros_arg(v) for v in value) + ']'
+    if value == '':
+        return "''"  # YAML for the empty string; a bare 'name:=' does not parse
     return str(value)
 
 
