@@ -93,9 +93,9 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
     'input_transport': ('raw', _descriptor(
         "'raw': sensor_msgs/Image on 'image'; 'compressed': sensor_msgs/CompressedImage "
         "(JPEG/PNG) on 'image/compressed'", True, STRING)),
-    'input_reliability': ('best_effort', _descriptor(
-        "input QoS reliability: 'best_effort' (matches any camera) or 'reliable'", True,
-        STRING)),
+    'input_reliability': ('reliable', _descriptor(
+        "input QoS reliability: 'reliable' (large frames arrive intact) or 'best_effort' "
+        '(needed for cameras that publish best effort)', True, STRING)),
     'input_depth': (1, _descriptor(
         'input QoS history depth; 1 keeps only the newest frame', True, INT,
         int_range=(1, 100, 1))),
