@@ -150,11 +150,11 @@ def test_malformed_image_then_good_image(running_node):
     bad = make_image_msg(good, 'rgb8', stamp_ns=1_700_000_003_000_000_000, step=64 * 3)
     bad.step = 64  # too small for rgb8
     publisher.publish(bad)
+    assert peer.wait_for(lambda: 'bad_step' in node.log(), 15.0), node.log()
     msg = make_image_msg(good, 'rgb8', stamp_ns=1_700_000_003_000_000_001)
     _send_and_collect(peer, publisher, msg)
     assert not any(stamp_ns(out) == stamp_ns(bad) for out in peer.messages('labels'))
     assert node.process.poll() is None
-    assert 'bad_step' in node.log()
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])

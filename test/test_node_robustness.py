@@ -333,7 +333,7 @@ def test_overload_keeps_latency_bounded(ros_env, random_model_file):
     node, peer = _start(ros_env, random_model_file,
                         {'network_width': 480, 'network_height': 360})
     try:
-        publisher = peer.publisher(Image, '/image', reliable=False)
+        publisher = peer.publisher(Image, '/image')
         peer.wait_for_subscribers(publisher)
         rgb = np.random.default_rng(11).integers(0, 256, (360, 480, 3), dtype=np.uint8)
         msg = make_image_msg(rgb, 'rgb8', 1)
