@@ -8,7 +8,11 @@ receipt time minus publish time (the stamp). With only ``~/labels`` subscribed
 the node computes only labels; with all four outputs it computes them all and
 the latency is to the last of the four. The Segmenter alone (same model,
 device and frame, in this process while the node idles) is timed in the same
-run, before and after, and the table gives the ratio.
+run, before and after: with calls paced at the publish rate (the like-for-like
+figure, since an idle gap before each call makes it slower) and back to back;
+the table gives the ratio to each. The node's own /diagnostics split its part
+of the latency into stamp to publish, callback to publish, and the Segmenter
+call inside the node.
 
     python bench/bench_node.py --sizes 480x360 1280x720 --frames 100 --rate 5
 """
@@ -55,10 +59,35 @@ class Peer:
         self.lock = threading.Lock()
         self.receipts: Dict[int, Dict[str, float]] = {}
         self.subscriptions = []
+        self.diagnostics: List[Dict[str, str]] = []
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.endswith(': segmentation'):
+                with self.lock:
+                    self.diagnostics.append({kv.key: kv.value for kv in status.values})
+
+    def node_timings(self) -> Dict[str, Optional[float]]:
+        """
+        Median over the diagnostics received of the node's own per-second medians (ms).
+
+        ``latency``: frame stamp to publish; ``processing``: callback to publish;
+        ``inference``: the Segmenter call inside the node.
+        """
+        with self.lock:
+            reports = list(self.diagnostics)
+        timings: Dict[str, Optional[float]] = {}
+        for key in ('latency', 'processing', 'inference'):
+            values = [float(r[f'{key}_median_ms']) for r in reports
+                      if r.get(f'{key}_median_ms', 'n/a') != 'n/a']
+            timings[f'node_{key}_ms'] = float(np.median(values)) if values else None
+        return timings
 
     def subscribe(self, outputs: Tuple[str, ...]) -> None:
         """Subscribe to exactly ``outputs`` of the node (dropping earlier subscriptions)."""
@@ -100,6 +129,7 @@ class Peer:
         """Publish ``frames`` frames at ``rate`` Hz; latency to the last of ``outputs``."""
         with self.lock:
             self.receipts.clear()
+            self.diagnostics.clear()
         sent: Dict[int, float] = {}
         period = 1.0 / rate
         start = time.time()
@@ -110,6 +140,7 @@ class Peer:
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
             sent[now] = now / 1e9
             self.publisher.publish(msg)
+        timings = self.node_timings()  # before the node's window empties in the settle time
         time.sleep(settle)
         with self.lock:
             receipts = {k: dict(v) for k, v in self.receipts.items()}
@@ -120,11 +151,17 @@ class Peer:
                 last = max(got[name] for name in outputs)
                 latencies.append(last - published)
                 arrivals.append(last)
+        per_output = {}
+        for name in outputs:
+            values = [receipts[k][name] - v for k, v in sent.items()
+                      if name in receipts.get(k, {})]
+            per_output[name] = _percentiles(values)
         arrivals.sort()
         rate_out = ((len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
                     if len(arrivals) > 1 else None)
         return {'sent': frames, 'answered': len(latencies), 'dropped': frames - len(latencies),
-                'output_rate_hz': rate_out, **_percentiles(latencies)}
+                'output_rate_hz': rate_out, **_percentiles(latencies), **timings,
+                'per_output': per_output}
 
     def close(self) -> None:
         """Shut the context down."""
@@ -132,12 +169,22 @@ class Peer:
         self.rclpy.try_shutdown(context=self.context)
 
 
-def time_segmenter(segmenter, rgb: np.ndarray, frames: int) -> List[float]:
-    """Seconds per ``segment`` call over ``frames`` calls after two warm-up calls."""
+def time_segmenter(segmenter, rgb: np.ndarray, frames: int,
+                   rate: Optional[float] = None) -> List[float]:
+    """
+    Seconds per ``segment`` call over ``frames`` calls after two warm-up calls.
+
+    With ``rate`` the calls start ``1 / rate`` s apart, as frames reach the node
+    (an idle gap before each call makes it slower than back to back here).
+    """
     for _ in range(2):
         segmenter.segment(rgb)
     times = []
+    next_start = time.perf_counter()
     for _ in range(frames):
+        if rate:
+            time.sleep(max(0.0, next_start - time.perf_counter()))
+            next_start += 1.0 / rate
         start = time.perf_counter()
         segmenter.segment(rgb)
         times.append(time.perf_counter() - start)
@@ -179,17 +226,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
             msg = peer.frame_message(rgb)
             for outputs in (('labels',), OUTPUTS):
-                alone = time_segmenter(segmenter, rgb, max(20, args.frames // 2))
+                count = max(20, args.frames // 2)
+                back_to_back = time_segmenter(segmenter, rgb, count)
+                paced = time_segmenter(segmenter, rgb, count, args.rate)
                 peer.subscribe(outputs)
                 peer.wait_matched(outputs)
                 result = peer.run(msg, args.frames, args.rate, outputs)
                 peer.subscribe(())
-                alone += time_segmenter(segmenter, rgb, max(20, args.frames // 2))
-                segmenter_ms = float(np.median(alone) * 1e3)
+                paced += time_segmenter(segmenter, rgb, count, args.rate)
+                back_to_back += time_segmenter(segmenter, rgb, count)
+                paced_ms = float(np.median(paced) * 1e3)
+                back_to_back_ms = float(np.median(back_to_back) * 1e3)
                 rows.append({'size': size, 'outputs': 'labels' if len(outputs) == 1 else 'all',
-                             'segmenter_median_ms': segmenter_ms, **result,
-                             'ratio': (result['median'] / segmenter_ms
-                                       if result['median'] else None)})
+                             'segmenter_median_ms': paced_ms,
+                             'segmenter_back_to_back_ms': back_to_back_ms, **result,
+                             'ratio': (result['median'] / paced_ms
+                                       if result['median'] else None),
+                             'ratio_back_to_back': (result['median'] / back_to_back_ms
+                                                    if result['median'] else None)})
     finally:
         peer.close()
         node.stop()
@@ -197,7 +251,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'\nNode end to end ({platform.node()}, {os.cpu_count()} CPUs, '
           f'{segmenter.describe()}; {args.frames} frames at {args.rate:g} Hz)')
     header = (f'{"size":>9} {"outputs":>7} {"e2e med":>8} {"p90":>7} {"p99":>7} '
-              f'{"out Hz":>7} {"dropped":>7} {"segm. ms":>8} {"ratio":>6}')
+              f'{"out Hz":>7} {"dropped":>7} {"segm. ms":>8} {"ratio":>6} '
+              f'{"b2b ms":>7} {"ratio":>6} '
+              f'{"node: stamp>pub":>15} {"cb>pub":>7} {"infer":>6}')
     print(header)
     print('-' * len(header))
 
@@ -208,7 +264,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'{row["size"]:>9} {row["outputs"]:>7} {fmt(row["median"]):>8} '
               f'{fmt(row["p90"]):>7} {fmt(row["p99"]):>7} {fmt(row["output_rate_hz"]):>7} '
               f'{row["dropped"]:>7} {fmt(row["segmenter_median_ms"]):>8} '
-              f'{fmt(row["ratio"], ".2f"):>6}')
+              f'{fmt(row["ratio"], ".2f"):>6} {fmt(row["segmenter_back_to_back_ms"]):>7} '
+              f'{fmt(row["ratio_back_to_back"], ".2f"):>6} {fmt(row["node_latency_ms"]):>15} '
+              f'{fmt(row["node_processing_ms"]):>7} {fmt(row["node_inference_ms"]):>6}')
+    print('segm. ms: the Segmenter alone in this process, calls paced at the publish rate; '
+          'b2b: back to back')
+    print('node columns: medians from its /diagnostics (frame stamp to publish, callback to '
+          'publish, Segmenter call)')
+    for row in rows:
+        if row['outputs'] == 'all':
+            print(f'{row["size"]} all outputs, latency per output (median / p90 ms): ' + ', '.join(
+                f'{name} {fmt(v["median"])} / {fmt(v["p90"])}'
+                for name, v in row['per_output'].items()))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -34,6 +34,7 @@ class HealthSnapshot:
     latency_median_ms: Optional[float]
     latency_max_ms: Optional[float]
     processing_median_ms: Optional[float]
+    inference_median_ms: Optional[float] = None
     totals: Dict[str, int] = field(default_factory=dict)
     rejected: Dict[str, int] = field(default_factory=dict)
     consecutive_failures: int = 0
@@ -47,7 +48,7 @@ class FrameStats:
         self._clock = clock
         self._window_s = window_s
         self._received: Deque[float] = deque()
-        self._published: Deque[Tuple[float, float, float]] = deque()
+        self._published: Deque[Tuple[float, float, float, float]] = deque()
         self.totals: Counter = Counter()
         self.rejected: Counter = Counter()
         self.consecutive_failures = 0
@@ -86,14 +87,20 @@ class FrameStats:
             self.consecutive_failures += 1
             return self.consecutive_failures
 
-    def published(self, latency_s: Optional[float], processing_s: float) -> None:
-        """Count a published frame with its latency from the stamp and its processing time."""
+    def published(self, latency_s: Optional[float], processing_s: float,
+                  inference_s: float) -> None:
+        """
+        Count a published frame with its timings.
+
+        ``latency_s``: stamp to publish (None without a stamp); ``processing_s``:
+        receipt in the callback to publish; ``inference_s``: the Segmenter call.
+        """
         with self._lock:
             now = self._clock()
             self.totals['processed'] += 1
             self.consecutive_failures = 0
             self._published.append((now, latency_s if latency_s is not None else float('nan'),
-                                    processing_s))
+                                    processing_s, inference_s))
 
     def snapshot(self, thresholds: HealthThresholds) -> HealthSnapshot:
         """Return the current figures and the OK / WARN / ERROR verdict with its reason."""
@@ -103,6 +110,7 @@ class FrameStats:
             span = min(self._window_s, max(now - self.started, 1e-3))
             latencies = sorted(v[1] * 1e3 for v in self._published if v[1] == v[1])
             processing = sorted(v[2] * 1e3 for v in self._published)
+            inference = sorted(v[3] * 1e3 for v in self._published)
             level, reasons = OK, []
             if self.consecutive_failures >= thresholds.max_consecutive_failures:
                 level = ERROR
@@ -122,6 +130,7 @@ class FrameStats:
                 latency_median_ms=_median(latencies),
                 latency_max_ms=latencies[-1] if latencies else None,
                 processing_median_ms=_median(processing),
+                inference_median_ms=_median(inference),
                 totals=dict(self.totals),
                 rejected=dict(self.rejected),
                 consecutive_failures=self.consecutive_failures,

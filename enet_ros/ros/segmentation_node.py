@@ -7,11 +7,16 @@ Publishes ``~/labels`` (mono8 class ids), ``~/colored`` (rgb8),
 ``~/overlay`` (rgb8), ``~/drivable`` (mono8, 0 or 255), each at the input
 size with the input's header, and ``/diagnostics`` about once a second.
 
-Threading: the subscription callback only validates the message and puts it
-in a one-frame slot; an inference thread takes the newest frame from the slot.
-A frame replaced before the thread took it is counted as dropped, so a slow
-model drops old frames instead of queueing them. No exception leaves a
-callback: a bad message or a failed frame is counted and logged (throttled).
+Threading: the ROS executor spins on its own thread; its subscription
+callback only validates the message and puts it in a one-frame slot. The
+process's main thread, the one that built and warmed up the Segmenter, runs
+inference on the newest frame in the slot. (Calling torch from a second
+thread after the main thread has used it doubled the CPU inference time:
+each thread keeps its own OpenMP team, and the two teams' threads compete
+for the cores.) A frame replaced before inference took it is counted as
+dropped, so a slow model drops old frames instead of queueing them. No
+exception leaves a callback: a bad message or a failed frame is counted and
+logged (throttled).
 """
 
 import logging
@@ -25,7 +30,7 @@ import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -113,6 +118,7 @@ class SegmentationNode(Node):
         self._slot_lock = threading.Condition()
         self._slot: Optional[Tuple[Any, float]] = None
         self._stop = threading.Event()
+        self.failed = False
         self._last_processed = 0.0
         self._warned: Dict[str, float] = {}
 
@@ -132,8 +138,6 @@ class SegmentationNode(Node):
             self._subscription = self.create_subscription(Image, 'image', self._on_image,
                                                           input_qos)
         self.create_timer(self.startup.diagnostics_period_s, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._run_worker, name='inference', daemon=True)
-        self._worker.start()
         self.get_logger().info(
             f'listening on {self._subscription.topic_name} ({self.startup.input_transport}, '
             f'{self.startup.input_reliability}); publishing '
@@ -213,10 +217,18 @@ class SegmentationNode(Node):
 
     # ----------------------------------------------------------------- inference
 
-    def _run_worker(self) -> None:
+    def run_inference(self) -> None:
+        """
+        Segment the newest frame from the slot, over and over, until :meth:`stop`.
+
+        Call it on the thread that built the node (see the module docstring);
+        it also returns when the node's context shuts down.
+        """
         while not self._stop.is_set():
             with self._slot_lock:
                 while self._slot is None and not self._stop.is_set():
+                    if not self.context.ok():
+                        return
                     self._slot_lock.wait(0.2)
                 if self._stop.is_set():
                     return
@@ -248,7 +260,9 @@ class SegmentationNode(Node):
             self._reject(error)
             return
         self._last_processed = received
+        inference_start = time.monotonic()
         labels = self.segmenter.segment(frame.pixels, bgr=frame.bgr).labels
+        inference_s = time.monotonic() - inference_start
         self._check_labels(labels, frame)
         colored = None
         for name in sorted(wanted, key=OUTPUTS.index):  # colored is filled before overlay
@@ -257,7 +271,7 @@ class SegmentationNode(Node):
             buffer = self._buffers[name]
             buffer.msg.header = msg.header
             self._output_publishers[name].publish(buffer.msg)
-        self.stats.published(self._latency_s(msg), time.monotonic() - received)
+        self.stats.published(self._latency_s(msg), time.monotonic() - received, inference_s)
 
     def _check_labels(self, labels: np.ndarray, frame: CameraFrame) -> None:
         if labels.shape != (frame.height, frame.width) or labels.dtype != np.uint8:
@@ -307,6 +321,7 @@ class SegmentationNode(Node):
             'latency_median_ms': fmt(snapshot.latency_median_ms),
             'latency_max_ms': fmt(snapshot.latency_max_ms),
             'processing_median_ms': fmt(snapshot.processing_median_ms),
+            'inference_median_ms': fmt(snapshot.inference_median_ms),
             'consecutive_failures': str(snapshot.consecutive_failures),
             'device': str(self.segmenter.device),
             'precision': self.segmenter.precision,
@@ -328,21 +343,40 @@ class SegmentationNode(Node):
         self._diagnostics_publisher.publish(array)
 
     def stop(self) -> None:
-        """Stop the inference thread (waits for the frame in progress)."""
+        """Make :meth:`run_inference` return after the frame in progress."""
         self._stop.set()
         with self._slot_lock:
             self._slot_lock.notify_all()
-        self._worker.join(timeout=5.0)
+
+
+def _spin(executor: SingleThreadedExecutor, node: SegmentationNode) -> None:
+    """Run the executor; if it fails, stop inference too so the process exits."""
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+    except Exception as error:  # noqa: B902 - reported, then the process ends
+        node.get_logger().fatal(f'executor failed: {type(error).__name__}: {error}')
+        node.failed = True
+    finally:
+        node.stop()
 
 
 def main(args: Optional[List[str]] = None) -> int:
-    """Run the node until SIGINT / SIGTERM; exit 0, or 2 on a configuration error."""
+    """Run the node until SIGINT / SIGTERM; exit 0, 2 on a configuration error, 1 on failure."""
     rclpy.init(args=args)
     node = None
+    executor = SingleThreadedExecutor()
+    spinner = None
     code = 0
     try:
         node = SegmentationNode()
-        rclpy.spin(node)
+        executor.add_node(node)
+        spinner = threading.Thread(target=_spin, args=(executor, node), name='ros-executor',
+                                   daemon=True)
+        spinner.start()
+        node.run_inference()
+        code = 1 if node.failed else 0
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ConfigError, ParameterException) as error:
@@ -351,6 +385,10 @@ def main(args: Optional[List[str]] = None) -> int:
     finally:
         if node is not None:
             node.stop()
+        executor.shutdown(timeout_sec=2.0)
+        if spinner is not None:
+            spinner.join(timeout=2.0)
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return code
