@@ -221,6 +221,18 @@ def save_model_file(path: PathLike, model: Union[ENet, Mapping[str, torch.Tensor
 _PICKLE_SIGNATURES = (b'\x80', b'PK\x03\x04')
 
 
+def _safetensors_head(head: bytes, path: Path) -> bool:
+    """
+    Tell whether the first 9 bytes of ``path`` open a safetensors file.
+
+    Safetensors starts with the JSON header's length (8 bytes, little endian)
+    and then the header's ``{``; a length whose low byte is 0x80 looks like a
+    pickle's first byte, so the signature check alone would refuse good files.
+    """
+    length = int.from_bytes(head[:8], 'little')
+    return head[8:9] == b'{' and 0 < length <= path.stat().st_size - 8
+
+
 def load_model_file(path: Optional[PathLike] = None) -> LoadedModel:
     """
     Read and validate a model file (``None`` or empty: the bundled default).
@@ -238,14 +250,14 @@ def load_model_file(path: Optional[PathLike] = None) -> LoadedModel:
         raise ModelFileError(path, 'is not a regular file')
     try:
         with open(path, 'rb') as stream:
-            head = stream.read(8)
+            head = stream.read(9)
     except OSError as error:
         raise ModelFileError(path, f'cannot be read ({error.strerror})') from None
     if not head:
         raise ModelFileError(path, 'is empty (0 bytes)')
     if len(head) < 8:
         raise ModelFileError(path, f'is truncated ({len(head)} bytes, not a safetensors file)')
-    if head.startswith(_PICKLE_SIGNATURES):
+    if head.startswith(_PICKLE_SIGNATURES) and not _safetensors_head(head, path):
         raise ModelFileError(path, 'is a pickle / torch.save checkpoint, which can run code '
                                    'when loaded; refused. Export a .safetensors model file '
                                    'with enet-train export')

@@ -179,6 +179,17 @@ def test_pickle_refused_without_running_it(tmp_path: Path, writer: str):
     assert not marker.exists()
 
 
+def test_header_length_that_looks_like_a_pickle_loads(tmp_path: Path, good_tensors):
+    """A good file whose header length starts with byte 0x80 (a pickle's first byte) loads."""
+    path = tmp_path / 'x80.safetensors'
+    for pad in range(300):
+        _write(path, good_tensors, _metadata_dict(training={'note': 'x' * pad}))
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert load_model_file(path).metadata.training['note'] == 'x' * pad
+
+
 def test_no_metadata_key(tmp_path: Path, good_tensors):
     """A safetensors file without the enet_ros metadata."""
     path = _write(tmp_path / 'plain.safetensors', good_tensors)

@@ -1,11 +1,13 @@
 """``enet-train``: train, evaluate and export ENet model files."""
 
 import argparse
+import dataclasses
+import json
 import math
 from pathlib import Path
 import shutil
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from enet_ros.model_file import load_model_file, ModelFileError, ModelMetadata, save_model_file
 from enet_ros.segmenter import Segmenter, SegmenterConfigError
@@ -26,10 +28,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f'{segmenter.describe()}\n{args.split}: {len(dataset)} images')
     print(format_scores(scores, segmenter.metadata.class_names))
     if args.json:
-        import json
         Path(args.json).write_text(json.dumps(scores.as_dict(segmenter.metadata.class_names),
                                               indent=2))
     return 0
+
+
+def _read_record(path: Optional[Path]) -> Dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ModelFileError(path, f'cannot be read as a JSON record ({error})') from None
+    if not isinstance(record, dict):
+        raise ModelFileError(path, 'must hold a JSON object (keys for the training record)')
+    return record
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -37,10 +50,16 @@ def _export(args: argparse.Namespace) -> int:
     if not source.is_file():
         raise ModelFileError(source, 'does not exist (expected a best.safetensors or a '
                                      'checkpoint.pth of a training run)')
+    record = _read_record(args.record)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if source.suffix == '.safetensors':
-        load_model_file(source)  # validate before copying
-        shutil.copyfile(source, args.out)
+        loaded = load_model_file(source)  # validate before copying
+        if record:
+            metadata = dataclasses.replace(
+                loaded.metadata, training={**loaded.metadata.training, **record})
+            save_model_file(args.out, loaded.state_dict, metadata)
+        else:
+            shutil.copyfile(source, args.out)
     else:
         from .train import DEFAULT_INPUT_SIZE
         from enet_ros.labels import CLASS_TABLES
@@ -58,7 +77,7 @@ def _export(args: argparse.Namespace) -> int:
             table, tuple(saved.get('input_size') or DEFAULT_INPUT_SIZE[saved['dataset']]),
             val_miou=round(val_miou, 6) if val_miou is not None and math.isfinite(val_miou)
             else None,
-            training={'epoch': epoch, 'args': saved})
+            training={'epoch': epoch, 'args': saved, **record})
         save_model_file(args.out, weights, metadata)
     loaded = load_model_file(args.out)
     print(f"exported '{args.out}': {loaded.metadata.num_classes} classes, val mIoU "
@@ -87,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('source', type=Path,
                         help='best.safetensors of a run, or a checkpoint.pth')
     export.add_argument('--out', required=True, type=Path)
+    export.add_argument('--record', type=Path,
+                        help='JSON object merged into the training record in the file '
+                             '(command, machine, wall time: what the run itself cannot know)')
     export.set_defaults(func=_export)
     return parser
 

@@ -151,6 +151,30 @@ def test_export_best_copies_validated_file(run_a: Path, tmp_path: Path):
     Segmenter.from_file(str(out), device='cpu', warmup=False).segment(scene(1)[0])
 
 
+def test_export_record_is_merged_into_the_training_record(run_a: Path, tmp_path: Path,
+                                                          capsys):
+    """``--record`` adds keys to the file's training record; weights and scores stay."""
+    record = tmp_path / 'record.json'
+    record.write_text(json.dumps({'machine': 'test box', 'wall_time_s': 12}))
+    best = load_model_file(run_a / 'best.safetensors')
+    for source in ('best.safetensors', 'checkpoint.pth'):
+        out = tmp_path / f'with_record_{Path(source).stem}.safetensors'
+        assert main(['export', str(run_a / source), '--out', str(out),
+                     '--record', str(record)]) == 0
+        exported = load_model_file(out)
+        assert exported.metadata.training['machine'] == 'test box'
+        assert exported.metadata.training['wall_time_s'] == 12
+        assert 'args' in exported.metadata.training
+    assert exported.metadata.training['epoch'] == 3  # the checkpoint, exported last
+    best_out = load_model_file(tmp_path / 'with_record_best.safetensors')
+    assert best_out.metadata.val_miou == best.metadata.val_miou
+    assert all(torch.equal(best_out.state_dict[k], v) for k, v in best.state_dict.items())
+    record.write_text('[1, 2]')
+    assert main(['export', str(run_a / 'best.safetensors'), '--out',
+                 str(tmp_path / 'x.safetensors'), '--record', str(record)]) == 2
+    assert 'JSON object' in capsys.readouterr().err
+
+
 def test_evaluate_cli_prints_table(run_a: Path, tree: Path, tmp_path: Path, capsys):
     """Print per-class rows and the summary; the mIoU is the one recorded in training."""
     model = run_a / 'best.safetensors'
