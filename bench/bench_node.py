@@ -203,15 +203,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--json', type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from enet_ros.ros.node_process import node_command, NodeProcess
+    from enet_ros.ros.node_process import node_command, NodeProcess, with_large_image_transport
     from enet_ros.segmenter import Segmenter
 
     domain = random.Random().randint(150, 230)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-               FASTDDS_BUILTIN_TRANSPORTS=os.environ.get('FASTDDS_BUILTIN_TRANSPORTS',
-                                                         'LARGE_DATA'))
-    os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-                      FASTDDS_BUILTIN_TRANSPORTS=env['FASTDDS_BUILTIN_TRANSPORTS'])
+    # The package's Fast DDS profile unless one is set (the publisher sends big frames too).
+    os.environ.update(with_large_image_transport(os.environ),
+                      ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     segmenter = Segmenter.from_file(args.model or None, device=args.device)
     node = NodeProcess(node_command({'model_path': args.model, 'device': args.device}),
                        env=env)

@@ -24,6 +24,7 @@ def generate_launch_description() -> LaunchDescription:
     device = LaunchConfiguration('device')
     namespace = LaunchConfiguration('namespace')
     rviz = LaunchConfiguration('rviz')
+    dds_profile = LaunchConfiguration('dds_profile')
     return LaunchDescription([
         DeclareLaunchArgument('image', default_value='/camera/image_raw',
                               description='camera topic (sensor_msgs/Image); with '
@@ -39,11 +40,20 @@ def generate_launch_description() -> LaunchDescription:
                               description='namespace of the node and its outputs'),
         DeclareLaunchArgument('rviz', default_value='false',
                               description='start rviz2 with config/segment.rviz'),
-        # Fast DDS >= 2.13 (Jazzy, Kilted): shared memory and TCP for large images, so
-        # 720p and larger frames arrive without stalls. A value already set wins.
-        SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
-                               EnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
-                                                   default_value='LARGE_DATA')),
+        # Shared-memory segments big enough for 1080p rgb8 images, so large outputs
+        # travel in one piece (README, "Large images and DDS"). A profile already chosen
+        # in the environment wins; Humble reads FASTRTPS_..., Jazzy and later FASTDDS_...
+        DeclareLaunchArgument(
+            'dds_profile',
+            default_value=EnvironmentVariable(
+                'FASTDDS_DEFAULT_PROFILES_FILE',
+                default_value=EnvironmentVariable(
+                    'FASTRTPS_DEFAULT_PROFILES_FILE',
+                    default_value=os.path.join(share, 'config', 'fastdds_large_data.xml'))),
+            description='Fast DDS XML profile for the node (default: the one already set '
+                        'in the environment, else config/fastdds_large_data.xml)'),
+        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', dds_profile),
+        SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', dds_profile),
         Node(
             package='enet_ros',
             executable='segmentation_node',

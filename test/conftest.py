@@ -46,11 +46,12 @@ def random_model_file(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def ros_env() -> dict:
-    """Environment for ROS 2 processes: a private domain id, loopback only, LARGE_DATA."""
-    env = dict(os.environ)
+    """Environment for ROS 2 processes: a private domain id, loopback only, large-image DDS."""
+    from enet_ros.ros.node_process import with_large_image_transport
+
+    env = with_large_image_transport(os.environ)
     env['ROS_DOMAIN_ID'] = str(random.Random().randint(1, 100))
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
     env['PYTHONUNBUFFERED'] = '1'
     env['OMP_NUM_THREADS'] = '1'  # see one_torch_thread
     env.pop('ROS_LOCALHOST_ONLY', None)

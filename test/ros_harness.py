@@ -16,6 +16,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from enet_ros.ros import node_process
+from enet_ros.ros.node_process import PROFILE_VARIABLES
 import numpy as np
 import rclpy
 from rclpy.context import Context
@@ -50,7 +51,10 @@ class RosPeer:
     """A node in the test process (own context and domain) with a spinning executor."""
 
     def __init__(self, env: dict, name: str = 'test_peer'):
-        os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = env['FASTDDS_BUILTIN_TRANSPORTS']
+        # Fast DDS reads these once per process, when its first participant starts.
+        for name in PROFILE_VARIABLES + ('FASTDDS_BUILTIN_TRANSPORTS',):
+            if env.get(name):
+                os.environ[name] = env[name]
         os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = env['ROS_AUTOMATIC_DISCOVERY_RANGE']
         self.context = Context()
         rclpy.init(context=self.context, domain_id=int(env['ROS_DOMAIN_ID']))

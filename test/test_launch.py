@@ -18,7 +18,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / 'launch' / 'segment.launch.py'
-DOCUMENTED_ARGUMENTS = {'image', 'params_file', 'model_path', 'device', 'namespace', 'rviz'}
+DOCUMENTED_ARGUMENTS = {'image', 'params_file', 'model_path', 'device', 'namespace', 'rviz',
+                        'dds_profile'}
 
 
 class _Recorded:
@@ -107,6 +108,24 @@ def test_node_names_an_installed_executable_and_existing_files(description):
               yaml.safe_load(rviz_config.read_text())['Visualization Manager']['Displays']}
     assert topics == {'/segmentation_node/overlay', '/segmentation_node/colored',
                       '/segmentation_node/drivable'}
+
+
+def test_dds_profile_defaults_to_the_environment_then_the_package_profile(description):
+    """Both profile variables get dds_profile: the user's profile if set, else ours."""
+    argument = next(a for a in _by_type(description, 'DeclareLaunchArgument')
+                    if a.args[0] == 'dds_profile')
+    outer = argument.kwargs['default_value']
+    assert outer.args == ('FASTDDS_DEFAULT_PROFILES_FILE',)
+    inner = outer.kwargs['default_value']
+    assert inner.args == ('FASTRTPS_DEFAULT_PROFILES_FILE',)
+    profile = Path(inner.kwargs['default_value'])
+    assert profile == ROOT / 'config' / 'fastdds_large_data.xml' and profile.is_file()
+    assert '<segment_size>33554432</segment_size>' in profile.read_text()
+    setters = _by_type(description, 'SetEnvironmentVariable')
+    set_variables = {a.args[0]: a.args[1] for a in setters}
+    assert set(set_variables) == {'FASTDDS_DEFAULT_PROFILES_FILE',
+                                  'FASTRTPS_DEFAULT_PROFILES_FILE'}
+    assert all(v.args == ('dds_profile',) for v in set_variables.values())
 
 
 def test_parameters_file_names_only_declared_parameters():

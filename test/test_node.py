@@ -5,6 +5,7 @@ import time
 
 from enet_ros import masks
 from enet_ros.labels import CAMVID_11
+from enet_ros.ros.node_process import with_large_image_transport
 from enet_ros.segmenter import Segmenter
 import numpy as np
 import pytest
@@ -20,10 +21,9 @@ def module_ros_env(tmp_path_factory):
     import os
     import random
 
-    env = dict(os.environ)
+    env = with_large_image_transport(os.environ)
     env.update(ROS_DOMAIN_ID=str(random.Random().randint(101, 200)),
-               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-               FASTDDS_BUILTIN_TRANSPORTS='LARGE_DATA', PYTHONUNBUFFERED='1',
+               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
                OMP_NUM_THREADS='1')
     return env
 

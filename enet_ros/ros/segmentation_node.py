@@ -356,8 +356,9 @@ def _spin(executor: SingleThreadedExecutor, node: SegmentationNode) -> None:
     except ExternalShutdownException:
         pass
     except Exception as error:  # noqa: B902 - reported, then the process ends
-        node.get_logger().fatal(f'executor failed: {type(error).__name__}: {error}')
-        node.failed = True
+        if node.context.ok():  # errors from entities torn down by a shutdown are no failure
+            node.get_logger().fatal(f'executor failed: {type(error).__name__}: {error}')
+            node.failed = True
     finally:
         node.stop()
 
