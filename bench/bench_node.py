@@ -201,15 +201,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--model', default='', help='model file (default: bundled)')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--json', type=Path, default=None)
+    parser.add_argument('--dds', choices=('profile', 'large-data'), default='profile',
+                        help="Fast DDS set-up of every process: the package's XML profile "
+                             '(unless one is set), or FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA')
     args = parser.parse_args(argv)
 
-    from enet_ros.ros.node_process import node_command, NodeProcess, with_large_image_transport
+    from enet_ros.ros.node_process import (node_command, NodeProcess, PROFILE_VARIABLES,
+                                           with_large_image_transport)
     from enet_ros.segmenter import Segmenter
 
     domain = random.Random().randint(150, 230)
-    # The package's Fast DDS profile unless one is set (the publisher sends big frames too).
-    os.environ.update(with_large_image_transport(os.environ),
-                      ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    if args.dds == 'profile':
+        # The package's Fast DDS profile unless one is set (the publisher sends big frames too).
+        os.environ.update(with_large_image_transport(os.environ))
+    else:
+        for name in PROFILE_VARIABLES:
+            os.environ.pop(name, None)
+        os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     segmenter = Segmenter.from_file(args.model or None, device=args.device)
     node = NodeProcess(node_command({'model_path': args.model, 'device': args.device}),
@@ -248,7 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         node.stop()
 
     print(f'\nNode end to end ({platform.node()}, {os.cpu_count()} CPUs, '
-          f'{segmenter.describe()}; {args.frames} frames at {args.rate:g} Hz)')
+          f'{segmenter.describe()}; {args.frames} frames at {args.rate:g} Hz; DDS {args.dds})')
     header = (f'{"size":>9} {"outputs":>7} {"e2e med":>8} {"p90":>7} {"p99":>7} '
               f'{"out Hz":>7} {"dropped":>7} {"segm. ms":>8} {"ratio":>6} '
               f'{"b2b ms":>7} {"ratio":>6} '
