@@ -25,6 +25,9 @@ def generate_launch_description() -> LaunchDescription:
     namespace = LaunchConfiguration('namespace')
     rviz = LaunchConfiguration('rviz')
     dds_profile = LaunchConfiguration('dds_profile')
+    # Humble's Fast DDS reads only the old name; later ones warn that it is deprecated.
+    profile_variable = ('FASTRTPS_DEFAULT_PROFILES_FILE' if os.environ.get('ROS_DISTRO') ==
+                        'humble' else 'FASTDDS_DEFAULT_PROFILES_FILE')
     return LaunchDescription([
         DeclareLaunchArgument('image', default_value='/camera/image_raw',
                               description='camera topic (sensor_msgs/Image); with '
@@ -52,8 +55,7 @@ def generate_launch_description() -> LaunchDescription:
                     default_value=os.path.join(share, 'config', 'fastdds_large_data.xml'))),
             description='Fast DDS XML profile for the node (default: the one already set '
                         'in the environment, else config/fastdds_large_data.xml)'),
-        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', dds_profile),
-        SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', dds_profile),
+        SetEnvironmentVariable(profile_variable, dds_profile),
         Node(
             package='enet_ros',
             executable='segmentation_node',

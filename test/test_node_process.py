@@ -25,7 +25,7 @@ def test_large_image_profile_is_added_unless_one_is_chosen():
     profile = config_file('fastdds_large_data.xml')
     assert profile == ROOT / 'config' / 'fastdds_large_data.xml'
     env = with_large_image_transport({'PATH': '/bin'})
-    assert env == {'PATH': '/bin', **{name: str(profile) for name in PROFILE_VARIABLES}}
+    assert env == {'PATH': '/bin', 'FASTDDS_DEFAULT_PROFILES_FILE': str(profile)}
     for name in PROFILE_VARIABLES:  # the user's profile, under either name, wins
         assert with_large_image_transport({name: '/mine.xml'}) == {name: '/mine.xml'}
     original = {'PATH': '/bin'}

@@ -55,8 +55,8 @@ def with_large_image_transport(env: Mapping[str, str]) -> Dict[str, str]:
     result = dict(env)
     profile = config_file(FASTDDS_PROFILE)
     if profile is not None and not any(result.get(name) for name in PROFILE_VARIABLES):
-        for name in PROFILE_VARIABLES:
-            result[name] = str(profile)
+        # The ROS wheels here are Jazzy or later; the Humble name only adds a warning.
+        result[PROFILE_VARIABLES[0]] = str(profile)
     return result
 
 

@@ -384,14 +384,16 @@ def main(args: Optional[List[str]] = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
         code = 2
     finally:
+        # Order matters: the spin must have ended before the executor is torn down
+        # (shutting it down under a running spin crashed the process now and then).
         if node is not None:
             node.stop()
-        executor.shutdown(timeout_sec=2.0)
+        rclpy.try_shutdown()  # ends the spin (a signal may have done so already)
         if spinner is not None:
-            spinner.join(timeout=2.0)
+            spinner.join(timeout=10.0)
+        executor.shutdown()
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
     return code
 
 
