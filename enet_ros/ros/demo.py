@@ -29,7 +29,6 @@ from .bag_io import deserialize, open_bag, read_messages, stamp_to_ns
 from .dataset_to_bag import main as dataset_to_bag
 from .evaluation import format_table
 from .live_evaluate import live_evaluate, LiveError, LiveOptions
-from .node_process import with_large_image_transport
 
 OUTPUTS = ('overlay', 'colored', 'drivable')
 
@@ -77,10 +76,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    # A private ROS domain on loopback, and the large-image Fast DDS profile (see README).
+    # A private ROS domain on loopback (live_evaluate picks the Fast DDS profile).
     os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random().randint(1, 100)))
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    os.environ.update(with_large_image_transport(os.environ))
 
     camera_bag = args.out / f'camvid_{args.split}'
     bag_args = [str(args.data), str(camera_bag), '--layout', 'camvid', '--split', args.split,

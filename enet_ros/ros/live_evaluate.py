@@ -17,7 +17,9 @@ earlier unanswered one is dropped; after the last frame the tool waits
 
 By default the node is started as a subprocess (``python -m
 enet_ros.ros.segmentation_node`` with the package's config/segment.yaml);
-``--attach`` uses one already running. Needs no ``ros2 bag play``.
+``--attach`` uses one already running. Needs no ``ros2 bag play``. Unless
+``FASTDDS_DEFAULT_PROFILES_FILE`` (or the Humble name) is set, this process and
+the node it starts use the package's large-image Fast DDS profile.
 
 Example::
 
@@ -28,6 +30,7 @@ import argparse
 from collections import Counter, OrderedDict
 import contextlib
 from dataclasses import dataclass
+import os
 from pathlib import Path
 import queue
 import sys
@@ -44,7 +47,8 @@ from .bag_io import (BagError, BagWriter, COMPRESSED_IMAGE, deserialize, frame_n
 from .evaluation import (add_bag_arguments, DEFAULT_LABELS_TOPIC, FolderTruth, format_table,
                          latency_summary, NO_TRUTH, parse_class_list, resolve_image_topic,
                          Scoreboard, skipped_dict, StampMatcher, write_json)
-from .node_process import node_command as process_command, NodeProcess
+from .node_process import (node_command as process_command, NodeProcess,
+                           with_large_image_transport)
 from ..model_file import load_model_file, ModelFileError
 
 TOOL = 'live_evaluate'
@@ -302,6 +306,9 @@ def live_evaluate(options: LiveOptions,
         labels_topic = f"/{options.node_name.strip('/')}/labels"
         session = _Session(Scoreboard(metadata, drivable), matcher, folder)
         total = min(image.count, options.limit) if options.limit else image.count
+        # This process sends the frames and the node the outputs: both use the package's
+        # large-image Fast DDS profile unless one is chosen (before any participant starts).
+        os.environ.update(with_large_image_transport(os.environ))
         try:
             if not options.attach:
                 node = NodeProcess(node_command(options, input_topic, compressed),
