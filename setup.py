@@ -19,7 +19,8 @@ setup(
          + glob('config/*.xml')),
     ],
     install_requires=['setuptools', 'numpy', 'torch', 'safetensors'],
-    extras_require={'bags': ['rosbags'], 'report': ['matplotlib']},
+    extras_require={'bags': ['rosbags>=0.10.9', 'tqdm'], 'report': ['matplotlib'],
+                    'cityscapes': ['cityscapesscripts']},
     zip_safe=False,
     maintainer='enet_ros developers',
     maintainer_email='dev@enet-ros.local',
@@ -28,7 +29,7 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
-            'segmentation_node = enet_ros.ros.segmentation_node:main',
+            'segmentation_node = enet_ros.ros.node_main:main',
             'dataset_to_bag = enet_ros.ros.dataset_to_bag:main',
             'evaluate_bag = enet_ros.ros.evaluate_bag:main',
             'live_evaluate = enet_ros.ros.live_evaluate:main',

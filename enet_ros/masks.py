@@ -5,7 +5,7 @@ Lookup tables are built once (at start-up or on a parameter change) and the
 per-frame functions only index them, optionally into caller-owned buffers.
 """
 
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,3 +55,63 @@ def overlay(image: np.ndarray, colored: np.ndarray, alpha: float,
         return blended.astype(np.uint8)
     np.copyto(out, blended, casting='unsafe')
     return out
+
+
+#: The images built from a label map, in the order they are computed (overlay needs colored).
+OUTPUT_IMAGES = ('labels', 'colored', 'overlay', 'drivable')
+#: Channels of each output image (labels and drivable mono8, colored and overlay rgb8).
+OUTPUT_CHANNELS = {'labels': 1, 'colored': 3, 'overlay': 3, 'drivable': 1}
+
+
+class OutputRenderer:
+    """
+    Builds the output images from a label map: one place for the node and the bag writer.
+
+    The tables (palette, drivable classes) and the overlay weight are fixed at
+    construction; :meth:`render` does only per-frame indexing and blending.
+    """
+
+    def __init__(self, colors: Sequence[Tuple[int, int, int]], drivable_ids: Iterable[int],
+                 overlay_alpha: float):
+        if not 0.0 <= overlay_alpha <= 1.0:
+            raise ValueError(f'overlay_alpha must be in [0, 1], got {overlay_alpha}')
+        self.palette = palette_lut(colors)
+        self.drivable = drivable_lut(drivable_ids)
+        self.overlay_alpha = overlay_alpha
+
+    def render(self, labels: np.ndarray, rgb: Optional[np.ndarray],
+               wanted: Iterable[str] = OUTPUT_IMAGES,
+               out: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """
+        Return the ``wanted`` images of HxW uint8 ``labels``, by name (:data:`OUTPUT_IMAGES`).
+
+        ``rgb``: the HxWx3 uint8 RGB camera image (needed for 'overlay' only).
+        ``out``: optional caller-owned buffers by name (HxW for mono, HxWx3 for
+        rgb; e.g. views into reused messages), written in place and returned.
+        'labels' is the label map itself unless a buffer is given. The colour
+        image is computed once when both 'colored' and 'overlay' are wanted.
+        """
+        wanted = set(wanted)
+        unknown = wanted - set(OUTPUT_IMAGES)
+        if unknown:
+            raise ValueError(f'unknown output image(s) {sorted(unknown)}; '
+                             f'choose from {list(OUTPUT_IMAGES)}')
+        out = out or {}
+        images: Dict[str, np.ndarray] = {}
+        if 'labels' in wanted:
+            images['labels'] = labels
+            if 'labels' in out:
+                images['labels'] = out['labels']
+                np.copyto(out['labels'], labels)
+        if 'drivable' in wanted:
+            images['drivable'] = drivable_mask(labels, self.drivable, out=out.get('drivable'))
+        colored = None
+        if 'colored' in wanted:
+            colored = images['colored'] = colorize(labels, self.palette, out=out.get('colored'))
+        if 'overlay' in wanted:
+            if rgb is None:
+                raise ValueError("the 'overlay' image needs the camera image")
+            if colored is None:
+                colored = colorize(labels, self.palette)
+            images['overlay'] = overlay(rgb, colored, self.overlay_alpha, out=out.get('overlay'))
+        return images

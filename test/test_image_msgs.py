@@ -135,3 +135,129 @@ def test_image_buffer_reuses_its_array_until_the_size_changes():
     assert bigger.shape == (6, 5, 3)
     assert (buffer.msg.height, buffer.msg.width, buffer.msg.step) == (6, 5, 15)
     assert len(buffer.msg.data) == 90
+
+
+@pytest.mark.parametrize('encoding, named', [('8UC3', 'bgr8'), ('8UC4', 'bgra8'),
+                                             ('8UC1', 'mono8'), ('8uc3', 'bgr8')])
+def test_generic_8uc_encodings_match_their_named_twins(encoding, named):
+    """cv_bridge passthrough 8UC3 / 8UC4 are BGR / BGRA (OpenCV order), 8UC1 is mono."""
+    channels = {'8uc1': 1, '8uc3': 3, '8uc4': 4}[encoding.lower()]
+    data = RNG.integers(0, 256, (6, 10, channels), dtype=np.uint8)
+    if channels == 1:
+        data = data[..., 0].copy()
+    generic = make_image_msg(data, encoding, 1, step=10 * channels + 5)
+    check_raw_image(generic, MAX)
+    frame = raw_image_to_frame(generic, MAX)
+    twin = raw_image_to_frame(make_image_msg(data, named, 1, step=10 * channels + 5), MAX)
+    assert frame.bgr == twin.bgr and frame.pixels.shape == (6, 10, 3)
+    np.testing.assert_array_equal(frame.rgb(), twin.rgb())
+    if channels > 1:
+        np.testing.assert_array_equal(frame.rgb(), data[..., 2::-1])
+
+
+def _exif_orientation_app1(orientation: int) -> bytes:
+    """Return a JPEG APP1 'Exif' segment whose IFD0 holds only an Orientation tag."""
+    tiff = (b'MM\x00\x2a' + (8).to_bytes(4, 'big')             # big-endian TIFF, IFD0 at 8
+            + (1).to_bytes(2, 'big')                           # one entry
+            + (0x0112).to_bytes(2, 'big') + (3).to_bytes(2, 'big')  # Orientation, SHORT
+            + (1).to_bytes(4, 'big') + orientation.to_bytes(2, 'big') + b'\x00\x00'
+            + (0).to_bytes(4, 'big'))                          # no next IFD
+    payload = b'Exif\x00\x00' + tiff
+    return b'\xff\xe1' + (len(payload) + 2).to_bytes(2, 'big') + payload
+
+
+def test_jpeg_exif_orientation_is_ignored():
+    """A JPEG tagged Orientation=6 (rotate 90) keeps its stored geometry and pixels."""
+    height, width = 24, 40
+    bgr = np.zeros((height, width, 3), np.uint8)
+    bgr[:12, :20] = (255, 0, 0)
+    bgr[:12, 20:] = (0, 255, 0)
+    bgr[12:, :20] = (0, 0, 255)
+    bgr[12:, 20:] = (255, 255, 255)
+    ok, encoded = cv2.imencode('.jpg', bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    plain = encoded.tobytes()
+    tagged = plain[:2] + _exif_orientation_app1(6) + plain[2:]
+    # The tag is effective: a plain IMREAD_COLOR decode rotates the image.
+    rotated = cv2.imdecode(np.frombuffer(tagged, np.uint8), cv2.IMREAD_COLOR)
+    assert rotated.shape == (width, height, 3)
+    msg = CompressedImage(format='jpeg')
+    msg.data = tagged
+    assert compressed_image_size(tagged) == (width, height)
+    frame = compressed_image_to_frame(msg, MAX)
+    assert frame.bgr and frame.pixels.shape == (height, width, 3)
+    difference = np.abs(frame.pixels.astype(int) - bgr.astype(int))
+    assert difference.mean() < 8
+    np.testing.assert_array_equal(
+        frame.pixels, cv2.imdecode(np.frombuffer(plain, np.uint8), cv2.IMREAD_COLOR))
+
+
+def _jpeg_marker_offsets(data: bytes) -> dict:
+    """Return marker -> offset of the header segments of a plain (fill-free) JPEG, up to SOS."""
+    offsets, position = {}, 2
+    while data[position + 1] != 0xDA:
+        offsets.setdefault(data[position + 1], position)
+        position += 2 + int.from_bytes(data[position + 2:position + 4], 'big')
+    offsets[0xDA] = position
+    return offsets
+
+
+def _with_fill_bytes(data: bytes, markers, count: int = 3) -> bytes:
+    """Insert ``count`` 0xFF fill bytes before the first segment of each of ``markers``."""
+    offsets = _jpeg_marker_offsets(data)
+    for offset in sorted((offsets[marker] for marker in markers), reverse=True):
+        data = data[:offset] + b'\xff' * count + data[offset:]
+    return data
+
+
+@pytest.mark.parametrize('markers', [[0xDB], [0xC0], [0xC4], [0xDB, 0xC0, 0xC4, 0xDA]])
+def test_jpeg_fill_bytes_before_markers(markers):
+    """0xFF fill bytes before a marker (T.81 B.1.1.2) still give the size and decode."""
+    bgr = np.ascontiguousarray(RGB[..., ::-1])
+    plain = bytes(_compressed(bgr, '.jpg').data)
+    filled = _with_fill_bytes(plain, markers)
+    assert len(filled) == len(plain) + 3 * len(markers)
+    assert compressed_image_size(filled) == (10, 6)
+    msg = CompressedImage(format='jpeg')
+    msg.data = filled
+    frame = compressed_image_to_frame(msg, MAX)
+    np.testing.assert_array_equal(
+        frame.pixels, cv2.imdecode(np.frombuffer(plain, np.uint8), cv2.IMREAD_COLOR))
+
+
+@pytest.mark.parametrize('kind', ['jpeg', 'jpeg_with_fill_bytes', 'png'])
+def test_truncated_compressed_data_never_raises_anything_else(kind):
+    """Every prefix gives the right size or None, and a frame or InvalidImage."""
+    bgr = np.ascontiguousarray(RGB[..., ::-1])
+    data = bytes(_compressed(bgr, '.png' if kind == 'png' else '.jpg').data)
+    if kind == 'jpeg_with_fill_bytes':
+        data = _with_fill_bytes(data, [0xDB, 0xC0, 0xC4, 0xDA])
+    for length in range(len(data) + 1):
+        prefix = data[:length]
+        assert compressed_image_size(prefix) in (None, (10, 6)), length
+        msg = CompressedImage(format=kind[:4])
+        msg.data = prefix
+        try:
+            frame = compressed_image_to_frame(msg, MAX)
+        except InvalidImage:
+            continue
+        assert frame.pixels.shape == (6, 10, 3), length
+
+
+def test_jpeg_header_walker_survives_garbage():
+    """Fill-byte runs, bad lengths, EOI / SOS before SOF and random bytes give None."""
+    soi = b'\xff\xd8'
+    for data in [soi, soi + b'\xff' * 1000, soi + b'\xff\xe0\x00\x00' * 50,
+                 soi + b'\xff\xe0\x00\x01', soi + b'\xff\xd9', soi + b'\xff\xda\x00\x08',
+                 soi + b'\xff\x00\x00\x10', soi + b'\xff\xc0\x00\x05\x08\x00\x06\x00\x0a',
+                 soi + b'\xff\xc0\x00\x11\x08\x00\x06', soi + b'\x00\xff\xc0']:
+        assert compressed_image_size(data) is None, data
+    assert compressed_image_size(soi + b'\xff\xff\xd0\xff\xc0\x00\x11\x08\x00\x06\x00\x0a') \
+        == (10, 6)
+    rng = np.random.default_rng(1)
+    for _ in range(2000):
+        tail = rng.integers(0, 256, int(rng.integers(0, 64)), dtype=np.uint8).tobytes()
+        # Bias towards marker-looking bytes so the walker goes further than the first check.
+        tail = tail.replace(b'\x00', b'\xff')
+        size = compressed_image_size(soi + tail)
+        assert size is None or (isinstance(size, tuple) and len(size) == 2)

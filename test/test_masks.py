@@ -1,6 +1,7 @@
 """Masks: colour, drivable and overlay images on hand-built arrays, exact values."""
 
-from enet_ros.masks import colorize, drivable_lut, drivable_mask, overlay, palette_lut
+from enet_ros.masks import (colorize, drivable_lut, drivable_mask, OutputRenderer, overlay,
+                            palette_lut)
 import numpy as np
 import pytest
 
@@ -108,3 +109,32 @@ def test_overlay_bad_alpha(alpha: float):
     """An alpha outside [0, 1] is refused."""
     with pytest.raises(ValueError, match='alpha'):
         overlay(IMAGE, COLORED, alpha)
+
+
+def test_output_renderer_builds_every_image_once_and_into_buffers():
+    """OutputRenderer: the four images as the single functions give them, buffers honoured."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 11, (6, 8), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    colors = [(i * 20, 255 - i * 20, i * 7) for i in range(11)]
+    renderer = OutputRenderer(colors, [3, 4], 0.25)
+    images = renderer.render(labels, rgb)
+    palette = palette_lut(colors)
+    assert np.array_equal(images['labels'], labels)
+    assert np.array_equal(images['colored'], colorize(labels, palette))
+    assert np.array_equal(images['overlay'],
+                          overlay(rgb, colorize(labels, palette), 0.25))
+    assert np.array_equal(images['drivable'],
+                          drivable_mask(labels, drivable_lut([3, 4])))
+    buffers = {'labels': np.zeros((6, 8), np.uint8), 'overlay': np.zeros((6, 8, 3), np.uint8)}
+    only = renderer.render(labels, rgb, wanted=['labels', 'overlay'], out=buffers)
+    assert set(only) == {'labels', 'overlay'}
+    assert only['overlay'] is buffers['overlay'] and only['labels'] is buffers['labels']
+    assert np.array_equal(buffers['overlay'], images['overlay'])
+    assert np.array_equal(buffers['labels'], labels)
+    with pytest.raises(ValueError, match='camera image'):
+        renderer.render(labels, None, wanted=['overlay'])
+    with pytest.raises(ValueError, match='unknown output'):
+        renderer.render(labels, rgb, wanted=['depth'])
+    with pytest.raises(ValueError, match='overlay_alpha'):
+        OutputRenderer(colors, [], 1.5)

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from enet_ros.ros.node_process import (config_file, node_command, PROFILE_VARIABLES, ros_arg,
-                                       with_large_image_transport)
+from enet_ros.ros.dds import (config_file, NEW_NAME, OLD_NAME, PROFILE_VARIABLES,
+                              profile_variables, with_large_image_transport)
+from enet_ros.ros.node_process import node_command, ros_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,11 +22,24 @@ def test_node_command_uses_the_packaged_parameters_file():
     assert 'device:=cpu' in command and "model_path:=''" in command
 
 
+def test_profile_variable_follows_the_fast_dds_of_each_release():
+    """Humble and Jazzy (Fast DDS 2.x) read the old name, Kilted on the new; unknown: both."""
+    for distro in ('humble', 'iron', 'Jazzy'):
+        assert profile_variables(distro) == (OLD_NAME,)
+    for distro in ('kilted', 'lyrical', 'rolling'):
+        assert profile_variables(distro) == (NEW_NAME,)
+    assert set(profile_variables('')) == {OLD_NAME, NEW_NAME}
+
+
 def test_large_image_profile_is_added_unless_one_is_chosen():
     profile = config_file('fastdds_large_data.xml')
     assert profile == ROOT / 'config' / 'fastdds_large_data.xml'
     env = with_large_image_transport({'PATH': '/bin'})
-    assert env == {'PATH': '/bin', 'FASTDDS_DEFAULT_PROFILES_FILE': str(profile)}
+    assert env == {'PATH': '/bin', NEW_NAME: str(profile), OLD_NAME: str(profile)}
+    assert with_large_image_transport({'ROS_DISTRO': 'jazzy'}) == {
+        'ROS_DISTRO': 'jazzy', OLD_NAME: str(profile)}
+    assert with_large_image_transport({'ROS_DISTRO': 'kilted'}) == {
+        'ROS_DISTRO': 'kilted', NEW_NAME: str(profile)}
     for name in PROFILE_VARIABLES:  # the user's profile, under either name, wins
         assert with_large_image_transport({name: '/mine.xml'}) == {name: '/mine.xml'}
     original = {'PATH': '/bin'}

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, Sequence, Union
 
 import cv2
 import numpy as np
+from rosbags.interfaces import Qos
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 
@@ -41,6 +42,18 @@ MAX_PIXELS = 1 << 40
 LABEL_ENCODINGS = ('mono8', '8uc1')
 #: ``custom_data`` key of a JSON object mapping ``str(stamp_ns)`` to a frame's file stem.
 FRAME_NAMES_KEY = 'enet_ros.frame_names'
+#: rosbag2 metadata version of the bags :class:`BagWriter` writes: 8, not rosbags' latest (9).
+#: From version 9 on, each topic's ``offered_qos_profiles`` in metadata.yaml is a YAML list with
+#: policy names; ROS 2 Humble's rosbag2 (it knows versions up to 5 but accepts any) reads that
+#: key as a *string* holding YAML for every version >= 4, so it cannot open a version-9 bag
+#: ("Exception on parsing info file: ... bad conversion"). In version 8 the profiles are that
+#: string, with integer policies, the form Humble's player decodes; rosbags writes the same
+#: string into the sqlite3 ``topics`` table and the MCAP channels' ``offered_qos_profiles``
+#: metadata, which Humble's storage plugins hand to the player unchanged. Humble ignores the
+#: keys it does not know (``custom_data``, ``ros_distro``, ``type_description_hash``), and
+#: Iron, Jazzy and later read version 8 fully (test/test_bag_metadata.py checks both), so
+#: rosbags' version-8 output is used as it is.
+BAG_VERSION = 8
 
 PathLike = Union[str, os.PathLike]
 
@@ -280,7 +293,11 @@ def storage_of(path: PathLike) -> str:
 # ---------------------------------------------------------------- writing
 
 class BagWriter:
-    """Writes rosbags messages to a new rosbag2 bag; use as a context manager."""
+    """
+    Writes rosbags messages to a new rosbag2 bag; use as a context manager.
+
+    The bag has metadata version :data:`BAG_VERSION`, readable by ROS 2 Humble and later.
+    """
 
     def __init__(self, path: PathLike, storage: str = 'sqlite3', overwrite: bool = False):
         if storage not in STORAGES:
@@ -295,8 +312,7 @@ class BagWriter:
                                'refusing to overwrite it')
             shutil.rmtree(self.path)
         self.storage = storage
-        self._writer = Writer(self.path, version=Writer.VERSION_LATEST,
-                              storage_plugin=STORAGES[storage])
+        self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=STORAGES[storage])
         self._connections: Dict[str, Any] = {}
         self.counts: Dict[str, int] = {}
 
@@ -313,11 +329,18 @@ class BagWriter:
             if exc_type is not None:
                 shutil.rmtree(self.path, ignore_errors=True)
 
-    def add_topic(self, topic: str, msgtype: str) -> None:
-        """Declare ``topic`` with ``msgtype`` (a type of the Humble typestore)."""
+    def add_topic(self, topic: str, msgtype: str,
+                  offered_qos_profiles: Sequence[Qos] = ()) -> None:
+        """
+        Declare ``topic`` with ``msgtype`` (a type of the Humble typestore).
+
+        ``offered_qos_profiles`` (rosbags ``Qos`` tuples) are recorded for ``ros2 bag play``;
+        without them rosbag2 plays the topic with its default QoS.
+        """
         if topic not in self._connections:
             self._connections[topic] = self._writer.add_connection(
-                topic, msgtype, typestore=TYPESTORE)
+                topic, msgtype, typestore=TYPESTORE,
+                offered_qos_profiles=tuple(offered_qos_profiles))
             self.counts[topic] = 0
 
     def write(self, topic: str, msg: Any, log_time: int) -> None:

@@ -10,6 +10,15 @@ and a bad one raises :class:`InvalidImage` with a short machine-readable
 Raw images are converted without copying where the encoding allows it: the
 result is a view into the message's buffer (rows may be padded: ``step``
 larger than ``width * channels`` gives a strided view).
+
+The generic OpenCV encodings that cv_bridge's ``passthrough`` produces are
+accepted too: ``8UC1`` is read as mono, and ``8UC3`` / ``8UC4`` follow the
+cv_bridge / OpenCV convention that a 3- or 4-channel 8-bit image is in
+OpenCV's BGR (BGRA) order, i.e. they are treated exactly like ``bgr8`` /
+``bgra8``. Encodings are matched case-insensitively.
+
+Compressed images are decoded as stored: an EXIF Orientation tag in a JPEG is
+ignored, so the pixels keep the camera's geometry (and the size in the header).
 """
 
 from dataclasses import dataclass
@@ -19,7 +28,10 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
-#: encoding -> (channels, bytes per channel, channel order of the 3 colours or None for mono)
+#: encoding (lower case; messages are matched case-insensitively) -> (channels,
+#: bytes per channel, channel order of the 3 colours or None for mono).
+#: The generic ``8UC*`` encodings (cv_bridge ``passthrough``) follow OpenCV's
+#: convention: 8UC3 is BGR and 8UC4 is BGRA, 8UC1 is mono.
 ENCODINGS = {
     'rgb8': (3, 1, 'rgb'),
     'bgr8': (3, 1, 'bgr'),
@@ -29,6 +41,9 @@ ENCODINGS = {
     'rgb16': (3, 2, 'rgb'),
     'bgr16': (3, 2, 'bgr'),
     'mono16': (1, 2, None),
+    '8uc1': (1, 1, None),
+    '8uc3': (3, 1, 'bgr'),
+    '8uc4': (4, 1, 'bgr'),
 }
 REJECTION_REASONS = ('unsupported_encoding', 'zero_size', 'bad_step', 'bad_data_length',
                      'too_large', 'bad_compressed_format', 'decode_failed')
@@ -110,32 +125,71 @@ def raw_image_to_frame(msg, max_pixels: int) -> CameraFrame:
 
 
 def compressed_image_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """(width, height) from a PNG or JPEG header without decoding, or None if not found."""
+    """
+    (width, height) from a PNG or JPEG header without decoding, or None if not found.
+
+    Never raises on truncated or garbage data: anything that is not a
+    well-formed PNG IHDR or JPEG marker sequence up to a SOF segment gives None.
+    """
     if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24 and data[12:16] == b'IHDR':
         width, height = struct.unpack('>II', data[16:24])
         return width, height
     if data[:2] == b'\xff\xd8':
-        position = 2
-        while position + 4 <= len(data):
-            if data[position] != 0xFF:
+        return _jpeg_size(data)
+    return None
+
+
+#: JPEG markers without a length field: TEM, RST0-RST7 and SOI.
+_JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD9)])
+#: SOF markers C0-CF except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
+_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """
+    (width, height) from the first SOF segment of a JPEG (after SOI), or None.
+
+    Walks the marker segments; any marker may be preceded by any number of
+    0xFF fill bytes (ITU T.81 B.1.1.2). Each step advances at least two bytes
+    and every read is bounds-checked, so garbage ends the walk with None.
+    """
+    end = len(data)
+    position = 2
+    while position < end:
+        if data[position] != 0xFF:
+            return None
+        while position + 1 < end and data[position + 1] == 0xFF:
+            position += 1  # fill byte
+        if position + 1 >= end:
+            return None
+        marker = data[position + 1]
+        position += 2
+        if marker in _JPEG_STANDALONE_MARKERS:
+            continue
+        if marker in (0x00, 0xD9, 0xDA):  # not a marker, EOI or SOS: no SOF before the scan
+            return None
+        if position + 2 > end:
+            return None
+        length = struct.unpack_from('>H', data, position)[0]
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF_MARKERS:
+            # Lf (2), P (1), Y (2), X (2), Nf (1), ...
+            if length < 8 or position + 7 > end:
                 return None
-            marker = data[position + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                position += 2
-                continue
-            length = struct.unpack('>H', data[position + 2:position + 4])[0]
-            # SOF markers C0-CF except DHT (C4), JPG (C8) and DAC (CC) carry the size.
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                if position + 9 > len(data):
-                    return None
-                height, width = struct.unpack('>HH', data[position + 5:position + 9])
-                return width, height
-            position += 2 + length
+            height, width = struct.unpack_from('>HH', data, position + 3)
+            return width, height
+        position += length
     return None
 
 
 def compressed_image_to_frame(msg, max_pixels: int) -> CameraFrame:
-    """Validate, size-check from the header, and decode a JPEG / PNG CompressedImage."""
+    """
+    Validate, size-check from the header, and decode a JPEG / PNG CompressedImage.
+
+    The frame is HxWx3 uint8 BGR in the stored orientation (a JPEG's EXIF
+    Orientation tag is ignored), so its size is the header's.
+    """
     data = bytes(msg.data)
     size = compressed_image_size(data)
     if size is None:
@@ -148,7 +202,13 @@ def compressed_image_to_frame(msg, max_pixels: int) -> CameraFrame:
     if width * height > max_pixels:
         raise InvalidImage('too_large', f'compressed image is {width}x{height}, more than '
                                         f'max_pixels {max_pixels}')
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    # IMREAD_COLOR: 3-channel BGR, 8-bit (grey, alpha and 16-bit input are converted);
+    # IGNORE_ORIENTATION: keep the stored geometry, ignoring a JPEG EXIF Orientation tag.
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8),
+                               cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:  # a codec that throws on corrupt data instead of returning None
+        decoded = None
     if decoded is None or decoded.shape[:2] != (height, width):
         raise InvalidImage('decode_failed', f"format '{msg.format}': {len(data)} bytes do not "
                                             f'decode to a {width}x{height} image')

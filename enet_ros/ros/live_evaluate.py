@@ -16,7 +16,7 @@ earlier unanswered one is dropped; after the last frame the tool waits
 ``--wait`` seconds (from the last output) for the rest.
 
 By default the node is started as a subprocess (``python -m
-enet_ros.ros.segmentation_node`` with the package's config/segment.yaml);
+enet_ros.ros.node_main`` with the package's config/segment.yaml);
 ``--attach`` uses one already running. Needs no ``ros2 bag play``. Unless
 ``FASTDDS_DEFAULT_PROFILES_FILE`` (or the Humble name) is set, this process and
 the node it starts use the package's large-image Fast DDS profile.
@@ -44,11 +44,11 @@ from tqdm import tqdm
 from .bag_io import (BagError, BagWriter, COMPRESSED_IMAGE, deserialize, frame_names, IMAGE,
                      IMAGE_TYPES, message_to_labels, MessageError, open_bag, read_messages,
                      require_topic, stamp_to_ns)
+from .dds import with_large_image_transport
 from .evaluation import (add_bag_arguments, DEFAULT_LABELS_TOPIC, FolderTruth, format_table,
                          latency_summary, NO_TRUTH, parse_class_list, resolve_image_topic,
                          Scoreboard, skipped_dict, StampMatcher, write_json)
-from .node_process import (node_command as process_command, NodeProcess,
-                           with_large_image_transport)
+from .node_process import node_command as process_command, NodeProcess
 from ..model_file import load_model_file, ModelFileError
 
 TOOL = 'live_evaluate'
@@ -131,8 +131,16 @@ class _Peer:
                         topic, data, time.time_ns()), record, raw=True))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self.executor.spin, name='ros', daemon=True)
+        self._thread = threading.Thread(target=self._spin, name='ros', daemon=True)
         self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:  # close() shut the context down
+            pass
 
     def _on_labels(self, msg: Any) -> None:
         received = time.monotonic()
@@ -152,11 +160,19 @@ class _Peer:
         self.publisher.publish(data)
 
     def close(self) -> None:
-        """Stop spinning and shut this context down."""
+        """
+        End the spin, then tear the executor and the node down.
+
+        Shutting the context down wakes the spinning executor; only after its
+        thread has ended are the executor and node destroyed (tearing them down
+        under a running spin can crash the process).
+        """
+        self._rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=10.0)
+        if self._thread.is_alive():
+            return  # a daemon thread: left to the interpreter's exit
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
-        self._rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=2.0)
 
 
 class _Session:

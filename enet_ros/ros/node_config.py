@@ -12,7 +12,9 @@ from typing import Any, Dict, Sequence, Tuple
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
 
-OUTPUTS = ('labels', 'colored', 'overlay', 'drivable')
+from ..masks import OUTPUT_IMAGES
+
+OUTPUTS = OUTPUT_IMAGES
 RELIABILITY = ('best_effort', 'reliable')
 TRANSPORTS = ('raw', 'compressed')
 
@@ -51,6 +53,7 @@ class RuntimeSettings:
     stale_input_s: float
     latency_warn_ms: float
     max_consecutive_failures: int
+    exit_on_failure: bool
 
 
 def _descriptor(description: str, read_only: bool = False,
@@ -128,6 +131,10 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
     'max_consecutive_failures': (5, _descriptor(
         'diagnostics ERROR after this many failed frames in a row', False, INT,
         int_range=(1, 1000000, 1))),
+    'exit_on_failure': (False, _descriptor(
+        'exit with code 3 after max_consecutive_failures failed frames in a row (e.g. a '
+        'dead GPU), so a supervisor (launch respawn:=true, systemd) can restart the node; '
+        'false = keep running and report ERROR', False, ParameterType.PARAMETER_BOOL)),
 }
 
 DRIVABLE_DESCRIPTION = _descriptor(
@@ -198,11 +205,5 @@ def runtime_settings(values: Dict[str, Any], class_names: Sequence[str]) -> Runt
         stale_input_s=float(values['stale_input_timeout']),
         latency_warn_ms=float(values['latency_warn_ms']),
         max_consecutive_failures=int(values['max_consecutive_failures']),
+        exit_on_failure=bool(values['exit_on_failure']),
     )
-
-
-def with_changes(current: Dict[str, Any], changes: Dict[str, Any]) -> Dict[str, Any]:
-    """Parameter values after applying ``changes`` (for validating a set request)."""
-    merged = dict(current)
-    merged.update(changes)
-    return merged

@@ -2,7 +2,7 @@
 Start the segmentation node as its own process, as a user would without ``ros2 launch``.
 
 Used by the live bag evaluation, the demo, the node benchmark and the tests:
-``python -m enet_ros.ros.segmentation_node --ros-args --params-file
+``python -m enet_ros.ros.node_main --ros-args --params-file
 config/segment.yaml -p name:=value -r from:=to``, with its output in a log file.
 """
 
@@ -15,49 +15,14 @@ import tempfile
 import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from .dds import config_file
+
 READY_LINE = 'listening on'
-
-
-#: Fast DDS profile with shared-memory segments large enough for 1080p rgb8 images.
-FASTDDS_PROFILE = 'fastdds_large_data.xml'
-#: Fast DDS reads its XML profile from the first (Jazzy and later) or second (Humble).
-PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
-
-
-def config_file(name: str) -> Optional[Path]:
-    """Find the package's config/<name>: installed share directory, else source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        installed = Path(get_package_share_directory('enet_ros')) / 'config' / name
-        if installed.is_file():
-            return installed
-    except Exception:  # noqa: B902 - not installed as a ROS package (e.g. pip -e)
-        pass
-    source = Path(__file__).resolve().parents[2] / 'config' / name
-    return source if source.is_file() else None
 
 
 def default_params_file() -> Optional[Path]:
     """Find the package's config/segment.yaml."""
     return config_file('segment.yaml')
-
-
-def with_large_image_transport(env: Mapping[str, str]) -> Dict[str, str]:
-    """
-    Return ``env`` plus the package's Fast DDS profile, unless a profile is already chosen.
-
-    The profile replaces Fast DDS' built-in transports with shared memory in 32 MiB
-    segments plus UDP: on one machine, images up to 1080p rgb8 then travel in one piece.
-    Measured with ``bench/bench_node.py`` (README, "Large images and DDS"), it beats
-    ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA``. Every process that sends big images
-    (camera, node, bag player) needs it; receivers need shared memory enabled.
-    """
-    result = dict(env)
-    profile = config_file(FASTDDS_PROFILE)
-    if profile is not None and not any(result.get(name) for name in PROFILE_VARIABLES):
-        # The ROS wheels here are Jazzy or later; the Humble name only adds a warning.
-        result[PROFILE_VARIABLES[0]] = str(profile)
-    return result
 
 
 def ros_arg(value: object) -> str:
@@ -76,7 +41,7 @@ def node_command(parameters: Optional[Mapping[str, object]] = None,
                  params_file: Optional[Path] = None,
                  extra_assignments: Sequence[str] = ()) -> List[str]:
     """Build the node's command line: the parameters file, then overrides and remappings."""
-    command = [sys.executable, '-m', 'enet_ros.ros.segmentation_node', '--ros-args']
+    command = [sys.executable, '-m', 'enet_ros.ros.node_main', '--ros-args']
     params_file = params_file or default_params_file()
     if params_file:
         command += ['--params-file', str(params_file)]

@@ -20,10 +20,9 @@ logged (throttled).
 """
 
 import logging
-import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
@@ -31,9 +30,11 @@ from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
 from .health import FrameStats, HealthThresholds
@@ -42,12 +43,17 @@ from .image_msgs import (CameraFrame, check_raw_image, compressed_image_to_frame
 from .node_config import (CLASS_NAMES_DESCRIPTION, ConfigError, DRIVABLE_DESCRIPTION, OUTPUTS,
                           PARAMETERS, runtime_settings, RuntimeSettings, startup_settings,
                           StartupSettings)
+from .node_main import StopOnSignal
 from .. import masks
 from ..model_file import load_model_file, ModelFileError
 from ..segmenter import Segmenter, SegmenterConfigError
 
 NODE_NAME = 'segmentation_node'
+#: Exit codes of :func:`main` (documented in the README).
+EXIT_OK, EXIT_EXECUTOR_FAILED, EXIT_CONFIG_ERROR, EXIT_FAILED_FRAMES = 0, 1, 2, 3
 WARN_THROTTLE_S = 5.0
+SPIN_JOIN_TIMEOUT_S = 10.0
+RCLError = rclpy_implementation.RCLError
 _READ_ONLY_RESTART = ('model_path', 'device', 'precision', 'network_width', 'network_height',
                       'torch_compile',
                       'input_transport', 'input_reliability', 'input_depth',
@@ -73,6 +79,22 @@ class _RosLogHandler(logging.Handler):
             self.ros_logger.info(message)
 
 
+def _forward_core_logs(ros_logger) -> Callable[[], None]:
+    """Send the core's log records (logger 'enet_ros') to ``ros_logger``; return the undo."""
+    core_logger = logging.getLogger('enet_ros')
+    handler = _RosLogHandler(ros_logger)
+    previous = core_logger.level, core_logger.propagate
+    core_logger.addHandler(handler)
+    core_logger.setLevel(logging.INFO)
+    core_logger.propagate = False
+
+    def undo() -> None:
+        core_logger.removeHandler(handler)
+        core_logger.setLevel(previous[0])
+        core_logger.propagate = previous[1]
+    return undo
+
+
 def _qos(reliability: str, depth: int) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                       reliability=ReliabilityPolicy.BEST_EFFORT if reliability == 'best_effort'
@@ -84,8 +106,10 @@ class _RuntimeState:
 
     def __init__(self, settings: RuntimeSettings, segmenter: Segmenter):
         self.settings = settings
-        names = segmenter.metadata.class_names
-        self.drivable_lut = masks.drivable_lut(names.index(n) for n in settings.drivable_classes)
+        metadata = segmenter.metadata
+        self.renderer = masks.OutputRenderer(
+            metadata.colors, (metadata.class_names.index(n) for n in settings.drivable_classes),
+            settings.overlay_alpha)
         self.min_interval_s = 1.0 / settings.max_rate_hz if settings.max_rate_hz > 0 else 0.0
         self.thresholds = HealthThresholds(settings.stale_input_s, settings.latency_warn_ms,
                                            settings.max_consecutive_failures)
@@ -96,10 +120,7 @@ class SegmentationNode(Node):
 
     def __init__(self, **node_kwargs: Any):
         super().__init__(NODE_NAME, **node_kwargs)
-        core_logger = logging.getLogger('enet_ros')
-        core_logger.addHandler(_RosLogHandler(self.get_logger()))
-        core_logger.setLevel(logging.INFO)
-        core_logger.propagate = False
+        self._log_forwarding = _forward_core_logs(self.get_logger())
         for name, (default, descriptor) in PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
         self.startup: StartupSettings = startup_settings(self._values(PARAMETERS))
@@ -111,7 +132,6 @@ class SegmentationNode(Node):
         self.declare_parameter('drivable_classes', list(metadata.drivable_classes) or [''],
                                DRIVABLE_DESCRIPTION)
         self._state = _RuntimeState(self._runtime_settings({}), self.segmenter)
-        self._palette = masks.palette_lut(metadata.colors)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.stats = FrameStats()
@@ -119,6 +139,7 @@ class SegmentationNode(Node):
         self._slot: Optional[Tuple[Any, float]] = None
         self._stop = threading.Event()
         self.failed = False
+        self.failed_frames = False
         self._last_processed = 0.0
         self._warned: Dict[str, float] = {}
 
@@ -240,6 +261,13 @@ class SegmentationNode(Node):
                 failures = self.stats.failed()
                 self._warn('failure', f'frame failed ({type(error).__name__}: {error}); '
                                       f'{failures} in a row')
+                settings = self._state.settings
+                if settings.exit_on_failure and failures >= settings.max_consecutive_failures:
+                    self.get_logger().fatal(
+                        f'{failures} frames failed in a row (last: {type(error).__name__}: '
+                        f'{error}); exiting with code {EXIT_FAILED_FRAMES} (exit_on_failure)')
+                    self.failed_frames = True
+                    return
 
     def _process(self, msg: Any, received: float) -> None:
         state = self._state
@@ -264,9 +292,11 @@ class SegmentationNode(Node):
         labels = self.segmenter.segment(frame.pixels, bgr=frame.bgr).labels
         inference_s = time.monotonic() - inference_start
         self._check_labels(labels, frame)
-        colored = None
-        for name in sorted(wanted, key=OUTPUTS.index):  # colored is filled before overlay
-            colored = self._fill(name, labels, frame, state, colored)
+        height, width = labels.shape
+        buffers = {name: self._buffers[name].view(height, width, masks.OUTPUT_CHANNELS[name])
+                   for name in wanted}
+        state.renderer.render(labels, frame.rgb() if 'overlay' in wanted else None, wanted,
+                              out=buffers)
         for name in wanted:
             buffer = self._buffers[name]
             buffer.msg.header = msg.header
@@ -280,25 +310,6 @@ class SegmentationNode(Node):
         if int(labels.max()) >= self.segmenter.num_classes:
             raise RuntimeError(f'label id {int(labels.max())} outside [0, '
                                f'{self.segmenter.num_classes})')
-
-    def _fill(self, name: str, labels: np.ndarray, frame: CameraFrame, state: _RuntimeState,
-              colored: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        """Compute output ``name`` into its message buffer; return the colour image if known."""
-        height, width = labels.shape
-        if name == 'labels':
-            np.copyto(self._buffers[name].view(height, width, 1), labels)
-        elif name == 'drivable':
-            masks.drivable_mask(labels, state.drivable_lut,
-                                out=self._buffers[name].view(height, width, 1))
-        elif name == 'colored':
-            colored = masks.colorize(labels, self._palette,
-                                     out=self._buffers[name].view(height, width, 3))
-        elif name == 'overlay':
-            if colored is None:
-                colored = masks.colorize(labels, self._palette)
-            masks.overlay(frame.rgb(), colored, state.settings.overlay_alpha,
-                          out=self._buffers[name].view(height, width, 3))
-        return colored
 
     def _latency_s(self, msg: Any) -> Optional[float]:
         stamp = msg.header.stamp
@@ -342,6 +353,11 @@ class SegmentationNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_publisher.publish(array)
 
+    def destroy_node(self) -> None:
+        """Destroy the node and stop forwarding the core's log records to it."""
+        self._log_forwarding()
+        super().destroy_node()
+
     def stop(self) -> None:
         """Make :meth:`run_inference` return after the frame in progress."""
         self._stop.set()
@@ -363,39 +379,71 @@ def _spin(executor: SingleThreadedExecutor, node: SegmentationNode) -> None:
         node.stop()
 
 
-def main(args: Optional[List[str]] = None) -> int:
-    """Run the node until SIGINT / SIGTERM; exit 0, 2 on a configuration error, 1 on failure."""
-    rclpy.init(args=args)
+def run(args: Optional[List[str]], stop_on_signal: StopOnSignal) -> int:
+    """
+    Run the node until ``stop_on_signal`` fires; return the exit code.
+
+    Exit codes: 0 after a signal, 1 if the executor failed, 2 for bad
+    configuration, 3 after ``max_consecutive_failures`` failed frames with
+    ``exit_on_failure``. The entry point is :func:`enet_ros.ros.node_main.main`,
+    which installs the signal handlers before this module's heavy imports.
+    """
     node = None
-    executor = SingleThreadedExecutor()
+    executor = None
     spinner = None
-    code = 0
+    code = EXIT_OK
     try:
+        try:
+            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        except RCLError as error:  # e.g. a --params-file that is missing or not YAML
+            raise ConfigError(f'invalid ROS arguments: {error}') from None
+        executor = SingleThreadedExecutor()
         node = SegmentationNode()
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor, node), name='ros-executor',
                                    daemon=True)
         spinner.start()
-        node.run_inference()
-        code = 1 if node.failed else 0
+        stop_on_signal.target = node
+        if stop_on_signal.received is None:
+            node.run_inference()
+        if node.failed_frames:
+            code = EXIT_FAILED_FRAMES
+        elif node.failed:
+            code = EXIT_EXECUTOR_FAILED
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ConfigError, ParameterException) as error:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
-        code = 2
+        code = EXIT_CONFIG_ERROR
     finally:
-        # Order matters: the spin must have ended before the executor is torn down
-        # (shutting it down under a running spin crashed the process now and then).
-        if node is not None:
-            node.stop()
-        rclpy.try_shutdown()  # ends the spin (a signal may have done so already)
-        if spinner is not None:
-            spinner.join(timeout=10.0)
-        executor.shutdown()
-        if node is not None:
-            node.destroy_node()
+        stop_on_signal.ignore_from_now()
+        code = _shut_down(node, executor, spinner, code)
+    if code == EXIT_OK and node is not None:
+        rclpy.logging.get_logger(NODE_NAME).info('stopped cleanly')
     return code
 
 
-if __name__ == '__main__':
-    sys.exit(main())
+def _shut_down(node: Optional[SegmentationNode], executor: Optional[SingleThreadedExecutor],
+               spinner: Optional[threading.Thread], code: int) -> int:
+    """
+    End the spin, then tear the executor and the node down; return the exit code.
+
+    Order matters: tearing the executor down under a running spin crashed the
+    process now and then, so if the spin thread does not end, nothing is torn
+    down and the process exits with an error instead.
+    """
+    if node is not None:
+        node.stop()
+    rclpy.try_shutdown()  # ends the spin (wakes the executor)
+    if spinner is not None:
+        spinner.join(timeout=SPIN_JOIN_TIMEOUT_S)
+        if spinner.is_alive():
+            rclpy.logging.get_logger(NODE_NAME).error(
+                f'the ROS executor did not stop within {SPIN_JOIN_TIMEOUT_S:.0f} s; exiting '
+                'without tearing it down')
+            return code or EXIT_EXECUTOR_FAILED
+    if executor is not None:
+        executor.shutdown()
+    if node is not None:
+        node.destroy_node()
+    return code

@@ -1,0 +1,66 @@
+"""
+Entry point of the segmentation node: signal handling first, then the heavy imports.
+
+A terminal's Ctrl-C reaches every process in its group, and ``ros2 launch``
+forwards its own SIGINT (then SIGTERM) to the node, so one key press gives the
+node two or three signals, and impatient users press it twice. rclpy's handler
+raised KeyboardInterrupt in the main thread wherever it was, e.g. in the
+middle of the shutdown, and the node died with code -2 and a traceback.
+Here the first signal asks the node to stop (or, while it is still
+importing torch, loading or compiling the model, abandons start-up) and
+every later one is ignored, including while the interpreter exits.
+"""
+
+import signal
+import sys
+from typing import Any, List, Optional
+
+
+class StopOnSignal:
+    """SIGINT / SIGTERM handler: the first signal stops ``target``; later ones are ignored."""
+
+    def __init__(self):
+        self.target: Optional[Any] = None  # anything with a stop() method, once running
+        self.received: Optional[int] = None
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM in this process (call from the main thread)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self)
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        """Stop the target, or abort start-up, on the first signal only."""
+        if self.received is not None:
+            return
+        self.received = signum
+        if self.target is None:
+            raise KeyboardInterrupt
+        self.target.stop()
+
+    def ignore_from_now(self) -> None:
+        """
+        Ignore SIGINT and SIGTERM for the rest of the process.
+
+        Python resets the handlers it installed to the default while the
+        interpreter exits, so a late signal (launch forwarding its own) would
+        still kill the process with code -2; an ignored signal stays ignored.
+        """
+        self.received = self.received or signal.SIGINT
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """Run the segmentation node until SIGINT / SIGTERM; see its ``run`` for exit codes."""
+    stop_on_signal = StopOnSignal()
+    stop_on_signal.install()
+    try:
+        from .segmentation_node import run
+    except KeyboardInterrupt:  # Ctrl-C while importing torch and rclpy
+        stop_on_signal.ignore_from_now()
+        return 0
+    return run(args, stop_on_signal)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A dead device: frames that keep failing, with and without exit_on_failure (in process)."""
+
+import random
+import threading
+import time
+
+from enet_ros.ros.segmentation_node import SegmentationNode
+import numpy as np
+import pytest
+from ros_harness import make_image_msg
+
+pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+
+
+@pytest.fixture
+def failing_node(random_model_file):
+    """Build a node whose Segmenter always raises, with a subscriber on its labels."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    context = Context()
+    rclpy.init(context=context, domain_id=random.Random().randint(1, 100))
+
+    def build(exit_on_failure: bool) -> SegmentationNode:
+        node = SegmentationNode(context=context, parameter_overrides=[
+            Parameter('model_path', value=str(random_model_file)),
+            Parameter('torch_compile', value=False),
+            Parameter('max_consecutive_failures', value=3),
+            Parameter('exit_on_failure', value=exit_on_failure)])
+
+        def dead_device(*args, **kwargs):
+            raise RuntimeError('CUDA error: an illegal memory access was encountered')
+
+        node.segmenter.segment = dead_device
+        node.create_subscription(Image, '~/labels', lambda msg: None, 1)
+        deadline = time.monotonic() + 10
+        while (node._output_publishers['labels'].get_subscription_count() == 0
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        built.append(node)
+        return node
+
+    built = []
+    yield build
+    for node in built:
+        node.destroy_node()
+    context.try_shutdown()
+
+
+def _feed_frames(node: SegmentationNode, stop: threading.Event) -> threading.Thread:
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+
+    def feed():
+        while not stop.is_set():
+            node._on_image(make_image_msg(pixels, 'rgb8', time.time_ns()))
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread
+
+
+def _run_until(node: SegmentationNode, timeout_s: float, stop_after_failures: int = 0):
+    """Run inference on this thread; a watchdog stops it after ``timeout_s``."""
+    stop = threading.Event()
+    feeder = _feed_frames(node, stop)
+    fired = []
+
+    def watchdog():
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not stop.is_set():
+            if stop_after_failures and node.stats.totals.get('failed', 0) >= stop_after_failures:
+                break
+            time.sleep(0.01)
+        if not stop.is_set():
+            fired.append(True)
+            node.stop()
+
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
+    node.run_inference()
+    stop.set()
+    feeder.join(5)
+    guard.join(5)
+    return bool(fired)
+
+
+def test_exit_on_failure_ends_inference_after_the_limit(failing_node):
+    """exit_on_failure: true returns from inference after 3 failures in a row (exit code 3)."""
+    node = failing_node(exit_on_failure=True)
+    stopped_by_watchdog = _run_until(node, timeout_s=30)
+    assert not stopped_by_watchdog
+    assert node.failed_frames
+    assert node.stats.totals['failed'] == 3
+
+
+def test_without_exit_on_failure_the_node_keeps_going(failing_node):
+    """exit_on_failure: false (default) keeps taking frames past the limit, reporting ERROR."""
+    node = failing_node(exit_on_failure=False)
+    assert _run_until(node, timeout_s=30, stop_after_failures=6)
+    assert not node.failed_frames
+    assert node.stats.totals['failed'] >= 6
+    from enet_ros.ros.health import HealthThresholds
+
+    snapshot = node.stats.snapshot(HealthThresholds(3.0, 500.0, 3))
+    assert snapshot.level == 2  # ERROR

@@ -1,0 +1,300 @@
+"""
+The package as a ROS 2 user meets it, with the real tools and real processes.
+
+``colcon build`` of a clean copy in a temporary workspace, then ``ros2 launch``
+and ``ros2 run`` in a shell that sourced it, each in its own process group;
+Ctrl-C is SIGINT to the whole group, pressed twice. Skipped, with the reason,
+where colcon or the ROS 2 tools from ../shared/ros2-tools are not installed.
+"""
+
+import os
+from pathlib import Path
+import random
+import threading
+import time
+
+from enet_ros.labels import CAMVID_11
+import numpy as np
+import pytest
+from ros2_cli import build_workspace, in_workspace, TerminalProcess, tools_missing
+from ros_harness import image_array, make_image_msg, OUTPUT_TOPICS, RosPeer, stamp_ns
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
+EXECUTABLES = ('segmentation_node', 'dataset_to_bag', 'evaluate_bag', 'live_evaluate')
+READY = 'listening on'
+LAUNCH = 'ros2 launch enet_ros segment.launch.py'
+NODE = '/segmentation_node'
+
+
+@pytest.fixture(scope='module')
+def user_env():
+    """Return a user's shell: a private ROS domain, loopback discovery, no DDS profile."""
+    missing = tools_missing()
+    if missing:
+        pytest.skip(missing)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
+                        'AMENT_PREFIX_PATH', 'PYTHONPATH', 'COLCON_PREFIX_PATH')}
+    env.update(ROS_DOMAIN_ID=str(random.Random().randint(201, 232)),
+               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
+               OMP_NUM_THREADS='1')
+    env.pop('ROS_LOCALHOST_ONLY', None)
+    return env
+
+
+@pytest.fixture(scope='module')
+def fast_start_env(user_env):
+    """Return the user's shell with torch.compile off (ENET_ROS_COMPILE=0): starts in seconds."""
+    return dict(user_env, ENET_ROS_COMPILE='0')
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory, user_env) -> Path:
+    """Return a colcon workspace with the package built in it (plain install)."""
+    return build_workspace(tmp_path_factory.mktemp('ws'), user_env)
+
+
+@pytest.fixture(scope='module')
+def peer(user_env):
+    """Yield a ROS 2 node in the test process, in the user's domain."""
+    node = RosPeer(user_env, name='ros2_tools_peer')
+    yield node
+    node.close()
+
+
+def _launched(workspace: Path, env: dict, arguments: str = '') -> TerminalProcess:
+    return TerminalProcess(in_workspace(workspace, f'{LAUNCH} {arguments}'), env)
+
+
+def _assert_clean_exit(process: TerminalProcess, code: int) -> None:
+    log = process.log()
+    assert code == 0, log
+    assert 'process has finished cleanly' in log, log
+    assert 'Traceback' not in log and 'KeyboardInterrupt' not in log, log
+    left = process.wait_group_gone()
+    assert not left, f'processes left behind: {left}\n{log}'
+
+
+class _Camera:
+    """Publishes a 320x240 rgb8 frame on a topic at 10 Hz from a thread until stopped."""
+
+    def __init__(self, peer: RosPeer, topic: str):
+        from sensor_msgs.msg import Image
+
+        self.publisher = peer.publisher(Image, topic)
+        self.pixels = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.publisher.publish(make_image_msg(self.pixels, 'rgb8', time.time_ns()))
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> '_Camera':
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+
+@pytest.mark.parametrize('symlink_install', [False, True], ids=['install', 'symlink-install'])
+def test_colcon_build_installs_what_ros2_needs(tmp_path, user_env, symlink_install):
+    """Colcon build (and --symlink-install) gives executables, launch, config, index, model."""
+    workspace = build_workspace(tmp_path, user_env, symlink_install=symlink_install)
+    prefix = workspace / 'install' / 'enet_ros'
+    for name in EXECUTABLES:
+        assert os.access(prefix / 'lib' / 'enet_ros' / name, os.X_OK), name
+    share = prefix / 'share' / 'enet_ros'
+    for relative in ('package.xml', 'launch/segment.launch.py', 'config/segment.yaml',
+                     'config/segment.rviz', 'config/fastdds_large_data.xml'):
+        assert (share / relative).is_file(), relative
+    assert (prefix / 'share' / 'ament_index' / 'resource_index' / 'packages'
+            / 'enet_ros').is_file()
+    shell = TerminalProcess(in_workspace(workspace, (
+        'python -c "from enet_ros.model_file import BUNDLED_MODEL as m; '
+        'print(m.resolve(), m.stat().st_size)" && ros2 pkg executables enet_ros '
+        '&& ros2 pkg prefix enet_ros'), replace_shell=False), user_env)
+    assert shell.wait_exit(60) == 0, shell.log()
+    lines = shell.log().split()
+    model, size = Path(lines[0]), int(lines[1])
+    assert model.name == 'enet_camvid.safetensors' and size > 1_000_000
+    # The installed package, not the development checkout, is the one that runs.
+    assert str(model).startswith(str(workspace)), model
+    for name in EXECUTABLES:
+        assert f'enet_ros {name}' in shell.log()
+    assert str(prefix) in shell.log()
+
+
+def test_ros2_launch_answers_on_all_four_outputs(workspace, user_env, peer):
+    """ros2 launch with its defaults: an Image comes back on every output with its header."""
+    from sensor_msgs.msg import Image
+
+    for name in OUTPUT_TOPICS:
+        peer.subscribe(Image, f'{NODE}/{name}', f'launch/{name}')
+    launched = _launched(workspace, user_env, 'image:=/cam/image')
+    try:
+        launched.wait_for_text(READY, timeout=180)
+        publisher = peer.publisher(Image, '/cam/image')
+        peer.wait_for_subscribers(publisher)
+        pixels = np.random.default_rng(1).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+        msg = make_image_msg(pixels, 'rgb8', 1_700_000_000_123_456_789, frame_id='cam_optical')
+
+        def answered():
+            return all(any(stamp_ns(m) == stamp_ns(msg) for m in peer.messages(f'launch/{n}'))
+                       for n in OUTPUT_TOPICS)
+
+        deadline = time.monotonic() + 60
+        while not answered() and time.monotonic() < deadline:
+            publisher.publish(msg)  # reliable, but the node may not be matched yet
+            peer.wait_for(answered, timeout=2.0)
+        assert answered(), launched.log()
+        for name in OUTPUT_TOPICS:
+            out = next(m for m in peer.messages(f'launch/{name}') if stamp_ns(m) == stamp_ns(msg))
+            assert out.header.frame_id == 'cam_optical'
+            assert (out.width, out.height) == (320, 240)
+            assert out.encoding == ('mono8' if name in ('labels', 'drivable') else 'rgb8')
+            values = image_array(out)
+            if name == 'labels':
+                assert values.max() < len(CAMVID_11.names)
+            if name == 'drivable':
+                assert set(np.unique(values)) <= {0, 255}
+        launched.press_ctrl_c()
+        _assert_clean_exit(launched, launched.wait_exit(60))
+    finally:
+        launched.close()
+
+
+@pytest.mark.parametrize('run', [1, 2, 3])
+def test_ctrl_c_twice_while_busy_exits_cleanly(workspace, fast_start_env, peer, run):
+    """SIGINT to the process group, again 0.3 s later, mid-stream: exit 0, nothing left."""
+    from sensor_msgs.msg import Image
+
+    peer.subscribe(Image, f'{NODE}/labels', f'ctrl_c/{run}')
+    launched = _launched(workspace, fast_start_env, 'image:=/cam/busy')
+    try:
+        launched.wait_for_text(READY, timeout=120)
+        with _Camera(peer, '/cam/busy'):
+            assert peer.wait_for(lambda: len(peer.messages(f'ctrl_c/{run}')) >= 3, 60), \
+                launched.log()
+            launched.press_ctrl_c(times=2, interval_s=0.3)
+            code = launched.wait_exit(60)
+        _assert_clean_exit(launched, code)
+        assert 'stopped cleanly' in launched.log()
+    finally:
+        launched.close()
+
+
+def test_ctrl_c_during_start_up_exits_cleanly(workspace, fast_start_env):
+    """
+    Ctrl-C twice while the node still loads: the node exits 0, no traceback, nothing left.
+
+    Here the node stops within the 0.3 s between the two presses, and so does
+    ``ros2 launch``; the second press then reaches a ``ros2 launch`` whose run
+    has ended and whose SIGINT handler is Python's default again (launch's
+    own behaviour), so its exit code may be -2 (a shell shows 130).
+    """
+    launched = _launched(workspace, fast_start_env)
+    try:
+        launched.wait_for_text('process started with pid', timeout=60)
+        time.sleep(0.5)
+        launched.press_ctrl_c(times=2, interval_s=0.3)
+        code = launched.wait_exit(60)
+        log = launched.log()
+        assert code in (0, -2), log
+        assert 'process has finished cleanly' in log, log
+        assert 'Traceback' not in log and 'KeyboardInterrupt' not in log, log
+        assert not launched.wait_group_gone(), log
+    finally:
+        launched.close()
+
+
+def test_rviz_without_rviz2_says_so_and_leaves_no_orphan(workspace, fast_start_env):
+    """rviz:=true where rviz2 is missing: one clear message, the node runs, nothing orphaned."""
+    launched = _launched(workspace, fast_start_env, 'rviz:=true')
+    try:
+        launched.wait_for_text(READY, timeout=120)
+        log = launched.log()
+        assert 'rviz2 is not installed' in log
+        assert "package 'rviz2' not found" not in log
+        launched.press_ctrl_c()
+        _assert_clean_exit(launched, launched.wait_exit(60))
+    finally:
+        launched.close()
+
+
+@pytest.mark.parametrize('arguments, message', [
+    ('device:=tpu', "cannot start: parameters device / precision / network size: device 'tpu'"),
+    ('params_file:=/nonexistent/segment.yaml', 'params_file:=/nonexistent/segment.yaml: no '
+                                               'such file'),
+])
+def test_ros2_launch_bad_argument_fails_clearly(workspace, fast_start_env, arguments, message):
+    """A bad launch argument: its message, ros2 launch ends by itself with code 1."""
+    launched = _launched(workspace, fast_start_env, arguments)
+    try:
+        code = launched.wait_exit(120)
+        log = launched.log()
+        assert code == 1, log
+        assert message in log, log
+        assert 'Traceback' not in log, log
+        assert READY not in log, log
+        assert not launched.wait_group_gone(), log
+    finally:
+        launched.close()
+
+
+@pytest.mark.parametrize('ros_args, code, message', [
+    ('-p device:=tpu', 2, 'cannot start: parameters device / precision / network size'),
+    ('--params-file /nonexistent/segment.yaml', 2,
+     "cannot start: invalid ROS arguments: failed to initialize rcl: Couldn't parse params"),
+    ('-p input_depth:=0', 2, 'cannot start: '),
+])
+def test_ros2_run_bad_configuration_exits_2(workspace, fast_start_env, ros_args, code, message):
+    """ros2 run with bad --ros-args: the documented exit code 2 and a one-line reason."""
+    process = TerminalProcess(in_workspace(
+        workspace, f'ros2 run enet_ros segmentation_node --ros-args {ros_args}'), fast_start_env)
+    try:
+        assert process.wait_exit(120) == code, process.log()
+        assert message in process.log(), process.log()
+        assert 'Traceback' not in process.log(), process.log()
+    finally:
+        process.close()
+
+
+def test_ros2_run_starts_and_stops_on_ctrl_c(workspace, fast_start_env):
+    """ros2 run with parameters and a remapping: ready on the remapped topic; Ctrl-C exits 0."""
+    process = TerminalProcess(in_workspace(workspace, (
+        'ros2 run enet_ros segmentation_node --ros-args -p overlay_alpha:=0.25 '
+        '-r image:=/front/image_raw')), fast_start_env)
+    try:
+        process.wait_for_text('listening on /front/image_raw', timeout=120)
+        process.press_ctrl_c()
+        assert process.wait_exit(60) == 0, process.log()
+        assert 'Traceback' not in process.log(), process.log()
+        assert not process.wait_group_gone()
+    finally:
+        process.close()
+
+
+def test_respawn_restarts_a_node_that_died(workspace, fast_start_env):
+    """respawn:=true: a node killed outright is started again; Ctrl-C still ends it all."""
+    import re
+    import signal
+
+    launched = _launched(workspace, fast_start_env, 'respawn:=true')
+    try:
+        launched.wait_for_text(READY, timeout=120)
+        first = int(re.search(r'process started with pid \[(\d+)\]', launched.log()).group(1))
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while launched.log().count(READY) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = launched.log()
+        assert log.count(READY) == 2, log
+        assert f'process has died [pid {first}, exit code -9' in log, log
+        launched.press_ctrl_c()
+        _assert_clean_exit(launched, launched.wait_exit(60))
+    finally:
+        launched.close()
