@@ -44,7 +44,7 @@ lint: venv
 	$(BIN)/python -m pytest -q test/test_flake8.py test/test_pep257.py
 
 demo: venv
-	$(BIN)/python -m enet_ros.ros.demo --data $(DATA) --out demo_output
+	$(BIN)/python scripts/demo.py --data $(DATA) --out demo_output
 
 bench: venv
 	$(BIN)/python bench/bench_segmenter.py

@@ -29,10 +29,10 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
-            'segmentation_node = enet_ros.ros.node_main:main',
-            'dataset_to_bag = enet_ros.ros.dataset_to_bag:main',
-            'evaluate_bag = enet_ros.ros.evaluate_bag:main',
-            'live_evaluate = enet_ros.ros.live_evaluate:main',
+            'segmentation_node = enet_ros.node.main:main',
+            'dataset_to_bag = enet_ros.evaluation.dataset_to_bag:main',
+            'evaluate_bag = enet_ros.evaluation.evaluate_bag:main',
+            'live_evaluate = enet_ros.evaluation.live_evaluate:main',
         ],
     },
 )

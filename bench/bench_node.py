@@ -206,8 +206,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                              '(unless one is set), or FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA')
     args = parser.parse_args(argv)
 
-    from enet_ros.ros.dds import PROFILE_VARIABLES, with_large_image_transport
-    from enet_ros.ros.node_process import node_command, NodeProcess
+    from enet_ros.node.dds import PROFILE_VARIABLES, with_large_image_transport
+    from enet_ros.evaluation.node_process import node_command, NodeProcess
     from enet_ros.segmenter import Segmenter
 
     domain = random.Random().randint(150, 230)

@@ -2,7 +2,7 @@
 Test harness: the segmentation node as a real process, and a ROS 2 peer in the test.
 
 The node is started exactly as a user would start it without ``ros2 launch``:
-``python -m enet_ros.ros.node_main --ros-args --params-file
+``python -m enet_ros.node.main --ros-args --params-file
 config/segment.yaml -p ...``. The peer publishes camera frames and records
 what the node publishes, each in a private ROS domain.
 """
@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from enet_ros.ros import node_process
-from enet_ros.ros.dds import PROFILE_VARIABLES
+from enet_ros.evaluation import node_process
+from enet_ros.node.dds import PROFILE_VARIABLES
 import numpy as np
 import rclpy
 from rclpy.context import Context

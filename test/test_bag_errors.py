@@ -4,9 +4,9 @@ from pathlib import Path
 
 from bag_helpers import (EchoSegmenterDouble, HEIGHT, make_camvid, make_image,
                          make_labels, quick_cpu, WIDTH)
-from enet_ros.ros import bag_io
-from enet_ros.ros.dataset_to_bag import main as dataset_to_bag
-from enet_ros.ros.evaluate_bag import evaluate_bag, EvaluateOptions, main as evaluate_main
+from enet_ros.evaluation import bag_io
+from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
+from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions, main as evaluate_main
 import numpy as np
 import pytest
 

@@ -8,18 +8,19 @@ import sys
 
 from bag_helpers import (camvid_metadata, HEIGHT, make_camvid, make_labels, quick_cpu,
                          subprocess_env, WIDTH)
-from enet_ros.ros.bag_io import bag_topics, deserialize, open_bag, read_messages, stamp_to_ns
-from enet_ros.ros.dataset_to_bag import main as dataset_to_bag
-from enet_ros.ros.evaluate_bag import evaluate_bag, EvaluateOptions
-from enet_ros.ros.evaluation import Scoreboard, StampMatcher
-from enet_ros.ros.live_evaluate import _Session, DROPPED
+from enet_ros.evaluation.bag_io import (bag_topics, deserialize, open_bag, read_messages,
+                                        stamp_to_ns)
+from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
+from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions
+from enet_ros.evaluation.live_evaluate import _Session, DROPPED
+from enet_ros.evaluation.scoring import Scoreboard, StampMatcher
 from enet_ros.segmenter import Segmenter
 import pytest
 
 COUNT = 6
 pytestmark = pytest.mark.usefixtures(quick_cpu.__name__)
 needs_node = pytest.mark.skipif(
-    importlib.util.find_spec('enet_ros.ros.segmentation_node') is None,
+    importlib.util.find_spec('enet_ros.node.segmentation_node') is None,
     reason='segmentation node not present')
 
 
@@ -42,7 +43,7 @@ def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, 
                            '--storage', 'mcap', '--no-progress']) == 0
     env = subprocess_env(ros_env)
     result = subprocess.run(
-        [sys.executable, '-m', 'enet_ros.ros.live_evaluate', str(bag), '--model',
+        [sys.executable, '-m', 'enet_ros.evaluation.live_evaluate', str(bag), '--model',
          str(model_file), '-p', 'device:=cpu', '--json', str(tmp_path / 'live.json'),
          '--wait', '10', '--no-progress', '--record-bag', str(tmp_path / 'outputs')],
         env=env, capture_output=True, text=True, timeout=150)
@@ -78,8 +79,8 @@ def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, 
 
 
 def test_offline_tools_do_not_import_rclpy():
-    code = ('import sys, enet_ros.ros.evaluate_bag, enet_ros.ros.dataset_to_bag, '
-            'enet_ros.ros.live_evaluate, enet_ros.ros.report; '
+    code = ('import sys, enet_ros.evaluation.evaluate_bag, enet_ros.evaluation.dataset_to_bag, '
+            'enet_ros.evaluation.live_evaluate, enet_ros.evaluation.report; '
             'assert "rclpy" not in sys.modules, "rclpy imported"')
     subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
 

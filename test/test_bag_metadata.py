@@ -16,7 +16,7 @@ import sqlite3
 import struct
 from typing import Any, Dict, List
 
-from enet_ros.ros import bag_io
+from enet_ros.evaluation import bag_io
 import numpy as np
 import pytest
 from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,

@@ -5,11 +5,11 @@ from pathlib import Path
 from bag_helpers import (EchoSegmenterDouble, expected_stamps, HEIGHT, make_camvid,
                          quick_cpu, RATE_HZ, START_S, VOID, WIDTH)
 import cv2
+from enet_ros.evaluation import bag_io
+from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
+from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions, main as evaluate_main
 from enet_ros.labels import CAMVID_11
 from enet_ros.metrics import ConfusionMatrix
-from enet_ros.ros import bag_io
-from enet_ros.ros.dataset_to_bag import main as dataset_to_bag
-from enet_ros.ros.evaluate_bag import evaluate_bag, EvaluateOptions, main as evaluate_main
 from enet_ros.segmenter import Segmenter
 import numpy as np
 import pytest

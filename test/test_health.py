@@ -1,6 +1,6 @@
 """FrameStats: counters, windowed timings and the OK / WARN / ERROR verdict."""
 
-from enet_ros.ros.health import ERROR, FrameStats, HealthThresholds, OK, WARN
+from enet_ros.node.health import ERROR, FrameStats, HealthThresholds, OK, WARN
 
 
 class FakeClock:

@@ -4,7 +4,7 @@ import random
 import threading
 import time
 
-from enet_ros.ros.segmentation_node import SegmentationNode
+from enet_ros.node.segmentation_node import SegmentationNode
 import numpy as np
 import pytest
 from ros_harness import make_image_msg
@@ -102,7 +102,7 @@ def test_without_exit_on_failure_the_node_keeps_going(failing_node):
     assert _run_until(node, timeout_s=30, stop_after_failures=6)
     assert not node.failed_frames
     assert node.stats.totals['failed'] >= 6
-    from enet_ros.ros.health import HealthThresholds
+    from enet_ros.node.health import HealthThresholds
 
     snapshot = node.stats.snapshot(HealthThresholds(3.0, 500.0, 3))
     assert snapshot.level == 2  # ERROR

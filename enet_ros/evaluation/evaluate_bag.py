@@ -36,9 +36,9 @@ from tqdm import tqdm
 from .bag_io import (array_to_image, BagError, BagWriter, deserialize, frame_names, IMAGE,
                      IMAGE_TYPES, message_to_frame, message_to_labels, MessageError, open_bag,
                      read_messages, require_topic, stamp_to_ns, storage_of, STORAGES)
-from .evaluation import (add_bag_arguments, DEFAULT_LABELS_TOPIC, FolderTruth, format_table,
-                         latency_summary, NO_TRUTH, parse_class_list, resolve_image_topic,
-                         Scoreboard, skipped_dict, StampMatcher, write_json)
+from .scoring import (add_bag_arguments, DEFAULT_LABELS_TOPIC, FolderTruth, format_table,
+                      latency_summary, NO_TRUTH, parse_class_list, resolve_image_topic,
+                      Scoreboard, skipped_dict, StampMatcher, write_json)
 from .. import masks
 from ..model_file import ModelFileError, ModelMetadata
 from ..segmenter import DEVICE_CHOICES, PRECISIONS, Segmenter, SegmenterConfigError

@@ -2,7 +2,7 @@
 Start the segmentation node as its own process, as a user would without ``ros2 launch``.
 
 Used by the live bag evaluation, the demo, the node benchmark and the tests:
-``python -m enet_ros.ros.node_main --ros-args --params-file
+``python -m enet_ros.node.main --ros-args --params-file
 config/segment.yaml -p name:=value -r from:=to``, with its output in a log file.
 """
 
@@ -15,7 +15,7 @@ import tempfile
 import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from .dds import config_file
+from ..node.dds import config_file
 
 READY_LINE = 'listening on'
 
@@ -41,7 +41,7 @@ def node_command(parameters: Optional[Mapping[str, object]] = None,
                  params_file: Optional[Path] = None,
                  extra_assignments: Sequence[str] = ()) -> List[str]:
     """Build the node's command line: the parameters file, then overrides and remappings."""
-    command = [sys.executable, '-m', 'enet_ros.ros.node_main', '--ros-args']
+    command = [sys.executable, '-m', 'enet_ros.node.main', '--ros-args']
     params_file = params_file or default_params_file()
     if params_file:
         command += ['--params-file', str(params_file)]

@@ -11,7 +11,7 @@ The demo: the node on the bundled model over a replayed CamVid sequence.
 
 Everything lands in ``--out`` (default ``demo_output/``)::
 
-    python -m enet_ros.ros.demo --data ../shared/data/camvid
+    python scripts/demo.py --data ../shared/data/camvid
 """
 
 import argparse
@@ -23,12 +23,11 @@ import sys
 from typing import List, Optional
 
 import cv2
+from enet_ros.evaluation.bag_io import deserialize, open_bag, read_messages, stamp_to_ns
+from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
+from enet_ros.evaluation.live_evaluate import live_evaluate, LiveError, LiveOptions
+from enet_ros.evaluation.scoring import format_table
 import numpy as np
-
-from .bag_io import deserialize, open_bag, read_messages, stamp_to_ns
-from .dataset_to_bag import main as dataset_to_bag
-from .evaluation import format_table
-from .live_evaluate import live_evaluate, LiveError, LiveOptions
 
 OUTPUTS = ('overlay', 'colored', 'drivable')
 
@@ -59,7 +58,7 @@ def write_output_pngs(recorded_bag: Path, folder: Path, every: int) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the demo; 0 when the node answered frames, 1 otherwise."""
-    parser = argparse.ArgumentParser(prog='enet_ros.ros.demo', description=__doc__,
+    parser = argparse.ArgumentParser(prog='scripts/demo.py', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', type=Path, default=Path('../shared/data/camvid'),
                         help='CamVid root (train/, val/, valannot/, ...)')

@@ -16,7 +16,7 @@ earlier unanswered one is dropped; after the last frame the tool waits
 ``--wait`` seconds (from the last output) for the rest.
 
 By default the node is started as a subprocess (``python -m
-enet_ros.ros.node_main`` with the package's config/segment.yaml);
+enet_ros.node.main`` with the package's config/segment.yaml);
 ``--attach`` uses one already running. Needs no ``ros2 bag play``. Unless
 ``FASTDDS_DEFAULT_PROFILES_FILE`` (or the Humble name) is set, this process and
 the node it starts use the package's large-image Fast DDS profile.
@@ -44,12 +44,12 @@ from tqdm import tqdm
 from .bag_io import (BagError, BagWriter, COMPRESSED_IMAGE, deserialize, frame_names, IMAGE,
                      IMAGE_TYPES, message_to_labels, MessageError, open_bag, read_messages,
                      require_topic, stamp_to_ns)
-from .dds import with_large_image_transport
-from .evaluation import (add_bag_arguments, DEFAULT_LABELS_TOPIC, FolderTruth, format_table,
-                         latency_summary, NO_TRUTH, parse_class_list, resolve_image_topic,
-                         Scoreboard, skipped_dict, StampMatcher, write_json)
 from .node_process import node_command as process_command, NodeProcess
+from .scoring import (add_bag_arguments, DEFAULT_LABELS_TOPIC, FolderTruth, format_table,
+                      latency_summary, NO_TRUTH, parse_class_list, resolve_image_topic,
+                      Scoreboard, skipped_dict, StampMatcher, write_json)
 from ..model_file import load_model_file, ModelFileError
+from ..node.dds import with_large_image_transport
 
 TOOL = 'live_evaluate'
 NODE_NAME = 'segmentation_node'

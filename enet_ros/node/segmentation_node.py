@@ -37,13 +37,13 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
+from .config import (CLASS_NAMES_DESCRIPTION, ConfigError, DRIVABLE_DESCRIPTION, OUTPUTS,
+                     PARAMETERS, runtime_settings, RuntimeSettings, startup_settings,
+                     StartupSettings)
 from .health import FrameStats, HealthThresholds
 from .image_msgs import (CameraFrame, check_raw_image, compressed_image_to_frame, ImageBuffer,
                          InvalidImage, raw_image_to_frame)
-from .node_config import (CLASS_NAMES_DESCRIPTION, ConfigError, DRIVABLE_DESCRIPTION, OUTPUTS,
-                          PARAMETERS, runtime_settings, RuntimeSettings, startup_settings,
-                          StartupSettings)
-from .node_main import StopOnSignal
+from .main import StopOnSignal
 from .. import masks
 from ..model_file import load_model_file, ModelFileError
 from ..segmenter import Segmenter, SegmenterConfigError
@@ -385,7 +385,7 @@ def run(args: Optional[List[str]], stop_on_signal: StopOnSignal) -> int:
 
     Exit codes: 0 after a signal, 1 if the executor failed, 2 for bad
     configuration, 3 after ``max_consecutive_failures`` failed frames with
-    ``exit_on_failure``. The entry point is :func:`enet_ros.ros.node_main.main`,
+    ``exit_on_failure``. The entry point is :func:`enet_ros.node.main.main`,
     which installs the signal handlers before this module's heavy imports.
     """
     node = None
