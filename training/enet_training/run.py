@@ -118,8 +118,9 @@ def make_datasets(args: argparse.Namespace, input_size: Tuple[int, int],
     """Return the training split (augmented) and the validation split (untransformed)."""
     train_set = make_dataset(args.dataset, args.data, args.train_split)
     val_set = make_dataset(args.dataset, args.data, args.val_split)
+    # Frames are brought to the network's scale first (the scale the Segmenter runs at).
     train_set.transform = TrainTransform(crop, train_set.table.void_id, tuple(args.scale),
-                                         flip=not args.no_flip)
+                                         flip=not args.no_flip, input_size=input_size)
     return train_set, val_set
 
 

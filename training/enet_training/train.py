@@ -63,7 +63,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('WIDTH', 'HEIGHT'),
                         help='network input size recorded in the model file')
     parser.add_argument('--scale', type=float, nargs=2, default=(0.75, 1.5),
-                        metavar=('MIN', 'MAX'), help='random scale range (1 1: off)')
+                        metavar=('MIN', 'MAX'),
+                        help='random scale range around the network input scale: each frame '
+                             'is resized to --input-size, as at inference, times a random '
+                             'factor, then cropped (1 1 and the default crop: whole frames at '
+                             'the input size)')
     parser.add_argument('--no-flip', action='store_true', help='no horizontal flips')
     parser.add_argument('--amp', choices=('auto', 'on', 'off'), default='auto',
                         help='fp16 mixed precision (auto: on for CUDA)')
