@@ -1,7 +1,15 @@
-"""Class tables: names, colours, void id and default drivable classes of each dataset."""
+"""
+Class tables: names, colours, void id and default drivable classes of each dataset.
+
+Also Cityscapes' label id -> train id table, for reading its ``*_gtFine_labelIds.png``
+files (training and the bag tools share it).
+"""
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from types import MappingProxyType
+from typing import Mapping, Optional, Sequence, Tuple
+
+import numpy as np
 
 Color = Tuple[int, int, int]
 
@@ -61,3 +69,60 @@ CITYSCAPES_19 = ClassTable(
 )
 
 CLASS_TABLES = {table.dataset: table for table in (CAMVID_11, CITYSCAPES_19)}
+
+#: Cityscapes' official label id -> train id table (``cityscapesscripts.helpers.labels``)
+#: for the 34 ids a ``*_gtFine_labelIds.png`` may hold; 255 (``CITYSCAPES_19.void_id``)
+#: for the classes ignored in evaluation. License plate (id -1) is in no labelIds image.
+#: ``test/test_labels.py`` checks it against cityscapesscripts.
+CITYSCAPES_ID_TO_TRAIN_ID: Mapping[int, int] = MappingProxyType({
+    0: 255,   # unlabeled
+    1: 255,   # ego vehicle
+    2: 255,   # rectification border
+    3: 255,   # out of roi
+    4: 255,   # static
+    5: 255,   # dynamic
+    6: 255,   # ground
+    7: 0,     # road
+    8: 1,     # sidewalk
+    9: 255,   # parking
+    10: 255,  # rail track
+    11: 2,    # building
+    12: 3,    # wall
+    13: 4,    # fence
+    14: 255,  # guard rail
+    15: 255,  # bridge
+    16: 255,  # tunnel
+    17: 5,    # pole
+    18: 255,  # polegroup
+    19: 6,    # traffic light
+    20: 7,    # traffic sign
+    21: 8,    # vegetation
+    22: 9,    # terrain
+    23: 10,   # sky
+    24: 11,   # person
+    25: 12,   # rider
+    26: 13,   # car
+    27: 14,   # truck
+    28: 15,   # bus
+    29: 255,  # caravan
+    30: 255,  # trailer
+    31: 16,   # train
+    32: 17,   # motorcycle
+    33: 18,   # bicycle
+})
+
+#: The label ids a ``*_gtFine_labelIds.png`` may hold; any other value means a wrong file.
+CITYSCAPES_LABEL_IDS: Tuple[int, ...] = tuple(sorted(CITYSCAPES_ID_TO_TRAIN_ID))
+
+
+def cityscapes_id_to_train_id() -> np.ndarray:
+    """
+    Return a new 256-entry uint8 lookup table from Cityscapes label ids to train ids.
+
+    ``table[label_ids]`` maps a labelIds image to train ids; ids outside the
+    official table map to void (255) too.
+    """
+    table = np.full(256, CITYSCAPES_19.void_id, dtype=np.uint8)
+    for label_id, train_id in CITYSCAPES_ID_TO_TRAIN_ID.items():
+        table[label_id] = train_id
+    return table

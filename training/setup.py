@@ -7,7 +7,6 @@ setup(
     version='0.1.0',
     packages=find_packages(exclude=['test']),
     python_requires='>=3.10',
-    install_requires=['enet_ros', 'torch', 'numpy', 'opencv-python-headless',
-                      'safetensors', 'cityscapesscripts'],
+    install_requires=['enet_ros', 'torch', 'numpy', 'opencv-python-headless', 'safetensors'],
     entry_points={'console_scripts': ['enet-train = enet_training.cli:main']},
 )

@@ -61,7 +61,7 @@ def _export(args: argparse.Namespace) -> int:
         else:
             shutil.copyfile(source, args.out)
     else:
-        from .train import DEFAULT_INPUT_SIZE
+        from .run import DEFAULT_INPUT_SIZE
         from enet_ros.labels import CLASS_TABLES
         try:
             # weights_only: tensors and plain data only, so no code in the file runs.

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import cv2
-from enet_ros.labels import CAMVID_11, CITYSCAPES_19, ClassTable
+from enet_ros.labels import (CAMVID_11, CITYSCAPES_19, cityscapes_id_to_train_id,
+                             CITYSCAPES_LABEL_IDS, ClassTable)
 import numpy as np
 from torch.utils.data import Dataset
 
@@ -129,29 +130,6 @@ def camvid_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
     return pairs
 
 
-def cityscapes_label_map() -> np.ndarray:
-    """
-    Return the 256-entry uint8 table from Cityscapes label ids to train ids (void 255).
-
-    Built from the official table in ``cityscapesscripts.helpers.labels``.
-    """
-    from cityscapesscripts.helpers.labels import labels as cityscapes_labels
-
-    table = np.full(256, CITYSCAPES_19.void_id, dtype=np.uint8)
-    for label in cityscapes_labels:
-        if 0 <= label.id < 256 and 0 <= label.trainId < CITYSCAPES_19.num_classes \
-                and not label.ignoreInEval:
-            table[label.id] = label.trainId
-    return table
-
-
-def cityscapes_label_ids() -> Tuple[int, ...]:
-    """Return the label ids a ``*_gtFine_labelIds.png`` may hold (the official table's)."""
-    from cityscapesscripts.helpers.labels import labels as cityscapes_labels
-
-    return tuple(sorted(label.id for label in cityscapes_labels if 0 <= label.id < 256))
-
-
 def cityscapes_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
     """(image, labelIds) paths of a Cityscapes split in the official layout."""
     root = Path(root)
@@ -179,6 +157,6 @@ def make_dataset(name: str, root: Path, split: str,
         return SegmentationDataset(camvid_pairs(root, split), CAMVID_11, transform)
     if name == 'cityscapes':
         return SegmentationDataset(cityscapes_pairs(root, split), CITYSCAPES_19, transform,
-                                   label_map=cityscapes_label_map(),
-                                   raw_ids=cityscapes_label_ids())
+                                   label_map=cityscapes_id_to_train_id(),
+                                   raw_ids=CITYSCAPES_LABEL_IDS)
     raise DatasetError(f"unknown dataset '{name}' (camvid or cityscapes)")

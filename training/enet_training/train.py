@@ -4,34 +4,36 @@ Train ENet: the paper's recipe by default, each part switchable by flags.
 Run ``enet-train train --help``. Multi-GPU: ``torchrun --nproc-per-node N -m
 enet_training.cli train ...`` (DistributedDataParallel; only rank 0 logs and
 saves).
+
+Laid out as torchvision's ``references/segmentation/train.py``: the flags
+(:func:`add_train_arguments`), :func:`train_one_epoch`, :func:`evaluate`
+(through the node's :class:`~enet_ros.segmenter.Segmenter`) and a thin
+:func:`train`. The set-up is in :mod:`.run`, processes and devices in
+:mod:`.distributed`, checkpoints in :mod:`.checkpoint`.
 """
 
 import argparse
 import json
 import math
-import os
 from pathlib import Path
-import random
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from enet_ros.model import ENet
-from enet_ros.model_file import LoadedModel, ModelMetadata, save_model_file
-from enet_ros.segmenter import normalization_constants, normalize, Segmenter
-import numpy as np
+from enet_ros.metrics import Scores
+from enet_ros.model_file import LoadedModel, ModelMetadata
+from enet_ros.segmenter import normalize, Segmenter
 import torch
 from torch import nn
-import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 
-from .class_weights import cached_enet_weights
-from .datasets import make_dataset
+from .checkpoint import BEST_MODEL_NAME, CHECKPOINT_NAME, save_best_model, save_checkpoint
+from .datasets import SegmentationDataset
+from .distributed import cleanup_distributed, init_distributed, RunLog
 from .evaluate import evaluate_segmenter, format_scores
-from .transforms import collate, TrainTransform
+from .run import DEFAULT_INPUT_SIZE, Run, seed_epoch, setup_run, StepOptions
 
-DEFAULT_INPUT_SIZE = {'camvid': (480, 360), 'cityscapes': (1024, 512)}
-CHECKPOINT_NAME = 'checkpoint.pth'
-BEST_MODEL_NAME = 'best.safetensors'
+__all__ = ['add_train_arguments', 'BEST_MODEL_NAME', 'CHECKPOINT_NAME', 'DEFAULT_INPUT_SIZE',
+           'evaluate', 'Progress', 'train', 'train_one_epoch']
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -61,7 +63,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('WIDTH', 'HEIGHT'),
                         help='network input size recorded in the model file')
     parser.add_argument('--scale', type=float, nargs=2, default=(0.75, 1.5),
-                        metavar=('MIN', 'MAX'), help='random scale range (1 1: off)')
+                        metavar=('MIN', 'MAX'),
+                        help='random scale range around the network input scale: each frame '
+                             'is resized to --input-size, as at inference, times a random '
+                             'factor, then cropped (1 1 and the default crop: whole frames at '
+                             'the input size)')
     parser.add_argument('--no-flip', action='store_true', help='no horizontal flips')
     parser.add_argument('--amp', choices=('auto', 'on', 'off'), default='auto',
                         help='fp16 mixed precision (auto: on for CUDA)')
@@ -85,244 +91,123 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-class EncoderClassifier(nn.Module):
-    """ENet's encoder with a 1x1 classifier, for the first stage of two-stage training."""
+class Progress:
+    """Step log lines: loss, learning rate, images per second and the run's ETA."""
 
-    def __init__(self, enet: ENet):
-        super().__init__()
-        self.enet = enet
-        self.classifier = nn.Conv2d(128, enet.num_classes, 1, bias=False)
+    def __init__(self, log: RunLog, epochs: int, start_epoch: int, iterations: int,
+                 interval: int, world_size: int):
+        self.log, self.epochs, self.start_epoch = log, epochs, start_epoch
+        self.iterations, self.interval, self.world_size = iterations, interval, world_size
+        self.start, self.images = time.time(), 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Nx3xHxW to NxCx(H/8)x(W/8) logits (H, W multiples of 8)."""
-        return self.classifier(self.enet.encode(x)[0])
-
-
-class TrainingModel(nn.Module):
-    """ENet plus the encoder head; ``forward(x, encoder_only)`` picks the stage."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.enet = ENet(num_classes)
-        self.encoder_head = EncoderClassifier(self.enet)
-
-    def forward(self, x: torch.Tensor, encoder_only: bool = False) -> torch.Tensor:
-        """Logits at 1/8 resolution (encoder stage) or full resolution."""
-        return self.encoder_head(x) if encoder_only else self.enet(x)
+    def step(self, epoch: int, step: int, loss: float, lr: float, batch_size: int) -> None:
+        """Count a finished step of ``batch_size`` images per process; log every interval."""
+        self.images += batch_size * self.world_size
+        if (step + 1) % self.interval:
+            return
+        elapsed = time.time() - self.start
+        done = (epoch - self.start_epoch) * self.iterations + step + 1
+        remaining = (self.epochs - self.start_epoch) * self.iterations - done
+        self.log(f'epoch {epoch + 1}/{self.epochs} step {step + 1}/{self.iterations} '
+                 f'loss {loss:.4f} lr {lr:.2e} {self.images / elapsed:.1f} img/s '
+                 f'ETA {remaining * elapsed / done / 60:.1f} min')
 
 
-def _distributed() -> Dict[str, int]:
-    return {'rank': int(os.environ.get('RANK', 0)),
-            'world_size': int(os.environ.get('WORLD_SIZE', 1)),
-            'local_rank': int(os.environ.get('LOCAL_RANK', 0))}
+def train_step(network: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, images: torch.Tensor, labels: torch.Tensor,
+               options: StepOptions, encoder_only: bool) -> torch.Tensor:
+    """One optimiser step on a uint8 image batch and its labels; return the loss."""
+    images = images.to(options.device, non_blocking=True).contiguous(
+        memory_format=options.memory_format)
+    labels = labels.to(options.device, non_blocking=True)
+    if encoder_only:
+        labels = labels[:, 4::8, 4::8]
+    with torch.autocast(options.device.type, dtype=torch.float16, enabled=options.use_amp):
+        logits = network(normalize(images, options.mean, options.inv_std), encoder_only)
+        loss = criterion(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
 
 
-def _device(choice: str, local_rank: int) -> torch.device:
-    if choice == 'auto':
-        choice = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if choice == 'cuda':
-        return torch.device('cuda', local_rank)
-    return torch.device(choice)
+def train_one_epoch(network: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, loader: DataLoader, epoch: int,
+                    options: StepOptions, progress: Progress,
+                    encoder_only: bool = False) -> float:
+    """Train ``options.iterations`` steps of ``epoch``; return the mean loss."""
+    network.train()
+    total = 0.0
+    for step, (images, labels) in enumerate(loader):
+        if step >= options.iterations:
+            break
+        loss = float(train_step(network, criterion, optimizer, scaler, images, labels, options,
+                                encoder_only))
+        if not math.isfinite(loss):
+            raise SystemExit(f'loss became {loss} at epoch {epoch} step {step}')
+        total += loss
+        progress.step(epoch, step, loss, optimizer.param_groups[0]['lr'], images.shape[0])
+    return total / max(1, options.iterations)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def evaluate(weights: Dict[str, torch.Tensor], metadata: ModelMetadata,
+             dataset: SegmentationDataset, device: torch.device,
+             name: str = '<training>') -> Scores:
+    """
+    Score ENet ``weights`` on every image of ``dataset`` through the node's Segmenter.
+
+    fp32 on the training device, each image at its own size: the number the
+    node would measure with these weights saved as a model file.
+    """
+    segmenter = Segmenter(LoadedModel(name, metadata, weights), device=str(device),
+                          precision='fp32', warmup=False)
+    return evaluate_segmenter(segmenter, dataset)
 
 
-def _lr_factor(args: argparse.Namespace, epoch: int) -> float:
-    if args.lr_schedule == 'step':
-        return args.lr_gamma ** (epoch // args.lr_step)
-    if args.lr_schedule == 'poly':
-        return (1 - epoch / args.epochs) ** 0.9
-    return 1.0
+def validate(run: Run, epoch: int, record: Dict[str, Any]) -> None:
+    """Score the weights after ``epoch``; keep them as the best model file if they lead."""
+    weights = {k: v.detach().cpu() for k, v in run.model.enet.state_dict().items()}
+    scores = evaluate(weights, run.metadata, run.val_set, run.env.device, f'<epoch {epoch + 1}>')
+    record['val_miou'] = scores.mean_iou
+    if scores.mean_iou > run.state.best_miou:
+        run.state.best_miou = scores.mean_iou
+        save_best_model(run.args.out / BEST_MODEL_NAME, weights, run.table,
+                        run.metadata.input_size, scores, epoch + 1, run.args)
+        run.log(format_scores(scores, run.table.names))
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _plain_args(args: argparse.Namespace) -> Dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-            for k, v in vars(args).items() if k != 'func'}
-
-
-def _log(message: str, log_file: Optional[Path]) -> None:
-    print(message, flush=True)
-    if log_file is not None:
-        with open(log_file, 'a') as stream:
-            stream.write(message + '\n')
+def run_epoch(run: Run, epoch: int, progress: Progress) -> None:
+    """Train one epoch, validate when due (rank 0), record it and write the checkpoint."""
+    args = run.args
+    seed_epoch(run, epoch)
+    encoder_only = epoch < args.encoder_epochs
+    start = time.time()
+    loss = train_one_epoch(run.network, run.criterion, run.optimizer, run.scaler, run.loader,
+                           epoch, run.step, progress, encoder_only)
+    run.scheduler.step()
+    record = {'epoch': epoch + 1, 'stage': 'encoder' if encoder_only else 'full',
+              'loss': loss, 'seconds': round(time.time() - start, 1)}
+    due = (epoch + 1) % args.val_interval == 0 or epoch + 1 == args.epochs
+    if run.env.is_main and not encoder_only and due:
+        validate(run, epoch, record)
+    run.state.history.append(record)
+    run.state.epoch = epoch + 1
+    if run.env.is_main:
+        run.log(json.dumps(record))
+        save_checkpoint(args.out / CHECKPOINT_NAME, run.model, run.optimizer, run.scheduler,
+                        run.scaler, run.state, args)
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """Run training as configured by :func:`add_train_arguments`; return the final history."""
-    env = _distributed()
-    is_main = env['rank'] == 0
-    device = _device(args.device, env['local_rank'])
-    if env['world_size'] > 1:
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    if device.type == 'cuda':
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = not args.deterministic
-    if args.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    use_amp = device.type == 'cuda' and args.amp != 'off'
-    if args.amp == 'on' and device.type != 'cuda':
-        raise SystemExit('--amp on needs CUDA (fp16 autocast); the CPU trains in fp32')
-
-    out: Path = args.out
-    log_file = out / 'train.log' if is_main else None
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    input_size = tuple(args.input_size or DEFAULT_INPUT_SIZE[args.dataset])
-    crop = tuple(args.crop or input_size)
-    if any(v % 8 for v in (*input_size, *crop)):
-        raise SystemExit(f'--input-size {input_size} and --crop {crop} must be multiples of 8')
-
-    train_set = make_dataset(args.dataset, args.data, args.train_split)
-    val_set = make_dataset(args.dataset, args.data, args.val_split)
-    table = train_set.table
-    train_set.transform = TrainTransform(crop, table.void_id, tuple(args.scale),
-                                         flip=not args.no_flip)
-    metadata = ModelMetadata.from_class_table(table, input_size)
-
-    if args.class_weighting == 'enet':
-        weights = cached_enet_weights(train_set, out, args.weight_c)
-    else:
-        weights = np.ones(table.num_classes)
-    if is_main:
-        _log('class weights: ' + ', '.join(f'{n} {w:.2f}' for n, w in zip(table.names, weights)),
-             log_file)
-    criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32),
-                                    ignore_index=table.void_id).to(device)
-
-    # Seeded initial weights: two runs with one --seed start alike (and so resume alike).
-    _seed_everything(args.seed)
-    model = TrainingModel(table.num_classes)
-    if args.init:
-        from enet_ros.model_file import load_model_file
-        model.enet.load_state_dict(load_model_file(args.init).state_dict)
-    memory_format = (torch.channels_last if args.memory_format == 'channels_last'
-                     else torch.contiguous_format)
-    model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: _lr_factor(args, e))
-    scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
-    start_epoch, best_miou, history = 0, -1.0, []
-
-    resume = args.resume
-    if resume == 'auto':
-        resume = str(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else ''
-    if resume:
-        if not Path(resume).is_file():
-            raise SystemExit(f"--resume '{resume}': no such checkpoint file")
-        # weights_only: a checkpoint holds tensors and plain data, nothing that runs code.
-        state = torch.load(resume, map_location='cpu', weights_only=True)
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['lr_scheduler'])
-        scaler.load_state_dict(state['scaler'])
-        start_epoch, best_miou, history = state['epoch'], state['best_miou'], state['history']
-        if is_main:
-            _log(f'resumed from {resume} at epoch {start_epoch}', log_file)
-
-    network = model
-    if env['world_size'] > 1:
-        network = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None,
-            find_unused_parameters=True)
-    mean, inv_std = normalization_constants(metadata, device)
-
-    sampler_generator = torch.Generator()
-    if env['world_size'] > 1:
-        sampler = DistributedSampler(train_set, env['world_size'], env['rank'],
-                                     shuffle=True, seed=args.seed)
-    else:
-        sampler = RandomSampler(train_set, generator=sampler_generator)
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
-                        num_workers=args.workers, collate_fn=collate, drop_last=True,
-                        pin_memory=device.type == 'cuda', persistent_workers=False,
-                        worker_init_fn=_worker_init)
-    if len(loader) == 0:
-        raise SystemExit(f'the training split has {len(sampler)} images per process, fewer '
-                         f'than --batch-size {args.batch_size} (batches are never partial)')
-    iterations = min(len(loader), args.max_iterations) if args.max_iterations else len(loader)
-    run_start = time.time()
-    images_seen = 0
-    for epoch in range(start_epoch, args.epochs):
-        # Every random stream is re-seeded from (seed, epoch): a resumed run replays exactly.
-        _seed_everything(args.seed * 100003 + epoch)
-        sampler_generator.manual_seed(args.seed * 100003 + epoch)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        encoder_only = epoch < args.encoder_epochs
-        network.train()
-        epoch_loss, epoch_start = 0.0, time.time()
-        for step, (images, labels) in enumerate(loader):
-            if step >= iterations:
-                break
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            labels = labels.to(device, non_blocking=True)
-            if encoder_only:
-                labels = labels[:, 4::8, 4::8]
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = network(normalize(images, mean, inv_std), encoder_only)
-                loss = criterion(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise SystemExit(f'loss became {loss_value} at epoch {epoch} step {step}')
-            epoch_loss += loss_value
-            images_seen += images.shape[0] * env['world_size']
-            if is_main and (step + 1) % args.log_interval == 0:
-                elapsed = time.time() - run_start
-                done = (epoch - start_epoch) * iterations + step + 1
-                remaining = (args.epochs - start_epoch) * iterations - done
-                _log(f'epoch {epoch + 1}/{args.epochs} step {step + 1}/{iterations} '
-                     f'loss {loss_value:.4f} lr {optimizer.param_groups[0]["lr"]:.2e} '
-                     f'{images_seen / elapsed:.1f} img/s '
-                     f'ETA {remaining * elapsed / done / 60:.1f} min', log_file)
-        scheduler.step()
-        record = {'epoch': epoch + 1, 'stage': 'encoder' if encoder_only else 'full',
-                  'loss': epoch_loss / max(1, iterations),
-                  'seconds': round(time.time() - epoch_start, 1)}
-        if is_main and not encoder_only and ((epoch + 1) % args.val_interval == 0
-                                             or epoch + 1 == args.epochs):
-            candidate = LoadedModel(f'<epoch {epoch + 1}>', metadata,
-                                    {k: v.detach().cpu() for k, v in
-                                     model.enet.state_dict().items()})
-            segmenter = Segmenter(candidate, device=str(device), precision='fp32',
-                                  warmup=False)
-            scores = evaluate_segmenter(segmenter, val_set)
-            record['val_miou'] = scores.mean_iou
-            if scores.mean_iou > best_miou:
-                best_miou = scores.mean_iou
-                best_meta = ModelMetadata.from_class_table(
-                    table, input_size, val_miou=round(scores.mean_iou, 6),
-                    training={'epoch': epoch + 1, 'args': _plain_args(args),
-                              'val': scores.as_dict(table.names)})
-                save_model_file(out / BEST_MODEL_NAME, candidate.state_dict, best_meta)
-                _log(format_scores(scores, table.names), log_file)
-        history.append(record)
-        if is_main:
-            _log(json.dumps(record), log_file)
-            _atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                          'lr_scheduler': scheduler.state_dict(),
-                          'scaler': scaler.state_dict(), 'epoch': epoch + 1,
-                          'best_miou': best_miou, 'history': history,
-                          'args': _plain_args(args)}, out / CHECKPOINT_NAME)
-    if env['world_size'] > 1:
-        dist.destroy_process_group()
-    return {'history': history, 'best_miou': best_miou}
-
-
-def _worker_init(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
+    env = init_distributed(args.device, args.deterministic)
+    try:
+        run = setup_run(args, env)
+        progress = Progress(run.log, args.epochs, run.state.epoch, run.step.iterations,
+                            args.log_interval, env.world_size)
+        for epoch in range(run.state.epoch, args.epochs):
+            run_epoch(run, epoch, progress)
+        return {'history': run.state.history, 'best_miou': run.state.best_miou}
+    finally:
+        cleanup_distributed(env)

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from enet_ros.labels import CAMVID_11, CITYSCAPES_19
-from enet_training.datasets import (camvid_pairs, cityscapes_label_map, cityscapes_pairs,
-                                    DatasetError, make_dataset, read_image, read_label)
+from enet_training.datasets import (camvid_pairs, cityscapes_pairs, DatasetError, make_dataset,
+                                    read_image, read_label)
 import numpy as np
 import pytest
 from tiny_datasets import (CITYSCAPES_IDS, cityscapes_label, make_camvid_tree,
@@ -65,14 +65,6 @@ def test_cityscapes_pairs(cityscapes_tree: Path):
         assert label.name == image.name.replace('_leftImg8bit.png', '_gtFine_labelIds.png')
         assert label.parent == cityscapes_tree / 'gtFine' / 'train' / image.parent.name
     assert len(cityscapes_pairs(cityscapes_tree, 'val')) == 2
-
-
-@pytest.mark.parametrize('label_id, train_id', [(7, 0), (8, 1), (11, 2), (23, 10), (24, 11),
-                                                (26, 13), (33, 18), (0, 255), (1, 255),
-                                                (4, 255), (9, 255), (29, 255), (30, 255)])
-def test_cityscapes_id_to_train_id(label_id: int, train_id: int):
-    """The official label id -> train id mapping, void 255."""
-    assert cityscapes_label_map()[label_id] == train_id
 
 
 def test_cityscapes_items_mapped(cityscapes_tree: Path):

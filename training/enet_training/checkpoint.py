@@ -1,0 +1,96 @@
+"""
+Checkpoint (save, resume) and best model file of a training run.
+
+``checkpoint.pth`` is torchvision's dict (model, optimizer, lr_scheduler,
+epoch, args as plain data) plus the AMP scaler, the best val mIoU and the
+per-epoch history. It is written atomically every epoch and read with
+``weights_only=True`` (tensors and plain data: nothing in the file runs).
+``best.safetensors`` is a model file the node loads, with its val scores.
+"""
+
+import argparse
+from dataclasses import dataclass, field
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from enet_ros.labels import ClassTable
+from enet_ros.metrics import Scores
+from enet_ros.model_file import ModelMetadata, save_model_file
+import torch
+from torch import nn
+
+CHECKPOINT_NAME = 'checkpoint.pth'
+BEST_MODEL_NAME = 'best.safetensors'
+
+
+@dataclass
+class TrainingState:
+    """What a run carries across epochs (and resumes): epochs done, best val mIoU, records."""
+
+    epoch: int = 0
+    best_miou: float = -1.0
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def plain_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """Return the arguments as plain data (paths as strings, tuples as lists)."""
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in vars(args).items() if k != 'func'}
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    tmp = path.with_name(path.name + '.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def resume_path(resume: str, out: Path) -> Optional[Path]:
+    """
+    Resolve ``--resume``: a checkpoint file, 'auto' or '' (a fresh start).
+
+    'auto' is ``<out>/checkpoint.pth`` if it exists, else a fresh start; a
+    named file that does not exist is an error, not a fresh start.
+    """
+    if resume == 'auto':
+        return out / CHECKPOINT_NAME if (out / CHECKPOINT_NAME).exists() else None
+    if not resume:
+        return None
+    if not Path(resume).is_file():
+        raise SystemExit(f"--resume '{resume}': no such checkpoint file")
+    return Path(resume)
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    scaler: torch.amp.GradScaler, state: TrainingState,
+                    args: argparse.Namespace) -> None:
+    """Write the checkpoint of ``state.epoch`` epochs atomically."""
+    atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                 'lr_scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
+                 'epoch': state.epoch, 'best_miou': state.best_miou, 'history': state.history,
+                 'args': plain_args(args)}, path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    scaler: torch.amp.GradScaler) -> TrainingState:
+    """Load a checkpoint into the model, optimizer, scheduler and scaler; return its state."""
+    # weights_only: a checkpoint holds tensors and plain data, nothing that runs code.
+    saved = torch.load(path, map_location='cpu', weights_only=True)
+    model.load_state_dict(saved['model'])
+    optimizer.load_state_dict(saved['optimizer'])
+    scheduler.load_state_dict(saved['lr_scheduler'])
+    scaler.load_state_dict(saved['scaler'])
+    return TrainingState(saved['epoch'], saved['best_miou'], saved['history'])
+
+
+def save_best_model(path: Path, weights: Dict[str, torch.Tensor], table: ClassTable,
+                    input_size: Tuple[int, int], scores: Scores, epoch: int,
+                    args: argparse.Namespace) -> None:
+    """Write ENet ``weights`` as a model file recording the epoch, arguments and val scores."""
+    metadata = ModelMetadata.from_class_table(
+        table, input_size, val_miou=round(scores.mean_iou, 6),
+        training={'epoch': epoch, 'args': plain_args(args), 'val': scores.as_dict(table.names)})
+    save_model_file(path, weights, metadata)

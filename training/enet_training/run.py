@@ -1,0 +1,214 @@
+"""
+Set-up of a training run: datasets, loss, model, optimizer, loader and resumed state.
+
+:func:`setup_run` builds everything :func:`enet_training.train.train` needs
+from its arguments, in an order that keeps runs reproducible: the initial
+weights are drawn right after seeding, so two runs with one ``--seed`` start
+alike and a resumed run continues like the unbroken one.
+"""
+
+import argparse
+from dataclasses import dataclass
+import random
+from typing import Tuple
+
+from enet_ros.labels import ClassTable
+from enet_ros.model_file import load_model_file, ModelMetadata
+from enet_ros.segmenter import normalization_constants
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+
+from .checkpoint import load_checkpoint, resume_path, TrainingState
+from .class_weights import cached_enet_weights
+from .datasets import make_dataset, SegmentationDataset
+from .distributed import DistributedEnv, RunLog
+from .model import TrainingModel
+from .transforms import collate, TrainTransform
+
+DEFAULT_INPUT_SIZE = {'camvid': (480, 360), 'cityscapes': (1024, 512)}
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How a training step runs: device, precision, layout, normalisation, steps per epoch."""
+
+    device: torch.device
+    use_amp: bool
+    memory_format: torch.memory_format
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+    iterations: int
+
+
+@dataclass
+class Run:
+    """Everything a training run works with, as :func:`setup_run` builds it."""
+
+    args: argparse.Namespace
+    env: DistributedEnv
+    log: RunLog
+    table: ClassTable
+    metadata: ModelMetadata
+    val_set: SegmentationDataset
+    model: TrainingModel
+    network: nn.Module  # the model, wrapped in DistributedDataParallel when distributed
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loader: DataLoader
+    sampler: Sampler
+    sampler_generator: torch.Generator
+    step: StepOptions
+    state: TrainingState
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_epoch(run: Run, epoch: int) -> None:
+    """Re-seed every random stream from (seed, epoch): a resumed run replays exactly."""
+    seed = run.args.seed * 100003 + epoch
+    seed_everything(seed)
+    run.sampler_generator.manual_seed(seed)
+    if isinstance(run.sampler, DistributedSampler):
+        run.sampler.set_epoch(epoch)
+
+
+def worker_init(worker_id: int) -> None:
+    """Seed a loader worker's Python and NumPy generators from its torch seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def lr_factor(args: argparse.Namespace, epoch: int) -> float:
+    """Return the learning-rate multiplier of ``epoch`` under ``--lr-schedule``."""
+    if args.lr_schedule == 'step':
+        return args.lr_gamma ** (epoch // args.lr_step)
+    if args.lr_schedule == 'poly':
+        return (1 - epoch / args.epochs) ** 0.9
+    return 1.0
+
+
+def network_sizes(args: argparse.Namespace) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """Return the network input size and the training crop (width, height), checked."""
+    input_size = tuple(args.input_size or DEFAULT_INPUT_SIZE[args.dataset])
+    crop = tuple(args.crop or input_size)
+    if any(v % 8 for v in (*input_size, *crop)):
+        raise SystemExit(f'--input-size {input_size} and --crop {crop} must be multiples of 8')
+    return input_size, crop
+
+
+def use_amp(args: argparse.Namespace, device: torch.device) -> bool:
+    """Resolve ``--amp``: fp16 autocast on CUDA unless off; the CPU trains in fp32."""
+    if args.amp == 'on' and device.type != 'cuda':
+        raise SystemExit('--amp on needs CUDA (fp16 autocast); the CPU trains in fp32')
+    return device.type == 'cuda' and args.amp != 'off'
+
+
+def make_datasets(args: argparse.Namespace, input_size: Tuple[int, int],
+                  crop: Tuple[int, int]) -> Tuple[SegmentationDataset, SegmentationDataset]:
+    """Return the training split (augmented) and the validation split (untransformed)."""
+    train_set = make_dataset(args.dataset, args.data, args.train_split)
+    val_set = make_dataset(args.dataset, args.data, args.val_split)
+    # Frames are brought to the network's scale first (the scale the Segmenter runs at).
+    train_set.transform = TrainTransform(crop, train_set.table.void_id, tuple(args.scale),
+                                         flip=not args.no_flip, input_size=input_size)
+    return train_set, val_set
+
+
+def make_criterion(args: argparse.Namespace, train_set: SegmentationDataset,
+                   device: torch.device, log: RunLog) -> nn.Module:
+    """Cross entropy ignoring void, with ENet's class weights unless ``--class-weighting none``."""
+    table = train_set.table
+    if args.class_weighting == 'enet':
+        weights = cached_enet_weights(train_set, args.out, args.weight_c)
+    else:
+        weights = np.ones(table.num_classes)
+    log('class weights: ' + ', '.join(f'{n} {w:.2f}' for n, w in zip(table.names, weights)))
+    return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32),
+                               ignore_index=table.void_id).to(device)
+
+
+def make_model(args: argparse.Namespace, num_classes: int, device: torch.device,
+               memory_format: torch.memory_format) -> TrainingModel:
+    """Seeded initial weights (or ``--init``'s), on the device in the chosen layout."""
+    seed_everything(args.seed)
+    model = TrainingModel(num_classes)
+    if args.init:
+        model.enet.load_state_dict(load_model_file(args.init).state_dict)
+    return model.to(device, memory_format=memory_format)
+
+
+def make_optimizer(args: argparse.Namespace, model: nn.Module
+                   ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam with weight decay, and the ``--lr-schedule`` stepped once per epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(args, e))
+    return optimizer, scheduler
+
+
+def make_loader(args: argparse.Namespace, train_set: SegmentationDataset,
+                env: DistributedEnv) -> Tuple[DataLoader, Sampler, torch.Generator]:
+    """Shuffled full batches (a DistributedSampler shard per process when distributed)."""
+    generator = torch.Generator()
+    if env.distributed:
+        sampler = DistributedSampler(train_set, env.world_size, env.rank, shuffle=True,
+                                     seed=args.seed)
+    else:
+        sampler = RandomSampler(train_set, generator=generator)
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
+                        num_workers=args.workers, collate_fn=collate, drop_last=True,
+                        pin_memory=env.device.type == 'cuda', persistent_workers=False,
+                        worker_init_fn=worker_init)
+    if len(loader) == 0:
+        raise SystemExit(f'the training split has {len(sampler)} images per process, fewer '
+                         f'than --batch-size {args.batch_size} (batches are never partial)')
+    return loader, sampler, generator
+
+
+def wrap_distributed(model: nn.Module, env: DistributedEnv) -> nn.Module:
+    """Return ``model`` in DistributedDataParallel when several processes train, else as is."""
+    if not env.distributed:
+        return model
+    device = env.device
+    # find_unused_parameters: each stage leaves the other's head (or decoder) unused.
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == 'cuda' else None,
+        find_unused_parameters=True)
+
+
+def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
+    """Build a run from the arguments of ``enet-train train``, resuming if asked."""
+    amp = use_amp(args, env.device)
+    if env.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(args.out / 'train.log' if env.is_main else None)
+    input_size, crop = network_sizes(args)
+    train_set, val_set = make_datasets(args, input_size, crop)
+    table = train_set.table
+    criterion = make_criterion(args, train_set, env.device, log)
+    memory_format = (torch.channels_last if args.memory_format == 'channels_last'
+                     else torch.contiguous_format)
+    model = make_model(args, table.num_classes, env.device, memory_format)
+    optimizer, scheduler = make_optimizer(args, model)
+    scaler = torch.amp.GradScaler('cuda', enabled=amp)
+    state = TrainingState()
+    checkpoint = resume_path(args.resume, args.out)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
+        log(f'resumed from {checkpoint} at epoch {state.epoch}')
+    loader, sampler, generator = make_loader(args, train_set, env)
+    metadata = ModelMetadata.from_class_table(table, input_size)
+    mean, inv_std = normalization_constants(metadata, env.device)
+    iterations = min(len(loader), args.max_iterations) if args.max_iterations else len(loader)
+    step = StepOptions(env.device, amp, memory_format, mean, inv_std, iterations)
+    return Run(args, env, log, table, metadata, val_set, model, wrap_distributed(model, env),
+               criterion, optimizer, scheduler, scaler, loader, sampler, generator, step, state)
