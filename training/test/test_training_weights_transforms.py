@@ -8,7 +8,7 @@ from enet_ros.labels import CAMVID_11
 import enet_training.class_weights as class_weights
 from enet_training.class_weights import cached_enet_weights, class_histogram, enet_weights
 from enet_training.datasets import make_dataset
-from enet_training.transforms import collate, ResizeTransform, TrainTransform
+from enet_training.transforms import collate, TrainTransform
 import numpy as np
 import pytest
 from tiny_datasets import make_camvid_tree, scene
@@ -105,16 +105,6 @@ def test_train_transform_flip_is_joint():
         labelled = out_label < 11
         distance = np.abs(out_image[labelled] - palette[out_label[labelled]]).mean()
         assert distance < 12
-
-
-def test_resize_transform():
-    """Resize to (width, height), labels by nearest neighbour."""
-    image, label = scene(2)
-    out_image, out_label = ResizeTransform((32, 24))(image, label)
-    assert out_image.shape == (24, 32, 3) and out_label.shape == (24, 32)
-    np.testing.assert_array_equal(out_label, label[::2, ::2])
-    same_image, same_label = ResizeTransform((64, 48))(image, label)
-    assert same_image is image and same_label is label
 
 
 def test_collate():
