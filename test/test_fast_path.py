@@ -233,7 +233,7 @@ def test_compile_env_switch(loaded, monkeypatch):
     assert not fast.compiled and 'torch.compile off' in fast.describe()
 
 
-def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, caplog):
+def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, core_logs):
     """A compiler that fails on the first frame leaves a working folded eager path."""
 
     def failing_compile(module, **kwargs):
@@ -242,11 +242,11 @@ def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, caplog)
         return run
 
     monkeypatch.setattr(segmenter_module.torch, 'compile', failing_compile)
-    with caplog.at_level('WARNING'):
+    with core_logs.at_level('WARNING'):
         fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True)
     assert not fast.compiled
     assert 'torch.compile failed' in fast.describe()
-    assert 'no C++ compiler (simulated)' in caplog.text
+    assert 'no C++ compiler (simulated)' in core_logs.text
     image = _images()[0]
     assert label_agreement(fast.segment(image).labels, eager.segment(image).labels) >= AGREEMENT
 
