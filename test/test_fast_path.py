@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Tuple
 
 from enet_ros import segmenter as segmenter_module
-from enet_ros.cuda_graph import CapturedFrame, GraphCache
-from enet_ros.fuse import count_batchnorms, fold_enet, fold_sequential
+from enet_ros.inference.cuda_graphs import CapturedFrame
+from enet_ros.inference.fold import count_batchnorms, fold_enet, fold_sequential
+from enet_ros.inference.graph_cache import GraphCache
 from enet_ros.model import ENet, RegularBottleneck
 from enet_ros.model_file import load_model_file
 from enet_ros.segmenter import argmax_classes, COMPILE_ENV, labels_from_logits, Segmenter
@@ -210,8 +211,8 @@ def test_device_label_resize_matches_host_resize(loaded):
     for image in _images():
         expected = fast.segment(image, bgr=True, with_confidence=True)
         with torch.inference_mode():
-            labels, confidence = fast._device_pipeline(torch.from_numpy(image), True, True,
-                                                       resize_labels=True)
+            labels, confidence = fast.path.pipeline.device_pipeline(
+                torch.from_numpy(image), fast.path.forward, True, True, resize_labels=True)
         assert np.array_equal(labels.numpy(), expected.labels)
         assert np.array_equal(confidence.numpy(), expected.confidence)
 
