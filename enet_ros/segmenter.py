@@ -11,7 +11,7 @@ This module is a facade. The work lives in :mod:`enet_ros.inference`:
 
 * ``config``: device, precision and size choices, ``SegmenterConfigError``;
 * ``network``: the network built from the model file, folded (``fold``),
-  cast, laid out;
+  cast with a range check, laid out;
 * ``frames``: pre- and post-processing shared by every path (upload, resize,
   normalise, argmax, label resize, download);
 * one module per execution path, each an object with the same interface
@@ -53,12 +53,12 @@ from .inference.cuda_graphs import CudaGraphPath, enable_cudnn_autotuning
 from .inference.eager import EagerPath
 from .inference.frames import (argmax_classes, FramePipeline, labels_from_logits,
                                normalization_constants, normalize, Segmentation)
-from .inference.network import prepare_network
+from .inference.network import NonFiniteWeightsError, prepare_network
 from .model_file import load_model_file, LoadedModel, ModelMetadata
 
 __all__ = [
     'argmax_classes', 'COMPILE_ENV', 'DEVICE_CHOICES', 'labels_from_logits',
-    'normalization_constants', 'normalize', 'PRECISIONS',
+    'normalization_constants', 'normalize', 'NonFiniteWeightsError', 'PRECISIONS',
     'resolve_device', 'resolve_precision', 'Segmentation', 'Segmenter', 'SegmenterConfigError',
 ]
 
@@ -97,6 +97,10 @@ class Segmenter:
       deterministic algorithms (``torch.backends.cudnn.deterministic`` or
       ``torch.use_deterministic_algorithms``), and never touched on the CPU.
       The Segmenter never turns it off.
+
+    fp16 range check: a layer whose (folded) weights exceed fp16's range stays
+    in fp32 with a warning naming it; non-finite folded weights raise
+    :class:`NonFiniteWeightsError` (see :mod:`enet_ros.inference.network`).
     """
 
     def __init__(self, model: LoadedModel, device: str = 'auto', precision: str = 'auto',

@@ -4,7 +4,7 @@ The CUDA path: fp16, folded BatchNorm and CUDA graphs agree with eager; replay n
 Every test here needs CUDA and is skipped without it ('CUDA not available').
 The CUDA graph path's bookkeeping (per-size failure memory, one pool, warm-up
 keys) is also tested on the CPU with a fake capture in ``test_inference.py``;
-here it runs for real, with the blocking wait besides.
+here it runs for real, with the blocking wait and fp16 range check besides.
 
 Agreement bounds: captured fp16 against eager fp16 >= 99.9% of pixels (the
 same fp16 arithmetic, except that BatchNorm is folded into the fp16 weights
@@ -17,9 +17,10 @@ from pathlib import Path
 import time
 
 from enet_ros.inference import cuda_graphs
-from enet_ros.model_file import BUNDLED_MODEL, load_model_file
+from enet_ros.labels import CAMVID_11
+from enet_ros.model_file import BUNDLED_MODEL, load_model_file, LoadedModel, ModelMetadata
 from enet_ros.segmenter import Segmenter
-from model_files import label_agreement
+from model_files import label_agreement, overflowing_fp16_enet
 import numpy as np
 import pytest
 import torch
@@ -260,6 +261,19 @@ def test_warmup_sizes_are_captured_at_construction(loaded):
     segmenter.segment(_scene(720, 1280, seed=1))
     segmenter.segment(_scene(480, 640, seed=2), bgr=True)
     assert graphs.captures == 4
+
+
+def test_fp16_overflowing_folded_layer_runs_in_fp32():
+    """A layer whose folded weights exceed fp16 runs in fp32: finite, eager fp32's labels."""
+    metadata = ModelMetadata.from_class_table(CAMVID_11, (480, 360))
+    model = LoadedModel('<overflowing>', metadata, overflowing_fp16_enet().state_dict())
+    fast = Segmenter(model, device='cuda')
+    assert '1 layer(s) in fp32' in fast.describe() and fast.precision == 'fp16'
+    reference = Segmenter(model, device='cuda', precision='fp32', optimize=False)
+    image = _scene(360, 480, seed=11)
+    got = fast.segment(image, with_confidence=True)
+    assert np.isfinite(got.confidence).all()
+    assert label_agreement(got.labels, reference.segment(image).labels) >= 0.99
 
 
 def test_deterministic_process_keeps_cudnn_autotuning_off(loaded, monkeypatch):

@@ -1,10 +1,11 @@
 """
-The inference package's options on the CPU: cuDNN switch, warm-up sizes, the facade's API.
+The inference package's options on the CPU: cuDNN switch, warm-up sizes, fp16 range check, API.
 
 The CUDA graph path's bookkeeping is in ``test_cuda_path_cpu.py`` (with a
 fake capture) and ``test_gpu.py`` (for real).
 """
 
+import copy
 from pathlib import Path
 from typing import List, Tuple
 
@@ -13,8 +14,12 @@ from enet_ros.inference import cuda_graphs
 from enet_ros.inference.config import (cudnn_benchmark_wanted, parse_frame_sizes,
                                        SegmenterConfigError)
 from enet_ros.inference.eager import EagerPath
+from enet_ros.inference.fold import fold_enet
+from enet_ros.inference.network import (cast_network, Float32Layer, NonFiniteWeightsError,
+                                        prepare_network)
 from enet_ros.model_file import load_model_file, LoadedModel
 from enet_ros.segmenter import Segmenter
+from model_files import overflowing_fp16_enet, random_enet
 import numpy as np
 import pytest
 import torch
@@ -121,6 +126,58 @@ def test_warmup_sizes_need_warmup_and_max_graphs_positive(loaded):
         Segmenter(loaded, device='cpu', input_size=NET_SIZE, warmup_sizes=['640by480'])
     with pytest.raises(SegmenterConfigError, match='max_graphs'):
         Segmenter(loaded, device='cpu', input_size=NET_SIZE, warmup=False, max_graphs=0)
+
+
+# --- fp16 range check of folded weights ----------------------------------------------
+
+
+@torch.no_grad()
+def test_folded_layer_beyond_fp16_stays_fp32(core_logs):
+    """A folded layer over 65504 stays fp32 (and is named); the fp16 network stays finite."""
+    model = overflowing_fp16_enet()
+    folded = fold_enet(model)
+    naive = copy.deepcopy(folded).half()
+    assert not all(bool(torch.isfinite(p).all()) for p in naive.parameters())
+    with core_logs.at_level('WARNING'):
+        kept = cast_network(folded, torch.float16)
+    assert kept == ['regular1_1.branch.2']
+    assert 'regular1_1.branch.2 (Conv2d, max |w| 2.' in core_logs.text
+    layer = folded.regular1_1.branch[2]
+    assert isinstance(layer, Float32Layer) and layer.layer.weight.dtype == torch.float32
+    for name, tensor in list(folded.named_parameters()) + list(folded.named_buffers()):
+        assert bool(torch.isfinite(tensor).all()), name
+        if tensor.is_floating_point() and not name.startswith('regular1_1.branch.2.'):
+            assert tensor.dtype == torch.float16, name
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    reference = model(x)
+    assert not bool(torch.isfinite(naive(x.half())).all())  # what the check prevents
+    got = folded(x.half())
+    assert got.dtype == torch.float16 and bool(torch.isfinite(got).all())
+    agreement = (got.float().argmax(1) == reference.argmax(1)).float().mean().item()
+    assert agreement >= 0.99, agreement
+
+
+def test_non_finite_folded_weights_are_refused(loaded):
+    """Folding to infinity raises at construction, naming the layer; unfolded eager works."""
+    state = {name: tensor.clone() for name, tensor in loaded.state_dict.items()}
+    state['dilated2_2.branch.1.weight'][0] = 3e38  # finite gamma, folds beyond fp32
+    state['dilated2_2.branch.1.running_var'][0] = 0.0
+    model = LoadedModel('<overflowing>', loaded.metadata, state)
+    with pytest.raises(NonFiniteWeightsError, match="layer 'dilated2_2.branch.0'"):
+        Segmenter(model, device='cpu', input_size=NET_SIZE, warmup=False)
+    assert issubclass(NonFiniteWeightsError, SegmenterConfigError)
+    eager = Segmenter(model, device='cpu', input_size=NET_SIZE, warmup=False, optimize=False)
+    assert eager.execution_path == 'eager'
+
+
+def test_fp32_network_has_no_fp32_islands(loaded):
+    """On fp32 nothing is wrapped, and the check passes a normal model unchanged."""
+    prepared = prepare_network(loaded, torch.device('cpu'), torch.float32, fold=True,
+                               channels_last=True)
+    assert prepared.float32_layers == []
+    assert not any(isinstance(m, Float32Layer) for m in prepared.network.modules())
+    assert prepared.notes == ['BatchNorm folded', 'channels_last']
+    assert not any(isinstance(m, Float32Layer) for m in random_enet().modules())
 
 
 def test_facade_keeps_the_public_names():

@@ -6,7 +6,8 @@ Modules, in dependency order:
 * ``config``: construction-time choices (device, precision, sizes, compiler,
   cuDNN) and ``SegmenterConfigError``.
 * ``fold``: BatchNorm folded into the convolutions (inference copy of ENet).
-* ``network``: the network a path runs (built, folded, cast, memory format).
+* ``network``: the network a path runs (built, folded, cast with an fp16
+  range check, memory format).
 * ``frames``: per-frame pre- and post-processing shared by every path, and
   the array contract.
 * ``graph_cache``: bounded cache of captures with per-key failure memory.

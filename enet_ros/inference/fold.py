@@ -22,7 +22,9 @@ bias, and the BatchNorm disappears:
 ``Dropout2d`` is the identity in eval mode and is dropped too. Folding is done
 in float64 and stored in float32, so the folded network differs from the
 original only by float32 rounding (a few ulps of the logits); see
-``test/test_fast_path.py`` for the label agreement.
+``test/test_fast_path.py`` for the label agreement. Folded weights can exceed
+fp16's range where the unfolded ones do not; :mod:`enet_ros.inference.network`
+checks them before casting.
 
 The folded network is for inference only: it has no BatchNorm to train and
 its ``state_dict`` is not a model file's.
