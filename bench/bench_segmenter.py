@@ -202,7 +202,7 @@ def _baseline(segmenter: Segmenter, image: np.ndarray, network_input: torch.Tens
     """Run the unoptimised model: plain forward, torch.argmax, the Segmenter's pre/post."""
     network = segmenter.network
     height, width = image.shape[:2]
-    rows, cols = segmenter._label_index(height, width)
+    rows, cols = segmenter.path.pipeline.label_index(height, width)
 
     @torch.inference_mode()
     def frame():

@@ -185,11 +185,6 @@ class ENet(nn.Module):
         self.fullconv = nn.ConvTranspose2d(16, num_classes, 3, stride=2, padding=1,
                                            output_padding=1, bias=False)
 
-    def encoder_stages(self) -> List[nn.Module]:
-        """Modules of the encoder (initial block to stage 3), for two-stage training."""
-        return [module for name, module in self.named_children()
-                if not name.startswith(('upsample', 'regular4', 'regular5', 'fullconv'))]
-
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run stages 0-3 on padded input: (Nx128x(H/8)x(W/8), indices 1.0, indices 2.0)."""
         x = self.initial(x)

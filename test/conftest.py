@@ -27,6 +27,23 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def core_logs(caplog, monkeypatch):
+    """
+    Return ``caplog``, seeing the log records of the core's ``enet_ros.*`` loggers.
+
+    launch_testing's pytest plugin imports ``launch.logging``, which installs a
+    logger class with ``propagate = False`` for every logger made afterwards,
+    so records never reach caplog's handler on the root logger.
+    """
+    import logging
+
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.split('.')[0] == 'enet_ros' and isinstance(logger, logging.Logger):
+            monkeypatch.setattr(logger, 'propagate', True)
+    return caplog
+
+
 @pytest.fixture(scope='session')
 def camvid_root() -> Path:
     """Return the CamVid folder (ENET_ROS_CAMVID or ../shared/data/camvid); skip if absent."""

@@ -26,6 +26,34 @@ def random_enet(num_classes: int = CAMVID_11.num_classes, seed: int = 0) -> ENet
     return model.eval()
 
 
+def overflowing_fp16_enet(num_classes: int = CAMVID_11.num_classes, seed: int = 0) -> ENet:
+    """
+    Make a :func:`random_enet` whose folded ``regular1_1.branch.2`` convolution overflows fp16.
+
+    In ``regular1_1``'s branch the first BatchNorm's output is scaled by 1e-3
+    (so the middle convolution's input is small) and the middle BatchNorm's
+    running_var by 1e-6 (tiny), its gamma and beta by 1e4; the last
+    BatchNorm's statistics undo the 1e4 (PReLU is positively homogeneous).
+    The network computes nearly the same function with activations in fp16's
+    range, but folding the middle BatchNorm gives weights up to ~2.6e5 >
+    65504: a plain fp16 cast of the folded network has infinite weights.
+    """
+    model = random_enet(num_classes, seed)
+    small, large = 1e-3, 1e4
+    branch = model.regular1_1.branch
+    first, middle, last = branch[1], branch[4], branch[7]
+    with torch.no_grad():
+        first.weight.mul_(small)
+        first.bias.mul_(small)
+        middle.running_mean.mul_(small)
+        middle.running_var.mul_(small * small)
+        middle.weight.mul_(large)
+        middle.bias.mul_(large)
+        last.running_mean.mul_(large)
+        last.running_var.mul_(large * large)
+    return model
+
+
 def write_random_model(path: Path, table: ClassTable = CAMVID_11,
                        input_size: Tuple[int, int] = (480, 360), seed: int = 0) -> Path:
     """Save :func:`random_enet` for ``table`` as a model file with a ``input_size`` input."""

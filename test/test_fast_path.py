@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Tuple
 
 from enet_ros import segmenter as segmenter_module
-from enet_ros.cuda_graph import CapturedFrame, GraphCache
-from enet_ros.fuse import count_batchnorms, fold_enet, fold_sequential
+from enet_ros.inference.cuda_graphs import CapturedFrame
+from enet_ros.inference.fold import count_batchnorms, fold_enet, fold_sequential
+from enet_ros.inference.graph_cache import GraphCache
 from enet_ros.model import ENet, RegularBottleneck
 from enet_ros.model_file import load_model_file
 from enet_ros.segmenter import argmax_classes, COMPILE_ENV, labels_from_logits, Segmenter
@@ -210,8 +211,8 @@ def test_device_label_resize_matches_host_resize(loaded):
     for image in _images():
         expected = fast.segment(image, bgr=True, with_confidence=True)
         with torch.inference_mode():
-            labels, confidence = fast._device_pipeline(torch.from_numpy(image), True, True,
-                                                       resize_labels=True)
+            labels, confidence = fast.path.pipeline.device_pipeline(
+                torch.from_numpy(image), fast.path.forward, True, True, resize_labels=True)
         assert np.array_equal(labels.numpy(), expected.labels)
         assert np.array_equal(confidence.numpy(), expected.confidence)
 
@@ -233,7 +234,7 @@ def test_compile_env_switch(loaded, monkeypatch):
     assert not fast.compiled and 'torch.compile off' in fast.describe()
 
 
-def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, caplog):
+def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, core_logs):
     """A compiler that fails on the first frame leaves a working folded eager path."""
 
     def failing_compile(module, **kwargs):
@@ -242,11 +243,11 @@ def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, caplog)
         return run
 
     monkeypatch.setattr(segmenter_module.torch, 'compile', failing_compile)
-    with caplog.at_level('WARNING'):
+    with core_logs.at_level('WARNING'):
         fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True)
     assert not fast.compiled
     assert 'torch.compile failed' in fast.describe()
-    assert 'no C++ compiler (simulated)' in caplog.text
+    assert 'no C++ compiler (simulated)' in core_logs.text
     image = _images()[0]
     assert label_agreement(fast.segment(image).labels, eager.segment(image).labels) >= AGREEMENT
 

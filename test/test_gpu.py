@@ -2,6 +2,9 @@
 The CUDA path: fp16, folded BatchNorm and CUDA graphs agree with eager; replay never syncs.
 
 Every test here needs CUDA and is skipped without it ('CUDA not available').
+The CUDA graph path's bookkeeping (per-size failure memory, one pool, warm-up
+keys) is also tested on the CPU with a fake capture in ``test_inference.py``;
+here it runs for real, with the blocking wait and fp16 range check besides.
 
 Agreement bounds: captured fp16 against eager fp16 >= 99.9% of pixels (the
 same fp16 arithmetic, except that BatchNorm is folded into the fp16 weights
@@ -11,11 +14,13 @@ max-pool near-ties).
 """
 
 from pathlib import Path
+import time
 
-from enet_ros import segmenter as segmenter_module
-from enet_ros.model_file import BUNDLED_MODEL, load_model_file
+from enet_ros.inference import cuda_graphs
+from enet_ros.labels import CAMVID_11
+from enet_ros.model_file import BUNDLED_MODEL, load_model_file, LoadedModel, ModelMetadata
 from enet_ros.segmenter import Segmenter
-from model_files import label_agreement
+from model_files import label_agreement, overflowing_fp16_enet
 import numpy as np
 import pytest
 import torch
@@ -110,8 +115,7 @@ def test_input_size_change_recaptures_and_cache_is_bounded(loaded, eager16):
         got = segmenter.segment(image).labels
         assert got.shape == shape
         assert label_agreement(got, eager16.segment(image).labels) >= SAME_FP16
-    cache = segmenter._graphs
-    assert cache is not None, segmenter.describe()
+    cache = segmenter.path.graphs
     assert cache.captures == 3  # 360x480 was reused, not recaptured
     assert len(cache) == 2
     assert (240, 320, False, False) in cache and (360, 480, False, False) in cache
@@ -121,7 +125,7 @@ def test_replay_does_not_synchronise(captured):
     """Upload into pinned memory and graph launch run under sync debug mode 'error'."""
     image = _scene(360, 480, seed=5)
     expected = captured.segment(image).labels
-    runner = captured._graphs.peek((360, 480, False, False))
+    runner = captured.path.graphs.peek((360, 480, False, False))
     assert runner is not None
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
@@ -177,19 +181,113 @@ def test_uncaptured_and_channels_last_variants_agree(loaded, captured):
     assert label_agreement(nhwc.segment(image).labels, expected) >= SAME_FP16
 
 
-def test_capture_failure_falls_back_to_eager(loaded, eager16, monkeypatch):
-    """If capture raises, the Segmenter logs it and runs the same frames eagerly."""
+def test_capture_failure_runs_that_size_eagerly_only(loaded, eager16, monkeypatch):
+    """
+    A capture that fails (here inside the capture, as an OOM would) is remembered per size.
 
-    def broken(*args, **kwargs):
-        raise RuntimeError('capture failed (simulated)')
+    That size runs eagerly, with eager's labels, and is not captured again;
+    another size still gets a graph; describe() names the failed size.
+    """
+    real = cuda_graphs.CapturedFrame
+    attempts = []
 
-    monkeypatch.setattr(segmenter_module, 'CapturedFrame', broken)
-    segmenter = Segmenter(loaded, device='cuda')
-    assert not segmenter.cuda_graphs
-    assert 'CUDA graph capture failed' in segmenter.describe()
+    def flaky(pipeline, frame_shape, device, **kwargs):
+        attempts.append(tuple(frame_shape))
+
+        def failing_in_capture(frame):
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError('capture failed (simulated)')
+            return pipeline(frame)
+
+        broken = tuple(frame_shape) == (360, 480)
+        return real(failing_in_capture if broken else pipeline, frame_shape, device, **kwargs)
+
+    monkeypatch.setattr(cuda_graphs, 'CapturedFrame', flaky)
+    segmenter = Segmenter(loaded, device='cuda')  # the warm-up capture (360x480) fails
+    assert segmenter.cuda_graphs
+    assert 'CUDA graph capture failed for 480x360' in segmenter.describe()
     image = _scene(360, 480, seed=9)
-    assert label_agreement(segmenter.segment(image).labels,
-                           eager16.segment(image).labels) >= SAME_FP16
+    for _ in range(2):
+        assert label_agreement(segmenter.segment(image).labels,
+                               eager16.segment(image).labels) >= SAME_FP16
+    other = _scene(240, 320, seed=10)
+    assert label_agreement(segmenter.segment(other).labels,
+                           eager16.segment(other).labels) >= SAME_FP16
+    assert (240, 320, False, False) in segmenter.path.graphs
+    assert attempts == [(360, 480), (240, 320)]
+
+
+def test_wait_for_a_frame_sleeps_instead_of_spinning(captured):
+    """collect() waits on a blocking event: little CPU time while the GPU is busy."""
+    image = _scene(360, 480, seed=12)
+    captured.segment(image)
+    runner = captured.path.graphs.peek((360, 480, False, False))
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(5e8))  # keeps the GPU busy before the graph on the same stream
+    runner.launch(image)
+    wall, cpu = time.perf_counter(), time.thread_time()
+    runner.collect()
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    if wall < 0.05:
+        pytest.skip(f'the GPU finished too soon to tell ({wall * 1e3:.1f} ms)')
+    assert cpu < 0.3 * wall, f'{cpu * 1e3:.1f} ms CPU in a {wall * 1e3:.1f} ms wait'
+
+
+def test_captures_share_one_memory_pool(loaded, eager16):
+    """Every capture uses the path's one pool; interleaved replays still give eager's labels."""
+    segmenter = Segmenter(loaded, device='cuda', warmup=False)
+    shapes = [(360, 480), (720, 1280), (301, 397)]
+    images = {shape: _scene(*shape, seed=shape[1]) for shape in shapes}
+    for shape in shapes:
+        segmenter.segment(images[shape])
+    pool = segmenter.path.pool
+    for height, width in shapes:
+        assert segmenter.path.graphs.peek((height, width, False, False)).pool == pool
+    for shape in shapes[::-1] + shapes:
+        assert label_agreement(segmenter.segment(images[shape]).labels,
+                               eager16.segment(images[shape]).labels) >= SAME_FP16
+    assert segmenter.path.graphs.captures == 3
+
+
+def test_warmup_sizes_are_captured_at_construction(loaded):
+    """warmup_sizes captures each camera size for RGB and BGR; first frames capture nothing."""
+    segmenter = Segmenter(loaded, device='cuda', warmup_sizes=[(1280, 720), '640x480'],
+                          max_graphs=2)
+    graphs = segmenter.path.graphs
+    assert graphs.capacity == 4 and graphs.captures == 4
+    for key in ((720, 1280, False, False), (720, 1280, True, False),
+                (480, 640, False, False), (480, 640, True, False)):
+        assert key in graphs, key
+    segmenter.segment(_scene(720, 1280, seed=1))
+    segmenter.segment(_scene(480, 640, seed=2), bgr=True)
+    assert graphs.captures == 4
+
+
+def test_fp16_overflowing_folded_layer_runs_in_fp32():
+    """A layer whose folded weights exceed fp16 runs in fp32: finite, eager fp32's labels."""
+    metadata = ModelMetadata.from_class_table(CAMVID_11, (480, 360))
+    model = LoadedModel('<overflowing>', metadata, overflowing_fp16_enet().state_dict())
+    fast = Segmenter(model, device='cuda')
+    assert '1 layer(s) in fp32' in fast.describe() and fast.precision == 'fp16'
+    reference = Segmenter(model, device='cuda', precision='fp32', optimize=False)
+    image = _scene(360, 480, seed=11)
+    got = fast.segment(image, with_confidence=True)
+    assert np.isfinite(got.confidence).all()
+    assert label_agreement(got.labels, reference.segment(image).labels) >= 0.99
+
+
+def test_deterministic_process_keeps_cudnn_autotuning_off(loaded, monkeypatch):
+    """A deterministic process, or cudnn_benchmark=False, leaves the switch off."""
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', True)
+    segmenter = Segmenter(loaded, device='cuda', warmup=False)
+    assert torch.backends.cudnn.benchmark is False
+    assert 'cuDNN autotuning off (deterministic process)' in segmenter.describe()
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', False)
+    Segmenter(loaded, device='cuda', warmup=False, cudnn_benchmark=False)
+    assert torch.backends.cudnn.benchmark is False
+    Segmenter(loaded, device='cuda', warmup=False)
+    assert torch.backends.cudnn.benchmark is True
 
 
 @pytest.mark.slow

@@ -88,18 +88,6 @@ def test_paper_block_names():
     assert names['asymmetric2_3'].branch[4].kernel_size == (1, 5)
 
 
-def test_encoder_stages_exclude_decoder():
-    """encoder_stages() lists the initial block to stage 3 and nothing of the decoder."""
-    model = ENet(11)
-    encoder = model.encoder_stages()
-    names = {name for name, module in model.named_children() if any(
-        module is m for m in encoder)}
-    assert 'initial' in names and 'dilated3_8' in names and 'downsample2_0' in names
-    assert not any(n.startswith(('upsample', 'regular4', 'regular5', 'fullconv'))
-                   for n in names)
-    assert len(encoder) == 1 + 5 + 9 + 8
-
-
 def test_encode_output_stride(model: ENet):
     """encode() reduces each side by OUTPUT_STRIDE and returns the two pooling index maps."""
     with torch.no_grad():

@@ -76,20 +76,6 @@ class TrainTransform:
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
-class ResizeTransform:
-    """Resize to a fixed size (bilinear image, nearest label): for evaluation batches."""
-
-    def __init__(self, size: Tuple[int, int]):
-        self.size = tuple(size)
-
-    def __call__(self, image: np.ndarray, label: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Resize one pair to ``size`` (width, height) unless it already has it."""
-        if (label.shape[1], label.shape[0]) != self.size:
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
-            label = cv2.resize(label, self.size, interpolation=cv2.INTER_NEAREST)
-        return image, label
-
-
 def collate(samples: Sequence[Tuple[np.ndarray, np.ndarray]]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Stack pairs into (Nx3xHxW uint8, NxHxW int64)."""
     images: List[np.ndarray] = [s[0] for s in samples]

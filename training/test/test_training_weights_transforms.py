@@ -13,7 +13,7 @@ from enet_training.class_weights import cached_enet_weights, class_histogram, en
 from enet_training.datasets import make_dataset
 from enet_training.run import make_datasets, network_sizes
 from enet_training.train import add_train_arguments
-from enet_training.transforms import collate, ResizeTransform, TrainTransform
+from enet_training.transforms import collate, TrainTransform
 import numpy as np
 import pytest
 from tiny_datasets import make_camvid_tree, make_cityscapes_tree, scene
@@ -112,16 +112,6 @@ def test_train_transform_flip_is_joint():
         labelled = out_label < 11
         distance = np.abs(out_image[labelled] - palette[out_label[labelled]]).mean()
         assert distance < 12
-
-
-def test_resize_transform():
-    """Resize to (width, height), labels by nearest neighbour."""
-    image, label = scene(2)
-    out_image, out_label = ResizeTransform((32, 24))(image, label)
-    assert out_image.shape == (24, 32, 3) and out_label.shape == (24, 32)
-    np.testing.assert_array_equal(out_label, label[::2, ::2])
-    same_image, same_label = ResizeTransform((64, 48))(image, label)
-    assert same_image is image and same_label is label
 
 
 def test_collate():

@@ -1,6 +1,9 @@
 """
 BatchNorm folding: an inference copy of :class:`~enet_ros.model.ENet` with fewer layers.
 
+Used by the optimised execution paths (compiled CPU, CUDA graphs); the eager
+reference runs the network as trained.
+
 In eval mode a BatchNorm is a per-channel affine map ``y = x * scale + shift``
 with ``scale = gamma / sqrt(running_var + eps)`` and
 ``shift = beta - running_mean * scale``. When it directly follows a
@@ -19,7 +22,9 @@ bias, and the BatchNorm disappears:
 ``Dropout2d`` is the identity in eval mode and is dropped too. Folding is done
 in float64 and stored in float32, so the folded network differs from the
 original only by float32 rounding (a few ulps of the logits); see
-:func:`fold_batchnorm` and ``test/test_fast_path.py`` for the label agreement.
+``test/test_fast_path.py`` for the label agreement. Folded weights can exceed
+fp16's range where the unfolded ones do not; :mod:`enet_ros.inference.network`
+checks them before casting.
 
 The folded network is for inference only: it has no BatchNorm to train and
 its ``state_dict`` is not a model file's.
@@ -31,7 +36,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from .model import ENet, InitialBlock
+from ..model import ENet, InitialBlock
 
 
 def batchnorm_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,133 @@
+"""
+Construction-time choices of the Segmenter: device, precision, sizes, compiler, cuDNN.
+
+Everything here runs once, when a :class:`~enet_ros.segmenter.Segmenter` is
+built; a bad choice raises :class:`SegmenterConfigError` before any work.
+"""
+
+import os
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
+PRECISIONS = ('auto', 'fp16', 'fp32')
+#: Environment variable: ``0`` turns ``torch.compile`` off where ``torch_compile`` is None.
+COMPILE_ENV = 'ENET_ROS_COMPILE'
+
+#: A camera frame size: ``(width, height)`` or the text ``'WIDTHxHEIGHT'``.
+FrameSize = Union[Sequence[int], str]
+
+
+class SegmenterConfigError(ValueError):
+    """The requested device, precision or input size cannot be used."""
+
+
+def resolve_device(choice: str) -> Tuple[torch.device, Optional[str]]:
+    """
+    Map ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` to a device and an optional log note.
+
+    Raises :class:`SegmenterConfigError` for an unknown choice or missing CUDA.
+    """
+    choice = choice.strip().lower()
+    if choice == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda', torch.cuda.current_device()), None
+        return (torch.device('cpu'),
+                'device auto: CUDA is not available, running on the CPU in fp32')
+    if choice == 'cpu':
+        return torch.device('cpu'), None
+    if choice == 'cuda' or choice.startswith('cuda:'):
+        if not torch.cuda.is_available():
+            raise SegmenterConfigError(
+                f"device '{choice}' requested but CUDA is not available on this machine "
+                "(use 'auto' or 'cpu')")
+        index_text = choice[5:] if choice.startswith('cuda:') else str(torch.cuda.current_device())
+        if not index_text.isdigit():
+            raise SegmenterConfigError(f"device '{choice}': expected cuda:N with N an integer")
+        count = torch.cuda.device_count()
+        if int(index_text) >= count:
+            raise SegmenterConfigError(
+                f"device '{choice}': only {count} CUDA device(s) present (0..{count - 1})")
+        return torch.device('cuda', int(index_text)), None
+    raise SegmenterConfigError(f"device '{choice}' is not one of {', '.join(DEVICE_CHOICES)}")
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype:
+    """``auto`` is fp16 on CUDA and fp32 on the CPU; fp16 on the CPU is refused."""
+    choice = choice.strip().lower()
+    if choice not in PRECISIONS:
+        raise SegmenterConfigError(f"precision '{choice}' is not one of {', '.join(PRECISIONS)}")
+    if choice == 'auto':
+        return torch.float16 if device.type == 'cuda' else torch.float32
+    if choice == 'fp16' and device.type != 'cuda':
+        raise SegmenterConfigError('precision fp16 needs a CUDA device; the CPU runs fp32')
+    return torch.float16 if choice == 'fp16' else torch.float32
+
+
+def check_input_size(size: Sequence[int]) -> Tuple[int, int]:
+    """Return the network input ``(width, height)``; both must be positive multiples of 8."""
+    width, height = (int(v) for v in size)
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise SegmenterConfigError(
+            f'network input size {width}x{height} must be positive multiples of 8')
+    return width, height
+
+
+def parse_frame_sizes(sizes: Optional[Iterable[FrameSize]]) -> List[Tuple[int, int]]:
+    """
+    Camera frame sizes for the warm-up: a list of ``(width, height)``, duplicates dropped.
+
+    Each entry is a ``(width, height)`` pair of positive integers or the text
+    ``'WIDTHxHEIGHT'`` (e.g. ``'1280x720'``, what a string-array parameter
+    holds). None or an empty sequence gives an empty list. Anything else
+    raises :class:`SegmenterConfigError`.
+    """
+    parsed: List[Tuple[int, int]] = []
+    for entry in sizes or ():
+        try:
+            if isinstance(entry, str):
+                width_text, height_text = entry.strip().lower().split('x')
+                size = (int(width_text), int(height_text))
+            else:
+                width, height = entry
+                if not all(float(v).is_integer() for v in (width, height)):
+                    raise ValueError(entry)
+                size = (int(width), int(height))
+        except (TypeError, ValueError):
+            raise SegmenterConfigError(
+                f'warm-up frame size {entry!r}: expected (width, height) or "WIDTHxHEIGHT"'
+            ) from None
+        if size[0] <= 0 or size[1] <= 0:
+            raise SegmenterConfigError(f'warm-up frame size {entry!r} must be positive')
+        if size not in parsed:
+            parsed.append(size)
+    return parsed
+
+
+def compile_enabled(choice: Optional[bool]) -> bool:
+    """``torch_compile`` option: True / False, or None for the ``ENET_ROS_COMPILE`` default."""
+    if choice is not None:
+        return bool(choice)
+    return os.environ.get(COMPILE_ENV, '1').strip().lower() not in ('0', 'false', 'no', 'off')
+
+
+def process_is_deterministic() -> bool:
+    """Whether the process asked for deterministic kernels (cuDNN or all algorithms)."""
+    return bool(torch.backends.cudnn.deterministic) or torch.are_deterministic_algorithms_enabled()
+
+
+def cudnn_benchmark_wanted(choice: Optional[bool]) -> Tuple[bool, Optional[str]]:
+    """
+    Decide whether the CUDA path turns cuDNN autotuning on; return (turn on, note or None).
+
+    ``choice`` None means yes; False means leave ``torch.backends.cudnn.benchmark``
+    as the process set it. Never on in a deterministic process
+    (:func:`process_is_deterministic`), even when asked: autotuning picks
+    algorithms by timing, so results could change from run to run.
+    """
+    if choice is False:
+        return False, None
+    if process_is_deterministic():
+        return False, 'cuDNN autotuning off (deterministic process)'
+    return True, None

@@ -1,0 +1,236 @@
+"""
+The CUDA graph execution path: the whole per-frame device work captured once per frame size.
+
+:class:`CudaGraphPath` is what the Segmenter runs on CUDA with
+``optimize=True`` (and ``cuda_graphs=True``, the default): a folded network in
+the Segmenter's precision (fp16 by default), cuDNN autotuning (see
+:func:`enable_cudnn_autotuning`), and per frame a :class:`CapturedFrame` from
+a :class:`~enet_ros.inference.graph_cache.GraphCache` keyed by (height,
+width, bgr, with_confidence).
+
+A :class:`CapturedFrame` owns, for one frame size, pinned host buffers, static
+device buffers and a ``torch.cuda.CUDAGraph`` holding the whole device side of
+a frame:
+
+1. upload of the HxWx3 uint8 frame from a pinned host buffer,
+2. the caller's ``pipeline`` (resize, normalisation, forward, argmax, resize
+   of the labels back to HxW),
+3. download of the HxW uint8 label map (and optionally the HxW float32
+   confidence map) into pinned host buffers.
+
+Per frame the host copies the image into the pinned input buffer, launches
+the graph (one ``cudaGraphLaunch``), and waits once, on an event recorded
+after the launch, for the download to finish. Nothing in between synchronises
+with the device. The event is a blocking one (``blocking=True``): the waiting
+thread sleeps instead of spinning a CPU core for the whole GPU frame.
+
+All captures share one graph memory pool (``torch.cuda.graph_pool_handle()``):
+they never run concurrently (all replay on the caller's one stream, in
+order) and every tensor a capture allocates in the pool is freed by the end
+of the capture (outputs go to pinned host buffers, inputs and index maps are
+allocated outside), so one pool holds the intermediates of the largest frame
+instead of one pool per size.
+
+A capture that fails (out of memory on one large frame, a kernel limit on an
+odd size) is remembered for its key: that frame size runs eagerly (same
+network, same pre- and post-processing, no graph) and other sizes still get
+graphs. ``describe()`` names the sizes that failed.
+
+Everything here needs CUDA to run; the module imports without it.
+"""
+
+import logging
+from typing import Callable, Hashable, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import cudnn_benchmark_wanted
+from .eager import EagerPath
+from .frames import check_image, FramePipeline, Segmentation
+from .graph_cache import GraphCache
+
+LOGGER = logging.getLogger(__name__)
+
+#: Maps an HxWx3 uint8 device frame to (HxW uint8 labels, HxW float32 confidence or None).
+Pipeline = Callable[[torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+
+def enable_cudnn_autotuning(choice: Optional[bool]) -> Optional[str]:
+    """
+    Turn ``torch.backends.cudnn.benchmark`` on for a CUDA path unless told otherwise.
+
+    ``choice`` is the Segmenter's ``cudnn_benchmark`` option: None (default)
+    or True turns it on, False leaves it as the process set it; a
+    deterministic process is never switched (see
+    :func:`~enet_ros.inference.config.cudnn_benchmark_wanted`). The switch is
+    process-wide, which is why only CUDA paths call this. Returns a note for
+    ``describe()``: ``cuDNN autotuning`` when it is on, else why not, or None.
+    """
+    turn_on, note = cudnn_benchmark_wanted(choice)
+    if note:
+        LOGGER.info('%s: torch.backends.cudnn.benchmark left %s', note,
+                    torch.backends.cudnn.benchmark)
+    if turn_on:
+        torch.backends.cudnn.benchmark = True
+    return 'cuDNN autotuning' if torch.backends.cudnn.benchmark else note
+
+
+def completion_event() -> 'torch.cuda.Event':
+    """Return the event a frame waits on: blocking, so the waiting thread sleeps."""
+    return torch.cuda.Event(blocking=True)
+
+
+class CapturedFrame:
+    """
+    One CUDA graph for HxWx3 uint8 frames of one size; see the module docstring.
+
+    ``pipeline`` must be capturable: no host synchronisation, no tensors made
+    from host data, fixed shapes. It is run ``warmup_iterations`` times on a
+    side stream before capture (cuDNN autotuning happens there), then captured.
+    ``pool`` is a ``torch.cuda.graph_pool_handle()`` to share memory between
+    captures that never run concurrently (default: a private pool).
+    """
+
+    def __init__(self, pipeline: Pipeline, frame_shape: Tuple[int, int], device: torch.device,
+                 with_confidence: bool = False, warmup_iterations: int = 3,
+                 pool: Optional[Tuple[int, int]] = None):
+        if device.type != 'cuda':
+            raise ValueError(f'CapturedFrame needs a CUDA device, got {device}')
+        height, width = (int(v) for v in frame_shape)
+        self.frame_shape = (height, width)
+        self.device = device
+        self.with_confidence = with_confidence
+        self.pool = pool
+        with torch.cuda.device(device):
+            self.host_frame = torch.zeros((height, width, 3), dtype=torch.uint8,
+                                          pin_memory=True)
+            self.host_labels = torch.empty((height, width), dtype=torch.uint8, pin_memory=True)
+            self.host_confidence = (torch.empty((height, width), dtype=torch.float32,
+                                                pin_memory=True) if with_confidence else None)
+            self.device_frame = torch.zeros((height, width, 3), dtype=torch.uint8,
+                                            device=device)
+            self._host_frame_array = self.host_frame.numpy()
+            self._pipeline = pipeline
+            self.done = completion_event()
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(max(1, warmup_iterations)):
+                    self._step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            torch.cuda.synchronize(device)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self._step()
+            torch.cuda.synchronize(device)
+
+    def _step(self) -> None:
+        """Do the captured work: upload, pipeline, download (all stream-ordered, no sync)."""
+        self.device_frame.copy_(self.host_frame, non_blocking=True)
+        labels, confidence = self._pipeline(self.device_frame)
+        self.host_labels.copy_(labels, non_blocking=True)
+        if self.host_confidence is not None:
+            if confidence is None:
+                raise ValueError('pipeline returned no confidence map but one was requested')
+            self.host_confidence.copy_(confidence, non_blocking=True)
+
+    def launch(self, image: np.ndarray) -> None:
+        """
+        Copy ``image`` (HxWx3 uint8, any strides) to pinned memory and launch the graph.
+
+        Returns without waiting for the device; :meth:`collect` waits.
+        """
+        if image.shape[:2] != self.frame_shape:
+            raise ValueError(f'frame {image.shape[:2]} does not match the capture '
+                             f'{self.frame_shape}')
+        np.copyto(self._host_frame_array, image)
+        self.graph.replay()
+        self.done.record(torch.cuda.current_stream(self.device))
+
+    def collect(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Wait (sleeping) for the launched frame; return copies of (labels, confidence)."""
+        self.done.synchronize()
+        labels = self.host_labels.numpy().copy()
+        confidence = (self.host_confidence.numpy().copy()
+                      if self.host_confidence is not None else None)
+        return labels, confidence
+
+    def run(self, image: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """:meth:`launch` then :meth:`collect`: one frame, one wait."""
+        self.launch(image)
+        return self.collect()
+
+
+def key_text(key: Hashable) -> str:
+    """``(height, width, bgr, with_confidence)`` as ``WxH`` plus ``bgr`` / ``confidence``."""
+    height, width, bgr, with_confidence = key
+    return (f'{width}x{height}{" bgr" if bgr else ""}'
+            f'{" with confidence" if with_confidence else ""}')
+
+
+class CudaGraphPath(EagerPath):
+    """
+    Run each frame size as a captured CUDA graph (eagerly where its capture failed).
+
+    ``max_graphs`` captures are kept, least recently used evicted first.
+    """
+
+    cuda_graphs = True
+
+    def __init__(self, network: nn.Module, pipeline: FramePipeline, notes: Sequence[str] = (),
+                 max_graphs: int = 4):
+        super().__init__(network, pipeline, 'optimised', notes)
+        self.device = pipeline.device
+        self.graphs: GraphCache[CapturedFrame] = GraphCache(max_graphs)
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def run(self, image: np.ndarray, bgr: bool = False,
+            with_confidence: bool = False) -> Segmentation:
+        """Label one frame through its size's graph (captured on first use)."""
+        check_image(image)
+        key = (image.shape[0], image.shape[1], bool(bgr), bool(with_confidence))
+        runner = self.graphs.get(key, lambda: self._capture(key))
+        if runner is None:  # this size's capture failed: run it eagerly
+            return super().run(image, bgr, with_confidence)
+        labels, confidence = runner.run(image)
+        return Segmentation(labels, confidence)
+
+    def _capture(self, key: Tuple[int, int, bool, bool]) -> CapturedFrame:
+        height, width, bgr, with_confidence = key
+        self.pipeline.label_index(height, width)  # index maps are built outside the capture
+
+        def pipeline(frame: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+            return self.pipeline.device_pipeline(frame, self.forward, bgr, with_confidence)
+
+        LOGGER.info('capturing a CUDA graph for %s frames', key_text(key))
+        try:
+            return CapturedFrame(pipeline, (height, width), self.device,
+                                 with_confidence=with_confidence, pool=self.pool)
+        except Exception:
+            torch.cuda.synchronize(self.device)  # let the failed work drain before eager frames
+            raise
+
+    def default_warmup_frames(self):
+        """One frame at the network size (the CPU compiler's resized frame would be a capture)."""
+        width, height = self.pipeline.input_size
+        return ((height, width),)
+
+    def warm_up(self, sizes: Optional[Sequence[Tuple[int, int]]] = None) -> None:
+        """Capture each ``(width, height)`` in ``sizes`` for RGB and BGR (none: the default)."""
+        if not sizes:
+            super().warm_up()
+            return
+        with torch.inference_mode():
+            for width, height in sizes:
+                for bgr in (False, True):
+                    self.run(np.zeros((height, width, 3), dtype=np.uint8), bgr=bgr)
+
+    def path_notes(self) -> Sequence[str]:
+        """``CUDA graphs``, and the frame sizes whose capture failed."""
+        failed = self.graphs.failures
+        if not failed:
+            return ('CUDA graphs',)
+        return ('CUDA graphs', 'CUDA graph capture failed for '
+                + ', '.join(key_text(key) for key in failed))

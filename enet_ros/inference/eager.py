@@ -1,0 +1,82 @@
+"""
+The eager execution path: the network called frame by frame, no compilation, no graphs.
+
+:class:`EagerPath` is also the interface every execution path has (the
+compiled CPU and CUDA graph paths extend it):
+
+* ``run(image, bgr=False, with_confidence=False) -> Segmentation``: one frame,
+  array contract in :mod:`enet_ros.inference.frames`;
+* ``forward(x)``: 1x3xhxw normalised input to 1xCxhxw logits, as ``run`` computes them;
+* ``warm_up(sizes)``: run (compile, capture) frames at construction;
+* ``describe()``: which path runs and what was done to the network;
+* ``network``, ``pipeline`` (:class:`~enet_ros.inference.frames.FramePipeline`),
+  and the flags ``compiled`` and ``cuda_graphs``.
+
+The Segmenter uses it for ``optimize=False`` (the network as trained, the
+reference the other paths are tested against; ``mode='eager'``), and with
+``mode='optimised'`` for a folded network where no faster path applies:
+``torch_compile=False`` on the CPU, ``cuda_graphs=False`` on CUDA.
+"""
+
+from typing import Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .frames import FramePipeline, Segmentation
+
+
+class EagerPath:
+    """Run ``network`` eagerly on every frame; see the module docstring."""
+
+    compiled = False
+    cuda_graphs = False
+
+    def __init__(self, network: nn.Module, pipeline: FramePipeline, mode: str = 'eager',
+                 notes: Sequence[str] = ()):
+        self.network = network
+        self.pipeline = pipeline
+        self.mode = mode
+        self.notes = list(notes)
+
+    def forward(self, network_input: torch.Tensor) -> torch.Tensor:
+        """Map a 1x3xhxw normalised input to 1xCxhxw logits."""
+        return self.network(network_input)
+
+    def run(self, image: np.ndarray, bgr: bool = False,
+            with_confidence: bool = False) -> Segmentation:
+        """Label one HxWx3 uint8 image (call under inference mode)."""
+        return self.pipeline.segment(image, self.forward, bgr, with_confidence)
+
+    def default_warmup_frames(self) -> Iterable[Tuple[int, int]]:
+        """
+        Frame shapes (height, width) run at construction when no camera size is given.
+
+        Two frames at the network size, then one that needs a resize: a frame at
+        the network size and a resized one reach the network with different
+        memory layouts, which ``torch.compile`` compiles separately.
+        """
+        width, height = self.pipeline.input_size
+        return ((height, width), (height, width), (height + 2, width + 2))
+
+    def warm_up(self, sizes: Optional[Sequence[Tuple[int, int]]] = None) -> None:
+        """
+        Run frames before the first camera frame: one per ``(width, height)`` in ``sizes``.
+
+        Without sizes, :meth:`default_warmup_frames`.
+        """
+        shapes = ([(height, width) for width, height in sizes] if sizes
+                  else self.default_warmup_frames())
+        with torch.inference_mode():
+            for height, width in shapes:
+                self.run(np.zeros((height, width, 3), dtype=np.uint8))
+
+    def path_notes(self) -> Sequence[str]:
+        """Return the notes after the network's, e.g. ``torch.compile`` (for subclasses)."""
+        return ()
+
+    def describe(self) -> str:
+        """Which path runs, e.g. ``optimised (BatchNorm folded, channels_last, torch.compile)``."""
+        notes = list(self.notes) + list(self.path_notes())
+        return f'{self.mode} ({", ".join(notes)})' if notes else self.mode

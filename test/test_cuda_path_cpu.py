@@ -1,0 +1,200 @@
+"""
+The CUDA graph path's bookkeeping on the CPU: graph cache, per-size failures, one pool, warm-up.
+
+A fake capture stands in for ``CapturedFrame`` and calls the same device
+pipeline on the CPU, so the path's per-size failure memory, pool sharing and
+warm-up keys are checked without CUDA. The real captures, the blocking wait
+and the shared pool in use are tested in ``test_gpu.py``.
+"""
+
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from enet_ros.inference import cuda_graphs
+from enet_ros.inference.eager import EagerPath
+from enet_ros.inference.frames import FramePipeline
+from enet_ros.inference.graph_cache import GraphCache
+from enet_ros.inference.network import prepare_network
+from enet_ros.model_file import load_model_file, LoadedModel
+import numpy as np
+import pytest
+import torch
+
+NET_SIZE = (96, 64)  # (width, height)
+
+
+@pytest.fixture(scope='module')
+def loaded(random_model_file: Path) -> LoadedModel:
+    """Load the shared random model file."""
+    return load_model_file(random_model_file)
+
+
+def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# --- GraphCache: per-key failure memory, eviction after a successful build only ---------
+
+
+class _Builders:
+    """Fake builders: count calls per key; keys in ``failing`` raise."""
+
+    def __init__(self, failing=()):
+        self.failing = set(failing)
+        self.calls: Dict[str, int] = {}
+
+    def __call__(self, key: str):
+        def build():
+            self.calls[key] = self.calls.get(key, 0) + 1
+            if key in self.failing:
+                raise torch.cuda.OutOfMemoryError(f'out of memory capturing {key} (simulated)')
+            return ('entry', key)
+        return build
+
+
+def test_graph_cache_remembers_a_failure_for_its_key_only(core_logs):
+    """A failed build gives None for that key from then on, unbuilt; other keys still build."""
+    cache = GraphCache(capacity=4)
+    builders = _Builders(failing={'big'})
+    with core_logs.at_level('WARNING'):
+        assert cache.get('big', builders('big')) is None
+    assert 'out of memory capturing big (simulated)' in core_logs.text
+    assert cache.failures == {'big': 'OutOfMemoryError: out of memory capturing big (simulated)'}
+    for _ in range(3):
+        assert cache.get('big', builders('big')) is None
+    assert builders.calls['big'] == 1  # never retried
+    assert cache.get('small', builders('small')) == ('entry', 'small')
+    assert cache.get('small', builders('small')) == ('entry', 'small')
+    assert builders.calls['small'] == 1 and cache.captures == 1
+    assert 'big' not in cache and len(cache) == 1
+    cache.clear()
+    assert not cache.failures and len(cache) == 0
+
+
+def test_graph_cache_evicts_only_after_a_successful_build():
+    """A failing build in a full cache keeps every entry; a successful one evicts the LRU."""
+    cache = GraphCache(capacity=2)
+    builders = _Builders(failing={'c'})
+    cache.get('a', builders('a'))
+    cache.get('b', builders('b'))
+    assert cache.get('c', builders('c')) is None
+    assert 'a' in cache and 'b' in cache and len(cache) == 2
+    assert cache.get('a', builders('a')) == ('entry', 'a')  # a is now the newest
+    cache.get('d', builders('d'))
+    assert 'b' not in cache and 'a' in cache and 'd' in cache
+    assert builders.calls == {'a': 1, 'b': 1, 'c': 1, 'd': 1} and cache.captures == 3
+
+
+def test_graph_cache_failure_memory_is_bounded():
+    """Only the newest max_failures failed keys are remembered."""
+    cache = GraphCache(capacity=2, max_failures=2)
+    builders = _Builders(failing={'x', 'y', 'z'})
+    for key in ('x', 'y', 'z'):
+        cache.get(key, builders(key))
+    assert list(cache.failures) == ['y', 'z']
+
+
+# --- the CUDA graph path's logic, on the CPU with a fake capture ----------------------
+
+
+class _FakeCapture:
+    """Stands in for CapturedFrame: runs the pipeline on the CPU; fails for some shapes."""
+
+    failing: Tuple = ()
+    made: List['_FakeCapture'] = []
+
+    def __init__(self, pipeline, frame_shape, device, with_confidence=False,
+                 warmup_iterations=3, pool=None):
+        if tuple(frame_shape) in self.failing:
+            raise RuntimeError(f'capture of {frame_shape} failed (simulated)')
+        self.pipeline = pipeline
+        self.frame_shape = tuple(frame_shape)
+        self.pool = pool
+        self.with_confidence = with_confidence
+        self.runs = 0
+        _FakeCapture.made.append(self)
+
+    def run(self, image: np.ndarray):
+        self.runs += 1
+        labels, confidence = self.pipeline(torch.from_numpy(np.ascontiguousarray(image)))
+        return labels.numpy(), None if confidence is None else confidence.numpy()
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Let CudaGraphPath run on the CPU: fake capture, fake pool handle, no synchronize."""
+    pool = object()
+    monkeypatch.setattr(torch.cuda, 'graph_pool_handle', lambda: pool)
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda *args, **kwargs: None)
+    monkeypatch.setattr(cuda_graphs, 'CapturedFrame', _FakeCapture)
+    monkeypatch.setattr(_FakeCapture, 'made', [])
+    monkeypatch.setattr(_FakeCapture, 'failing', ())
+    return pool
+
+
+def _paths(loaded: LoadedModel, max_graphs: int = 4):
+    """Build a CudaGraphPath and an EagerPath on one folded CPU network and pipeline."""
+    network = prepare_network(loaded, torch.device('cpu'), torch.float32, fold=True,
+                              channels_last=False).network
+    pipeline = FramePipeline(loaded.metadata, NET_SIZE, torch.device('cpu'), torch.float32)
+    graphs = cuda_graphs.CudaGraphPath(network, pipeline, ['BatchNorm folded'],
+                                       max_graphs=max_graphs)
+    return graphs, EagerPath(network, pipeline, 'optimised')
+
+
+@torch.inference_mode()
+def test_cuda_path_failed_size_runs_eagerly_others_get_graphs(loaded, fake_cuda, core_logs):
+    """One size's capture fails: it runs eagerly (same labels), unretried; others capture."""
+    _FakeCapture.failing = ((70, 90),)
+    path, eager = _paths(loaded)
+    odd, fine = _image(70, 90, seed=1), _image(50, 60, seed=2)
+    with core_logs.at_level('WARNING'):
+        for _ in range(3):
+            got = path.run(odd, with_confidence=True)
+            expected = eager.run(odd, with_confidence=True)
+            np.testing.assert_array_equal(got.labels, expected.labels)
+            np.testing.assert_array_equal(got.confidence, expected.confidence)
+    assert core_logs.text.count('capture of (70, 90) failed (simulated)') == 1
+    assert list(path.graphs.failures) == [(70, 90, False, True)]
+    for _ in range(2):
+        got = path.run(fine)
+        np.testing.assert_array_equal(got.labels, eager.run(fine).labels)
+    assert [capture.frame_shape for capture in _FakeCapture.made] == [(50, 60)]
+    assert _FakeCapture.made[0].runs == 2
+    assert path.cuda_graphs
+    text = path.describe()
+    assert text.startswith('optimised (BatchNorm folded, CUDA graphs')
+    assert 'CUDA graph capture failed for 90x70 with confidence' in text
+
+
+@torch.inference_mode()
+def test_cuda_path_captures_share_one_pool_and_key_on_bgr_confidence(loaded, fake_cuda):
+    """Every capture gets the path's one pool; bgr and confidence are their own captures."""
+    path, _ = _paths(loaded)
+    image = _image(64, 96)
+    path.run(image)
+    path.run(image, bgr=True)
+    path.run(image, with_confidence=True)
+    path.run(image)
+    assert path.pool is fake_cuda
+    assert [capture.pool for capture in _FakeCapture.made] == [fake_cuda] * 3
+    assert path.graphs.captures == 3 and (64, 96, True, False) in path.graphs
+
+
+def test_cuda_path_warm_up_captures_camera_sizes(loaded, fake_cuda):
+    """warm_up(sizes) captures each (width, height) for RGB and BGR; default: network size."""
+    path, _ = _paths(loaded)
+    path.warm_up([(128, 72), (96, 64)])
+    assert set(path.graphs._entries) == {(72, 128, False, False), (72, 128, True, False),
+                                         (64, 96, False, False), (64, 96, True, False)}
+    default, _ = _paths(loaded)
+    default.warm_up()
+    assert list(default.graphs._entries) == [(64, 96, False, False)]  # no (h+2, w+2) capture
+
+
+def test_completion_event_is_blocking(monkeypatch):
+    """The per-frame wait uses a blocking event (the thread sleeps, no spinning core)."""
+    made = []
+    monkeypatch.setattr(torch.cuda, 'Event', lambda **kwargs: made.append(kwargs) or 'event')
+    assert cuda_graphs.completion_event() == 'event'
+    assert made == [{'blocking': True}]
