@@ -57,10 +57,33 @@ def overlay(image: np.ndarray, colored: np.ndarray, alpha: float,
     return out
 
 
-#: The images built from a label map, in the order they are computed (overlay needs colored).
-OUTPUT_IMAGES = ('labels', 'colored', 'overlay', 'drivable')
-#: Channels of each output image (labels and drivable mono8, colored and overlay rgb8).
-OUTPUT_CHANNELS = {'labels': 1, 'colored': 3, 'overlay': 3, 'drivable': 1}
+#: The images built from a label map (and, for 'confidence', the confidence map).
+OUTPUT_IMAGES = ('labels', 'colored', 'overlay', 'drivable', 'confidence')
+#: Channels of each output image (rgb8: colored and overlay; mono8: the others).
+OUTPUT_CHANNELS = {'labels': 1, 'colored': 3, 'overlay': 3, 'drivable': 1, 'confidence': 1}
+
+
+def confidence_image(confidence: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Map an HxW float32 probability map in [0, 1] to HxW uint8, ``round(p * 255)``."""
+    scaled = np.rint(np.multiply(confidence, 255.0, dtype=np.float32))
+    if out is None:
+        return scaled.astype(np.uint8)
+    np.copyto(out, scaled, casting='unsafe')
+    return out
+
+
+def void_low_confidence(labels: np.ndarray, confidence: np.ndarray, min_confidence: float,
+                        void_id: int) -> np.ndarray:
+    """
+    Set, in place, HxW uint8 ``labels`` to ``void_id`` where ``confidence <= min_confidence``.
+
+    ``min_confidence`` 0 changes nothing (a softmax maximum is never 0); 1 voids
+    every pixel (equality counts as too low, so a saturated probability of
+    exactly 1.0 is voided too). Returns ``labels``.
+    """
+    if min_confidence > 0.0:
+        labels[confidence <= min_confidence] = void_id
+    return labels
 
 
 class OutputRenderer:
@@ -80,12 +103,14 @@ class OutputRenderer:
         self.overlay_alpha = overlay_alpha
 
     def render(self, labels: np.ndarray, rgb: Optional[np.ndarray],
-               wanted: Iterable[str] = OUTPUT_IMAGES,
-               out: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+               wanted: Iterable[str] = OUTPUT_IMAGES[:4],
+               out: Optional[Mapping[str, np.ndarray]] = None,
+               confidence: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
         """
         Return the ``wanted`` images of HxW uint8 ``labels``, by name (:data:`OUTPUT_IMAGES`).
 
-        ``rgb``: the HxWx3 uint8 RGB camera image (needed for 'overlay' only).
+        ``rgb``: the HxWx3 uint8 RGB camera image (needed for 'overlay' only);
+        ``confidence``: the HxW float32 probability map (for 'confidence' only).
         ``out``: optional caller-owned buffers by name (HxW for mono, HxWx3 for
         rgb; e.g. views into reused messages), written in place and returned.
         'labels' is the label map itself unless a buffer is given. The colour
@@ -114,4 +139,8 @@ class OutputRenderer:
             if colored is None:
                 colored = colorize(labels, self.palette)
             images['overlay'] = overlay(rgb, colored, self.overlay_alpha, out=out.get('overlay'))
+        if 'confidence' in wanted:
+            if confidence is None:
+                raise ValueError("the 'confidence' image needs the confidence map")
+            images['confidence'] = confidence_image(confidence, out=out.get('confidence'))
         return images

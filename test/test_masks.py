@@ -138,3 +138,21 @@ def test_output_renderer_builds_every_image_once_and_into_buffers():
         renderer.render(labels, rgb, wanted=['depth'])
     with pytest.raises(ValueError, match='overlay_alpha'):
         OutputRenderer(colors, [], 1.5)
+
+
+def test_confidence_image_and_voiding():
+    """Confidence as round(p * 255); voiding at and below the threshold, none at 0."""
+    from enet_ros.masks import confidence_image, void_low_confidence
+
+    confidence = np.array([[0.0, 0.5, 1.0], [0.1, 0.2, 0.999]], dtype=np.float32)
+    assert confidence_image(confidence).tolist() == [[0, 128, 255], [26, 51, 255]]
+    labels = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)
+    assert void_low_confidence(labels.copy(), confidence, 0.0, 11).tolist() == labels.tolist()
+    assert void_low_confidence(labels.copy(), confidence, 0.2, 11).tolist() == [
+        [11, 2, 3], [11, 11, 6]]
+    assert (void_low_confidence(labels.copy(), confidence, 1.0, 11) == 11).all()
+    renderer = OutputRenderer([(1, 2, 3)] * 7, [3], 0.5)
+    images = renderer.render(labels, None, wanted=['confidence'], confidence=confidence)
+    assert images['confidence'].tolist() == confidence_image(confidence).tolist()
+    with pytest.raises(ValueError, match='confidence map'):
+        renderer.render(labels, None, wanted=['confidence'])

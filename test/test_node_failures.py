@@ -36,7 +36,7 @@ def failing_node(random_model_file):
         node.segmenter.segment = dead_device
         node.create_subscription(Image, '~/labels', lambda msg: None, 1)
         deadline = time.monotonic() + 10
-        while (node._output_publishers['labels'].get_subscription_count() == 0
+        while (node.cameras[0].publishers['labels'].get_subscription_count() == 0
                and time.monotonic() < deadline):
             time.sleep(0.01)
         built.append(node)
@@ -54,7 +54,7 @@ def _feed_frames(node: SegmentationNode, stop: threading.Event) -> threading.Thr
 
     def feed():
         while not stop.is_set():
-            node._on_image(make_image_msg(pixels, 'rgb8', time.time_ns()))
+            node._on_image(make_image_msg(pixels, 'rgb8', time.time_ns()), node.cameras[0])
             stop.wait(0.02)
 
     thread = threading.Thread(target=feed, daemon=True)
@@ -71,7 +71,8 @@ def _run_until(node: SegmentationNode, timeout_s: float, stop_after_failures: in
     def watchdog():
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not stop.is_set():
-            if stop_after_failures and node.stats.totals.get('failed', 0) >= stop_after_failures:
+            failed = node.cameras[0].stats.totals.get('failed', 0)
+            if stop_after_failures and failed >= stop_after_failures:
                 break
             time.sleep(0.01)
         if not stop.is_set():
@@ -93,7 +94,7 @@ def test_exit_on_failure_ends_inference_after_the_limit(failing_node):
     stopped_by_watchdog = _run_until(node, timeout_s=30)
     assert not stopped_by_watchdog
     assert node.failed_frames
-    assert node.stats.totals['failed'] == 3
+    assert node.cameras[0].stats.totals['failed'] == 3
 
 
 def test_without_exit_on_failure_the_node_keeps_going(failing_node):
@@ -101,8 +102,8 @@ def test_without_exit_on_failure_the_node_keeps_going(failing_node):
     node = failing_node(exit_on_failure=False)
     assert _run_until(node, timeout_s=30, stop_after_failures=6)
     assert not node.failed_frames
-    assert node.stats.totals['failed'] >= 6
+    assert node.cameras[0].stats.totals['failed'] >= 6
     from enet_ros.node.health import HealthThresholds
 
-    snapshot = node.stats.snapshot(HealthThresholds(3.0, 500.0, 3))
+    snapshot = node.cameras[0].stats.snapshot(HealthThresholds(3.0, 500.0, 3))
     assert snapshot.level == 2  # ERROR

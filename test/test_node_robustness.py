@@ -290,7 +290,8 @@ def test_parameter_changes(ros_env, random_model_file):
         for change, reason in [({'overlay_alpha': 1.5}, ''),
                                ({'drivable_classes': ['Lava']}, 'Lava'),
                                ({'publish': ['labels', 'hologram']}, 'hologram'),
-                               ({'model_path': '/tmp/other.safetensors'}, 'read-only'),
+                               ({'model_path': '/tmp/other.safetensors'}, 'does not exist'),
+                               ({'class_names': ['A']}, 'set by the node'),
                                ({'device': 'cpu'}, 'read-only')]:
             [result] = _set_parameters(peer, change)
             assert not result.successful, change

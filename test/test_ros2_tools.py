@@ -226,7 +226,8 @@ def test_rviz_without_rviz2_says_so_and_leaves_no_orphan(workspace, fast_start_e
 
 
 @pytest.mark.parametrize('arguments, message', [
-    ('device:=tpu', "cannot start: parameters device / precision / network size: device 'tpu'"),
+    ('device:=tpu', 'cannot start: parameters device / precision / network size / warmup_sizes: '
+                    "device 'tpu'"),
     ('params_file:=/nonexistent/segment.yaml', 'params_file:=/nonexistent/segment.yaml: no '
                                                'such file'),
 ])

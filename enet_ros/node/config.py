@@ -1,16 +1,19 @@
 """
 The segmentation node's parameters: declarations, validation and frozen settings.
 
-Parameters that need a restart (model, device, precision, network size,
+Parameters that need a restart (device, precision, network size, cameras,
 transport, QoS) are read-only; the others can change at run time and are
-validated before they apply.
+validated before they apply. ``model_path`` changes at run time too: the
+node loads and warms the new model before it answers (see the node).
 """
 
 from dataclasses import dataclass
+import re
 from typing import Any, Dict, Sequence, Tuple
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from ..masks import OUTPUT_IMAGES
 
@@ -28,6 +31,8 @@ class StartupSettings:
     """Read once at start-up; changing them needs a restart."""
 
     model_path: str
+    cameras: Tuple[str, ...]
+    warmup_sizes: Tuple[str, ...]
     device: str
     precision: str
     network_width: int
@@ -54,6 +59,7 @@ class RuntimeSettings:
     latency_warn_ms: float
     max_consecutive_failures: int
     exit_on_failure: bool
+    min_confidence: float
 
 
 def _descriptor(description: str, read_only: bool = False,
@@ -78,7 +84,10 @@ STRINGS = ParameterType.PARAMETER_STRING_ARRAY
 #: default comes from the model file.
 PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
     'model_path': ('', _descriptor(
-        'ENet model file (.safetensors); empty = the bundled CamVid model', True, STRING)),
+        'ENet model file (.safetensors); empty = the bundled CamVid model. Settable at run '
+        'time: the new model is loaded and warmed before the set answers, then replaces the '
+        'old one between two frames; a file that fails validation is refused', False,
+        STRING)),
     'device': ('auto', _descriptor(
         "'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'", True, STRING)),
     'precision': ('auto', _descriptor(
@@ -135,14 +144,30 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
         'exit with code 3 after max_consecutive_failures failed frames in a row (e.g. a '
         'dead GPU), so a supervisor (launch respawn:=true, systemd) can restart the node; '
         'false = keep running and report ERROR', False, ParameterType.PARAMETER_BOOL)),
+    'min_confidence': (0.0, _descriptor(
+        'pixels whose softmax probability is at most this get the void id in ~/labels, are '
+        'not drivable and are drawn as void; 0 = off, 1 = every pixel void', False, DOUBLE,
+        float_range=(0.0, 1.0))),
 }
+
+#: ``cameras`` is declared with its type only: an empty list has no type in ROS 2.
+CAMERAS_DESCRIPTION = _descriptor(
+    "camera names, e.g. [front, left]: each subscribes '<name>/image' and publishes "
+    "~/<name>/labels ...; not set = one camera on 'image' with outputs ~/labels ...", True,
+    STRINGS)
+WARMUP_SIZES_DESCRIPTION = _descriptor(
+    "camera frame sizes to prepare at start-up, e.g. ['1280x720']: on CUDA each is captured "
+    'as a CUDA graph then, not on the first frame; on the CPU each is run once', True, STRINGS)
+CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 
 DRIVABLE_DESCRIPTION = _descriptor(
     'class names counted as drivable in ~/drivable; default from the model file', False,
     STRINGS)
+#: Not read_only in the descriptor only so that the node can update it after a model swap;
+#: the node refuses every change from outside.
 CLASS_NAMES_DESCRIPTION = _descriptor(
-    'class names of the loaded model; label id = index (read-only, set by the node)', True,
-    STRINGS)
+    'class names of the loaded model; label id = index (set by the node, follows model_path; '
+    'changes from outside are refused)', False, STRINGS)
 
 
 def startup_settings(values: Dict[str, Any]) -> StartupSettings:
@@ -159,8 +184,17 @@ def startup_settings(values: Dict[str, Any]) -> StartupSettings:
             raise ConfigError(f'parameter {name}: {values[name]} is not a multiple of 8')
     if (values['network_width'] == 0) != (values['network_height'] == 0):
         raise ConfigError('parameters network_width and network_height: set both or neither')
+    cameras = tuple(str(name) for name in values.get('cameras') or ())
+    bad = [name for name in cameras if not CAMERA_NAME.match(name)]
+    if bad:
+        raise ConfigError(f'parameter cameras: {bad} are not valid names (a letter, then '
+                          'letters, digits or _)')
+    if len(set(cameras)) != len(cameras):
+        raise ConfigError(f'parameter cameras: {list(cameras)} names a camera twice')
     return StartupSettings(
         model_path=str(values['model_path']),
+        cameras=cameras,
+        warmup_sizes=tuple(str(size) for size in values.get('warmup_sizes') or ()),
         device=str(values['device']),
         precision=str(values['precision']),
         network_width=int(values['network_width']),
@@ -190,6 +224,9 @@ def runtime_settings(values: Dict[str, Any], class_names: Sequence[str]) -> Runt
     alpha = float(values['overlay_alpha'])
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f'parameter overlay_alpha: {alpha} is outside [0, 1]')
+    if not 0.0 <= float(values['min_confidence']) <= 1.0:
+        raise ConfigError(f"parameter min_confidence: {values['min_confidence']} is outside "
+                          '[0, 1]')
     for name in ('max_pixels', 'max_consecutive_failures'):
         if int(values[name]) < 1:
             raise ConfigError(f'parameter {name}: {values[name]} must be at least 1')
@@ -206,4 +243,12 @@ def runtime_settings(values: Dict[str, Any], class_names: Sequence[str]) -> Runt
         latency_warn_ms=float(values['latency_warn_ms']),
         max_consecutive_failures=int(values['max_consecutive_failures']),
         exit_on_failure=bool(values['exit_on_failure']),
+        min_confidence=float(values['min_confidence']),
     )
+
+
+def qos_profile(reliability: str, depth: int) -> QoSProfile:
+    """Return a keep-last QoS of ``depth`` with ``reliability`` ('reliable' / 'best_effort')."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.BEST_EFFORT if reliability == 'best_effort'
+                      else ReliabilityPolicy.RELIABLE)

@@ -55,7 +55,7 @@ def main(args: Optional[List[str]] = None) -> int:
     stop_on_signal = StopOnSignal()
     stop_on_signal.install()
     try:
-        from .segmentation_node import run
+        from .process import run
     except KeyboardInterrupt:  # Ctrl-C while importing torch and rclpy
         stop_on_signal.ignore_from_now()
         return 0

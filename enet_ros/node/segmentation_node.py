@@ -1,112 +1,80 @@
 """
-The segmentation node: camera images in; labels, colour, overlay and drivable masks out.
+The segmentation node: camera images in; labels, colour, overlay, drivable and confidence out.
 
-Subscribes ``image`` (sensor_msgs/Image) or, with ``input_transport:
-compressed``, ``image/compressed`` (sensor_msgs/CompressedImage, JPEG/PNG).
-Publishes ``~/labels`` (mono8 class ids), ``~/colored`` (rgb8),
-``~/overlay`` (rgb8), ``~/drivable`` (mono8, 0 or 255), each at the input
-size with the input's header, and ``/diagnostics`` about once a second.
+One camera (parameter ``cameras`` not set): subscribes ``image``
+(sensor_msgs/Image) or, with ``input_transport: compressed``,
+``image/compressed`` (sensor_msgs/CompressedImage, JPEG/PNG), and publishes
+``~/labels`` (mono8 class ids), ``~/colored`` (rgb8), ``~/overlay`` (rgb8),
+``~/drivable`` (mono8, 0 or 255) and ``~/confidence`` (mono8, probability x
+255). With ``cameras: [front, left]`` each camera subscribes
+``<name>/image`` and publishes ``~/<name>/labels`` and so on; one model serves
+all. Every output has its input's size and header. ``/diagnostics`` about
+once a second, one status per camera.
 
-Threading: the ROS executor spins on its own thread; its subscription
-callback only validates the message and puts it in a one-frame slot. The
-process's main thread, the one that built and warmed up the Segmenter, runs
-inference on the newest frame in the slot. (Calling torch from a second
-thread after the main thread has used it doubled the CPU inference time:
-each thread keeps its own OpenMP team, and the two teams' threads compete
-for the cores.) A frame replaced before inference took it is counted as
-dropped, so a slow model drops old frames instead of queueing them. No
-exception leaves a callback: a bad message or a failed frame is counted and
-logged (throttled).
+Threading: the ROS executor spins on a helper thread; a subscription callback
+only validates the message and parks it as its camera's newest frame
+(:class:`~enet_ros.node.cameras.FrameSlots`). The process's main thread, the
+one that built and warmed up the Segmenter, serves the cameras' newest frames
+round robin. (Calling torch from a second thread after the main thread has
+used it doubled the CPU inference time: each thread keeps its own OpenMP team,
+and the two teams' threads compete for the cores.) A frame replaced before
+inference took it is counted as dropped, so a slow model drops old frames
+instead of queueing them. No exception leaves a callback: a bad message or a
+failed frame is counted and logged (throttled).
+
+Hot model swap: setting ``model_path`` loads, validates and warms the new model
+in the parameter callback, on an executor thread (the camera subscriptions
+have callback groups of their own, so frames keep arriving and the main thread
+keeps segmenting with the old model meanwhile); the set answers when the new
+model is ready, and the next frame uses it. A file that fails is refused with
+the reason and the old model stays.
 """
 
-import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
-import rclpy
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.impl.implementation_singleton import rclpy_implementation
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
-from .config import (CLASS_NAMES_DESCRIPTION, ConfigError, DRIVABLE_DESCRIPTION, OUTPUTS,
-                     PARAMETERS, runtime_settings, RuntimeSettings, startup_settings,
-                     StartupSettings)
-from .health import FrameStats, HealthThresholds
+from .cameras import Camera, FrameSlots, topic_prefix
+from .config import (CAMERAS_DESCRIPTION, CLASS_NAMES_DESCRIPTION, ConfigError,
+                     DRIVABLE_DESCRIPTION, OUTPUTS, PARAMETERS, qos_profile, runtime_settings,
+                     RuntimeSettings, startup_settings, StartupSettings,
+                     WARMUP_SIZES_DESCRIPTION)
+from .diagnostics import diagnostic_array
+from .health import HealthThresholds
 from .image_msgs import (CameraFrame, check_raw_image, compressed_image_to_frame, ImageBuffer,
                          InvalidImage, raw_image_to_frame)
-from .main import StopOnSignal
+from .log_bridge import forward_core_logs
 from .. import masks
 from ..model_file import load_model_file, ModelFileError
 from ..segmenter import Segmenter, SegmenterConfigError
 
 NODE_NAME = 'segmentation_node'
-#: Exit codes of :func:`main` (documented in the README).
-EXIT_OK, EXIT_EXECUTOR_FAILED, EXIT_CONFIG_ERROR, EXIT_FAILED_FRAMES = 0, 1, 2, 3
 WARN_THROTTLE_S = 5.0
-SPIN_JOIN_TIMEOUT_S = 10.0
-RCLError = rclpy_implementation.RCLError
-_READ_ONLY_RESTART = ('model_path', 'device', 'precision', 'network_width', 'network_height',
-                      'torch_compile',
-                      'input_transport', 'input_reliability', 'input_depth',
-                      'output_reliability', 'output_depth', 'diagnostics_period',
-                      'class_names')
+#: Label id for pixels voided by min_confidence when the model file has no void id.
+DEFAULT_VOID_ID = 255
+_READ_ONLY_RESTART = ('device', 'precision', 'network_width', 'network_height',
+                      'torch_compile', 'cameras', 'warmup_sizes', 'input_transport',
+                      'input_reliability', 'input_depth', 'output_reliability', 'output_depth',
+                      'diagnostics_period')
 
 
-class _RosLogHandler(logging.Handler):
-    """Forwards the core's Python log records (logger 'enet_ros') to a ROS logger."""
+class _State:
+    """The model and everything derived from it and the run-time settings, swapped as one."""
 
-    def __init__(self, ros_logger):
-        super().__init__()
-        self.ros_logger = ros_logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Log ``record`` at the matching ROS severity."""
-        message = self.format(record)
-        if record.levelno >= logging.ERROR:
-            self.ros_logger.error(message)
-        elif record.levelno >= logging.WARNING:
-            self.ros_logger.warning(message)
-        else:
-            self.ros_logger.info(message)
-
-
-def _forward_core_logs(ros_logger) -> Callable[[], None]:
-    """Send the core's log records (logger 'enet_ros') to ``ros_logger``; return the undo."""
-    core_logger = logging.getLogger('enet_ros')
-    handler = _RosLogHandler(ros_logger)
-    previous = core_logger.level, core_logger.propagate
-    core_logger.addHandler(handler)
-    core_logger.setLevel(logging.INFO)
-    core_logger.propagate = False
-
-    def undo() -> None:
-        core_logger.removeHandler(handler)
-        core_logger.setLevel(previous[0])
-        core_logger.propagate = previous[1]
-    return undo
-
-
-def _qos(reliability: str, depth: int) -> QoSProfile:
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                      reliability=ReliabilityPolicy.BEST_EFFORT if reliability == 'best_effort'
-                      else ReliabilityPolicy.RELIABLE)
-
-
-class _RuntimeState:
-    """Everything derived from the run-time settings, swapped as one object."""
-
-    def __init__(self, settings: RuntimeSettings, segmenter: Segmenter):
+    def __init__(self, segmenter: Segmenter, settings: RuntimeSettings):
+        self.segmenter = segmenter
         self.settings = settings
         metadata = segmenter.metadata
+        self.void_id = DEFAULT_VOID_ID if metadata.void_id is None else metadata.void_id
         self.renderer = masks.OutputRenderer(
             metadata.colors, (metadata.class_names.index(n) for n in settings.drivable_classes),
             settings.overlay_alpha)
@@ -120,75 +88,105 @@ class SegmentationNode(Node):
 
     def __init__(self, **node_kwargs: Any):
         super().__init__(NODE_NAME, **node_kwargs)
-        self._log_forwarding = _forward_core_logs(self.get_logger())
+        self._log_forwarding = forward_core_logs(self.get_logger())
         for name, (default, descriptor) in PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
-        self.startup: StartupSettings = startup_settings(self._values(PARAMETERS))
-        self.segmenter = self._load_segmenter(self.startup)
-        self.get_logger().info(self.segmenter.describe())
-        metadata = self.segmenter.metadata
+        self.declare_parameter('cameras', Parameter.Type.STRING_ARRAY, CAMERAS_DESCRIPTION)
+        self.declare_parameter('warmup_sizes', Parameter.Type.STRING_ARRAY,
+                               WARMUP_SIZES_DESCRIPTION)
+        values = self._values(PARAMETERS)
+        values['cameras'] = self._string_list('cameras')
+        values['warmup_sizes'] = self._string_list('warmup_sizes')
+        self.startup: StartupSettings = startup_settings(values)
+        segmenter = self._build_segmenter(self.startup.model_path)
+        self.get_logger().info(segmenter.describe())
+        metadata = segmenter.metadata
         self.declare_parameter('class_names', list(metadata.class_names),
                                CLASS_NAMES_DESCRIPTION)
         self.declare_parameter('drivable_classes', list(metadata.drivable_classes) or [''],
                                DRIVABLE_DESCRIPTION)
-        self._state = _RuntimeState(self._runtime_settings({}), self.segmenter)
+        self._state = _State(segmenter, self._runtime_settings({}, metadata.class_names))
+        self._named_classes = segmenter
+        self._updating_class_names = False
+        self._swap_lock = threading.Lock()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self.stats = FrameStats()
-        self._slot_lock = threading.Condition()
-        self._slot: Optional[Tuple[Any, float]] = None
         self._stop = threading.Event()
         self.failed = False
         self.failed_frames = False
-        self._last_processed = 0.0
         self._warned: Dict[str, float] = {}
-
-        output_qos = _qos(self.startup.output_reliability, self.startup.output_depth)
-        self._output_publishers = {
-            name: self.create_publisher(Image, f'~/{name}', output_qos) for name in OUTPUTS}
-        self._buffers = {'labels': ImageBuffer(Image, 'mono8'),
-                         'colored': ImageBuffer(Image, 'rgb8'),
-                         'overlay': ImageBuffer(Image, 'rgb8'),
-                         'drivable': ImageBuffer(Image, 'mono8')}
+        self.cameras = [self._make_camera(name) for name in self.startup.cameras or ('',)]
+        self._slots = FrameSlots(self.cameras)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        input_qos = _qos(self.startup.input_reliability, self.startup.input_depth)
-        if self.startup.input_transport == 'compressed':
-            self._subscription = self.create_subscription(
-                CompressedImage, 'image/compressed', self._on_compressed, input_qos)
-        else:
-            self._subscription = self.create_subscription(Image, 'image', self._on_image,
-                                                          input_qos)
         self.create_timer(self.startup.diagnostics_period_s, self._publish_diagnostics)
-        self.get_logger().info(
-            f'listening on {self._subscription.topic_name} ({self.startup.input_transport}, '
-            f'{self.startup.input_reliability}); publishing '
-            f'{", ".join(self._output_publishers[n].topic_name for n in OUTPUTS)}')
+        for camera in self.cameras:
+            self.get_logger().info(
+                f'listening on {camera.subscription.topic_name} ({self.startup.input_transport}'
+                f', {self.startup.input_reliability}); publishing '
+                f'{", ".join(camera.publishers[n].topic_name for n in OUTPUTS)}')
+
+    @property
+    def segmenter(self) -> Segmenter:
+        """Return the model in use now."""
+        return self._state.segmenter
 
     # ----------------------------------------------------------------- configuration
 
     def _values(self, names) -> Dict[str, Any]:
         return {name: self.get_parameter(name).value for name in names}
 
-    def _load_segmenter(self, startup: StartupSettings) -> Segmenter:
+    def _string_list(self, name: str) -> List[str]:
+        """Return a string-array parameter declared by type only; [] when it is not set."""
         try:
-            loaded = load_model_file(startup.model_path or None)
+            return list(self.get_parameter(name).value or [])
+        except ParameterUninitializedException:
+            return []
+
+    def _make_camera(self, name: str) -> Camera:
+        camera = Camera(name)
+        prefix = topic_prefix(name)
+        output_qos = qos_profile(self.startup.output_reliability, self.startup.output_depth)
+        for output in OUTPUTS:
+            camera.publishers[output] = self.create_publisher(
+                Image, f'~/{prefix}{output}', output_qos)
+            camera.buffers[output] = ImageBuffer(
+                Image, 'mono8' if masks.OUTPUT_CHANNELS[output] == 1 else 'rgb8')
+        input_qos = qos_profile(self.startup.input_reliability, self.startup.input_depth)
+        group = MutuallyExclusiveCallbackGroup()  # frames keep coming during a model swap
+        if self.startup.input_transport == 'compressed':
+            camera.subscription = self.create_subscription(
+                CompressedImage, f'{prefix}image/compressed',
+                lambda msg: self._on_compressed(msg, camera), input_qos, callback_group=group)
+        else:
+            camera.subscription = self.create_subscription(
+                Image, f'{prefix}image', lambda msg: self._on_image(msg, camera), input_qos,
+                callback_group=group)
+        return camera
+
+    def _build_segmenter(self, model_path: str) -> Segmenter:
+        """Load, validate and warm ``model_path`` with the start-up device settings."""
+        try:
+            loaded = load_model_file(model_path or None)
         except ModelFileError as error:
             raise ConfigError(f'parameter model_path: {error}') from None
+        startup = self.startup
         size = ((startup.network_width, startup.network_height)
                 if startup.network_width else None)
         try:
             return Segmenter(loaded, device=startup.device, precision=startup.precision,
                              input_size=size,
-                             torch_compile=None if startup.torch_compile else False)
+                             torch_compile=None if startup.torch_compile else False,
+                             warmup_sizes=startup.warmup_sizes or None)
         except SegmenterConfigError as error:
-            raise ConfigError(f'parameters device / precision / network size: {error}') from None
+            raise ConfigError('parameters device / precision / network size / warmup_sizes: '
+                              f'{error}') from None
 
-    def _runtime_settings(self, changes: Dict[str, Any]) -> RuntimeSettings:
+    def _runtime_settings(self, changes: Dict[str, Any], class_names) -> RuntimeSettings:
         names = [n for n, (_, d) in PARAMETERS.items() if not d.read_only]
         values = self._values(names + ['drivable_classes'])
         values.update(changes)
         values['drivable_classes'] = [n for n in values['drivable_classes'] if n]
-        return runtime_settings(values, self.segmenter.metadata.class_names)
+        return runtime_settings(values, class_names)
 
     def _on_set_parameters(self, parameters: List[Parameter]) -> SetParametersResult:
         changes = {}
@@ -196,13 +194,50 @@ class SegmentationNode(Node):
             if parameter.name in _READ_ONLY_RESTART:
                 return SetParametersResult(
                     successful=False, reason=f'{parameter.name} is read-only: restart the node')
+            if parameter.name == 'class_names' and not self._updating_class_names:
+                return SetParametersResult(
+                    successful=False, reason='class_names is set by the node from the model')
             changes[parameter.name] = parameter.value
+        changes.pop('class_names', None)
         try:
-            state = _RuntimeState(self._runtime_settings(changes), self.segmenter)
+            if 'model_path' in changes:
+                state = self._swap_model(changes)
+            else:
+                segmenter = self._state.segmenter
+                state = _State(segmenter, self._runtime_settings(
+                    changes, segmenter.metadata.class_names))
         except (ConfigError, TypeError, ValueError) as error:
             return SetParametersResult(successful=False, reason=str(error))
         self._state = state
         return SetParametersResult(successful=True)
+
+    def _swap_model(self, changes: Dict[str, Any]) -> _State:
+        """Build the state of a new model: validated, warmed, drivable classes checked."""
+        with self._swap_lock:  # one swap at a time
+            started = time.monotonic()
+            segmenter = self._build_segmenter(str(changes['model_path']))
+            names = segmenter.metadata.class_names
+            try:
+                settings = self._runtime_settings(changes, names)
+            except ConfigError as error:
+                raise ConfigError(f'model_path: the new model does not fit: {error} (set '
+                                  'drivable_classes in the same request)') from None
+            self.get_logger().info(f'model swapped in after {time.monotonic() - started:.1f} '
+                                   f's of loading and warm-up: {segmenter.describe()}')
+            return _State(segmenter, settings)
+
+    def _publish_class_names(self) -> None:
+        """After a swap, make the read-only class_names parameter follow the model."""
+        segmenter = self._state.segmenter
+        if segmenter is self._named_classes:
+            return
+        self._updating_class_names = True
+        try:
+            self.set_parameters([Parameter('class_names', Parameter.Type.STRING_ARRAY,
+                                           list(segmenter.metadata.class_names))])
+        finally:
+            self._updating_class_names = False
+        self._named_classes = segmenter
 
     # ----------------------------------------------------------------- input
 
@@ -212,72 +247,67 @@ class SegmentationNode(Node):
             self._warned[key] = now
             self.get_logger().warning(message)
 
-    def _offer(self, msg: Any) -> None:
-        with self._slot_lock:
-            if self._slot is not None:
-                self.stats.count('dropped_superseded')
-            self._slot = (msg, time.monotonic())
-            self._slot_lock.notify()
-
-    def _on_image(self, msg: Image) -> None:
-        self.stats.received()
+    def _on_image(self, msg: Image, camera: Camera) -> None:
+        camera.stats.received()
         try:
             check_raw_image(msg, self._state.settings.max_pixels)
         except InvalidImage as error:
-            self._reject(error)
+            self._reject(camera, error)
             return
-        self._offer(msg)
+        self._slots.offer(camera, msg)
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        self.stats.received()
-        self._offer(msg)  # decoding is too slow for the callback; it happens in the worker
+    def _on_compressed(self, msg: CompressedImage, camera: Camera) -> None:
+        camera.stats.received()
+        self._slots.offer(camera, msg)  # decoding is too slow for the callback: done later
 
-    def _reject(self, error: InvalidImage) -> None:
-        self.stats.rejected_frame(error.reason)
-        self._warn(f'reject:{error.reason}', f'dropping image: {error} [{error.reason}]')
+    def _reject(self, camera: Camera, error: InvalidImage) -> None:
+        camera.stats.rejected_frame(error.reason)
+        self._warn(f'reject:{camera.name}:{error.reason}',
+                   f'dropping image from {camera.label}: {error} [{error.reason}]')
 
     # ----------------------------------------------------------------- inference
 
     def run_inference(self) -> None:
         """
-        Segment the newest frame from the slot, over and over, until :meth:`stop`.
+        Segment the cameras' newest frames, round robin, until :meth:`stop`.
 
         Call it on the thread that built the node (see the module docstring);
-        it also returns when the node's context shuts down.
+        it also returns when the node's context shuts down, and after
+        ``max_consecutive_failures`` failed frames with ``exit_on_failure``.
         """
-        while not self._stop.is_set():
-            with self._slot_lock:
-                while self._slot is None and not self._stop.is_set():
-                    if not self.context.ok():
-                        return
-                    self._slot_lock.wait(0.2)
-                if self._stop.is_set():
-                    return
-                msg, received = self._slot
-                self._slot = None
+        while not self._stop.is_set() and self.context.ok():
+            self._publish_class_names()
+            taken = self._slots.take(timeout=0.2)
+            if taken is None:
+                continue
+            camera, msg, received = taken
             try:
-                self._process(msg, received)
+                self._process(camera, msg, received)
             except Exception as error:  # noqa: B902 - a frame must never kill the node
-                failures = self.stats.failed()
-                self._warn('failure', f'frame failed ({type(error).__name__}: {error}); '
-                                      f'{failures} in a row')
-                settings = self._state.settings
-                if settings.exit_on_failure and failures >= settings.max_consecutive_failures:
-                    self.get_logger().fatal(
-                        f'{failures} frames failed in a row (last: {type(error).__name__}: '
-                        f'{error}); exiting with code {EXIT_FAILED_FRAMES} (exit_on_failure)')
-                    self.failed_frames = True
+                if self._failed(camera, error):
                     return
 
-    def _process(self, msg: Any, received: float) -> None:
+    def _failed(self, camera: Camera, error: Exception) -> bool:
+        """Count a failed frame; return True when the node should exit (exit_on_failure)."""
+        failures = camera.stats.failed()
+        self._warn(f'failure:{camera.name}', f'frame from {camera.label} failed '
+                   f'({type(error).__name__}: {error}); {failures} in a row')
+        settings = self._state.settings
+        if settings.exit_on_failure and failures >= settings.max_consecutive_failures:
+            self.get_logger().fatal(
+                f'{failures} frames failed in a row (last: {type(error).__name__}: {error}); '
+                'exiting with code 3 (exit_on_failure)')
+            self.failed_frames = True
+        return self.failed_frames
+
+    def _process(self, camera: Camera, msg: Any, received: float) -> None:
         state = self._state
-        wanted = [name for name in state.settings.publish
-                  if self._output_publishers[name].get_subscription_count() > 0]
+        wanted = camera.subscribed_outputs(state.settings.publish)
         if not wanted:
-            self.stats.count('skipped_no_subscribers')
+            camera.stats.count('skipped_no_subscribers')
             return
-        if state.min_interval_s and received - self._last_processed < state.min_interval_s:
-            self.stats.count('dropped_rate_limit')
+        if state.min_interval_s and received - camera.last_processed < state.min_interval_s:
+            camera.stats.count('dropped_rate_limit')
             return
         try:
             if isinstance(msg, CompressedImage):
@@ -285,33 +315,40 @@ class SegmentationNode(Node):
             else:
                 frame = raw_image_to_frame(msg, state.settings.max_pixels)
         except InvalidImage as error:
-            self._reject(error)
+            self._reject(camera, error)
             return
-        self._last_processed = received
+        camera.last_processed = received
+        with_confidence = 'confidence' in wanted or state.settings.min_confidence > 0
         inference_start = time.monotonic()
-        labels = self.segmenter.segment(frame.pixels, bgr=frame.bgr).labels
+        result = state.segmenter.segment(frame.pixels, bgr=frame.bgr,
+                                         with_confidence=with_confidence)
         inference_s = time.monotonic() - inference_start
-        self._check_labels(labels, frame)
+        labels = result.labels
+        self._check_labels(labels, frame, state.segmenter)
+        if state.settings.min_confidence > 0:
+            masks.void_low_confidence(labels, result.confidence, state.settings.min_confidence,
+                                      state.void_id)
         height, width = labels.shape
-        buffers = {name: self._buffers[name].view(height, width, masks.OUTPUT_CHANNELS[name])
+        buffers = {name: camera.buffers[name].view(height, width, masks.OUTPUT_CHANNELS[name])
                    for name in wanted}
         state.renderer.render(labels, frame.rgb() if 'overlay' in wanted else None, wanted,
-                              out=buffers)
+                              out=buffers, confidence=result.confidence)
         for name in wanted:
-            buffer = self._buffers[name]
+            buffer = camera.buffers[name]
             buffer.msg.header = msg.header
-            self._output_publishers[name].publish(buffer.msg)
-        self.stats.published(self._latency_s(msg), time.monotonic() - received, inference_s)
+            camera.publishers[name].publish(buffer.msg)
+        camera.stats.published(self._latency_s(msg), time.monotonic() - received, inference_s)
 
-    def _check_labels(self, labels: np.ndarray, frame: CameraFrame) -> None:
+    @staticmethod
+    def _check_labels(labels: np.ndarray, frame: CameraFrame, segmenter: Segmenter) -> None:
         if labels.shape != (frame.height, frame.width) or labels.dtype != np.uint8:
             raise RuntimeError(f'labels {labels.dtype} {labels.shape} do not match the '
                                f'{frame.width}x{frame.height} input')
-        if int(labels.max()) >= self.segmenter.num_classes:
+        if int(labels.max()) >= segmenter.num_classes:
             raise RuntimeError(f'label id {int(labels.max())} outside [0, '
-                               f'{self.segmenter.num_classes})')
+                               f'{segmenter.num_classes})')
 
-    def _latency_s(self, msg: Any) -> Optional[float]:
+    def _latency_s(self, msg: Any):
         stamp = msg.header.stamp
         if stamp.sec == 0 and stamp.nanosec == 0:
             return None
@@ -321,37 +358,10 @@ class SegmentationNode(Node):
     # ----------------------------------------------------------------- health
 
     def _publish_diagnostics(self) -> None:
-        snapshot = self.stats.snapshot(self._state.thresholds)
-
-        def fmt(value: Optional[float]) -> str:
-            return 'n/a' if value is None else f'{value:.1f}'
-
-        values = {
-            'input_rate_hz': fmt(snapshot.input_rate_hz),
-            'output_rate_hz': fmt(snapshot.output_rate_hz),
-            'latency_median_ms': fmt(snapshot.latency_median_ms),
-            'latency_max_ms': fmt(snapshot.latency_max_ms),
-            'processing_median_ms': fmt(snapshot.processing_median_ms),
-            'inference_median_ms': fmt(snapshot.inference_median_ms),
-            'consecutive_failures': str(snapshot.consecutive_failures),
-            'device': str(self.segmenter.device),
-            'precision': self.segmenter.precision,
-            'model_path': self.segmenter.model_path,
-            'classes': ','.join(self.segmenter.metadata.class_names),
-        }
-        for key in ('received', 'processed', 'rejected', 'dropped_superseded',
-                    'dropped_rate_limit', 'skipped_no_subscribers', 'failed'):
-            values[f'frames_{key}'] = str(snapshot.totals.get(key, 0))
-        for reason, count in sorted(snapshot.rejected.items()):
-            values[f'rejected_{reason}'] = str(count)
-        status = DiagnosticStatus(
-            level=bytes([snapshot.level]),
-            name=f'{self.get_fully_qualified_name()}: segmentation',
-            message=snapshot.message, hardware_id=str(self.segmenter.device),
-            values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_publisher.publish(array)
+        state = self._state
+        self._diagnostics_publisher.publish(diagnostic_array(
+            self.get_fully_qualified_name(), self.cameras, state.thresholds, state.segmenter,
+            self.get_clock().now().to_msg()))
 
     def destroy_node(self) -> None:
         """Destroy the node and stop forwarding the core's log records to it."""
@@ -361,89 +371,4 @@ class SegmentationNode(Node):
     def stop(self) -> None:
         """Make :meth:`run_inference` return after the frame in progress."""
         self._stop.set()
-        with self._slot_lock:
-            self._slot_lock.notify_all()
-
-
-def _spin(executor: SingleThreadedExecutor, node: SegmentationNode) -> None:
-    """Run the executor; if it fails, stop inference too so the process exits."""
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
-    except Exception as error:  # noqa: B902 - reported, then the process ends
-        if node.context.ok():  # errors from entities torn down by a shutdown are no failure
-            node.get_logger().fatal(f'executor failed: {type(error).__name__}: {error}')
-            node.failed = True
-    finally:
-        node.stop()
-
-
-def run(args: Optional[List[str]], stop_on_signal: StopOnSignal) -> int:
-    """
-    Run the node until ``stop_on_signal`` fires; return the exit code.
-
-    Exit codes: 0 after a signal, 1 if the executor failed, 2 for bad
-    configuration, 3 after ``max_consecutive_failures`` failed frames with
-    ``exit_on_failure``. The entry point is :func:`enet_ros.node.main.main`,
-    which installs the signal handlers before this module's heavy imports.
-    """
-    node = None
-    executor = None
-    spinner = None
-    code = EXIT_OK
-    try:
-        try:
-            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-        except RCLError as error:  # e.g. a --params-file that is missing or not YAML
-            raise ConfigError(f'invalid ROS arguments: {error}') from None
-        executor = SingleThreadedExecutor()
-        node = SegmentationNode()
-        executor.add_node(node)
-        spinner = threading.Thread(target=_spin, args=(executor, node), name='ros-executor',
-                                   daemon=True)
-        spinner.start()
-        stop_on_signal.target = node
-        if stop_on_signal.received is None:
-            node.run_inference()
-        if node.failed_frames:
-            code = EXIT_FAILED_FRAMES
-        elif node.failed:
-            code = EXIT_EXECUTOR_FAILED
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ConfigError, ParameterException) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
-        code = EXIT_CONFIG_ERROR
-    finally:
-        stop_on_signal.ignore_from_now()
-        code = _shut_down(node, executor, spinner, code)
-    if code == EXIT_OK and node is not None:
-        rclpy.logging.get_logger(NODE_NAME).info('stopped cleanly')
-    return code
-
-
-def _shut_down(node: Optional[SegmentationNode], executor: Optional[SingleThreadedExecutor],
-               spinner: Optional[threading.Thread], code: int) -> int:
-    """
-    End the spin, then tear the executor and the node down; return the exit code.
-
-    Order matters: tearing the executor down under a running spin crashed the
-    process now and then, so if the spin thread does not end, nothing is torn
-    down and the process exits with an error instead.
-    """
-    if node is not None:
-        node.stop()
-    rclpy.try_shutdown()  # ends the spin (wakes the executor)
-    if spinner is not None:
-        spinner.join(timeout=SPIN_JOIN_TIMEOUT_S)
-        if spinner.is_alive():
-            rclpy.logging.get_logger(NODE_NAME).error(
-                f'the ROS executor did not stop within {SPIN_JOIN_TIMEOUT_S:.0f} s; exiting '
-                'without tearing it down')
-            return code or EXIT_EXECUTOR_FAILED
-    if executor is not None:
-        executor.shutdown()
-    if node is not None:
-        node.destroy_node()
-    return code
+        self._slots.stop()

@@ -1,0 +1,95 @@
+"""
+Per-camera state of the node and the newest-frame slots the inference loop serves.
+
+Each camera has its own input subscription, output publishers, reusable output
+messages and frame counters. :class:`FrameSlots` keeps the newest frame of
+each camera (a newer one replaces it and counts the old one as dropped) and
+hands them out round robin, so a fast camera cannot starve a slow one.
+"""
+
+from dataclasses import dataclass, field
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .health import FrameStats
+from .image_msgs import ImageBuffer
+
+
+def topic_prefix(camera: str) -> str:
+    """Return the prefix of a camera's topics: '' for the unnamed camera, else 'name/'."""
+    return f'{camera}/' if camera else ''
+
+
+@dataclass
+class Camera:
+    """One camera: its topics, reusable output messages and counters."""
+
+    name: str
+    subscription: Any = None
+    publishers: Dict[str, Any] = field(default_factory=dict)
+    buffers: Dict[str, ImageBuffer] = field(default_factory=dict)
+    stats: FrameStats = field(default_factory=FrameStats)
+    last_processed: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """Name for logs and diagnostics ('image' for the unnamed camera)."""
+        return self.name or 'image'
+
+    def subscribed_outputs(self, publish: Sequence[str]) -> List[str]:
+        """Return the outputs in ``publish`` that have at least one subscriber right now."""
+        return [name for name in publish
+                if self.publishers[name].get_subscription_count() > 0]
+
+
+class FrameSlots:
+    """The newest frame of each camera, handed out round robin; thread-safe."""
+
+    def __init__(self, cameras: Sequence[Camera]):
+        self._cameras = list(cameras)
+        self._slots: Dict[str, Tuple[Any, float]] = {}
+        self._next = 0
+        self._condition = threading.Condition()
+        self._stopped = False
+
+    def offer(self, camera: Camera, msg: Any) -> None:
+        """Park ``msg`` as ``camera``'s newest frame; a frame it replaces counts as dropped."""
+        with self._condition:
+            if camera.name in self._slots:
+                camera.stats.count('dropped_superseded')
+            self._slots[camera.name] = (msg, time.monotonic())
+            self._condition.notify()
+
+    def take(self, timeout: float) -> Optional[Tuple[Camera, Any, float]]:
+        """
+        Return (camera, message, receipt time) of the next camera with a frame waiting.
+
+        Cameras are visited in turn starting after the one served last, so each
+        waiting camera is served before any camera is served twice. Returns
+        None after ``timeout`` seconds without a frame, or once stopped.
+        """
+        with self._condition:
+            deadline = time.monotonic() + timeout
+            while not self._slots and not self._stopped:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._condition.wait(remaining)
+            if self._stopped:
+                return None
+            count = len(self._cameras)
+            for step in range(count):
+                index = (self._next + step) % count
+                camera = self._cameras[index]
+                if camera.name in self._slots:
+                    self._next = (index + 1) % count
+                    msg, received = self._slots.pop(camera.name)
+                    return camera, msg, received
+            return None  # unreachable: a slot exists only for a known camera
+
+    def stop(self) -> None:
+        """Make :meth:`take` return None from now on."""
+        with self._condition:
+            self._stopped = True
+            self._condition.notify_all()

@@ -1,0 +1,104 @@
+"""
+The node's process: rclpy start-up, the executor on a helper thread, inference on this one.
+
+Exit codes (README): 0 after SIGINT / SIGTERM, 1 if the executor failed, 2 for
+bad configuration (parameters, model file, ROS arguments), 3 after
+``max_consecutive_failures`` failed frames with ``exit_on_failure``. The
+entry point is :func:`enet_ros.node.main.main`, which installs the signal
+handlers before this module's heavy imports (torch, rclpy).
+"""
+
+import threading
+from typing import List, Optional
+
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation
+from rclpy.signals import SignalHandlerOptions
+
+from .config import ConfigError
+from .main import StopOnSignal
+from .segmentation_node import NODE_NAME, SegmentationNode
+
+EXIT_OK, EXIT_EXECUTOR_FAILED, EXIT_CONFIG_ERROR, EXIT_FAILED_FRAMES = 0, 1, 2, 3
+SPIN_JOIN_TIMEOUT_S = 10.0
+RCLError = rclpy_implementation.RCLError
+
+
+def _spin(executor: MultiThreadedExecutor, node: SegmentationNode) -> None:
+    """Run the executor; if it fails, stop inference too so the process exits."""
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+    except Exception as error:  # noqa: B902 - reported, then the process ends
+        if node.context.ok():  # errors from entities torn down by a shutdown are no failure
+            node.get_logger().fatal(f'executor failed: {type(error).__name__}: {error}')
+            node.failed = True
+    finally:
+        node.stop()
+
+
+def run(args: Optional[List[str]], stop_on_signal: StopOnSignal) -> int:
+    """Run the node until ``stop_on_signal`` fires or it fails; return the exit code."""
+    node = None
+    executor = None
+    spinner = None
+    code = EXIT_OK
+    try:
+        try:
+            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        except RCLError as error:  # e.g. a --params-file that is missing or not YAML
+            raise ConfigError(f'invalid ROS arguments: {error}') from None
+        node = SegmentationNode()
+        # Camera callbacks run beside the parameter services (a model swap takes a while).
+        executor = MultiThreadedExecutor(num_threads=len(node.cameras) + 1)
+        executor.add_node(node)
+        spinner = threading.Thread(target=_spin, args=(executor, node), name='ros-executor',
+                                   daemon=True)
+        spinner.start()
+        stop_on_signal.target = node
+        if stop_on_signal.received is None:
+            node.run_inference()
+        if node.failed_frames:
+            code = EXIT_FAILED_FRAMES
+        elif node.failed:
+            code = EXIT_EXECUTOR_FAILED
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ConfigError, ParameterException) as error:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
+        code = EXIT_CONFIG_ERROR
+    finally:
+        stop_on_signal.ignore_from_now()
+        code = _shut_down(node, executor, spinner, code)
+    if code == EXIT_OK and node is not None:
+        rclpy.logging.get_logger(NODE_NAME).info('stopped cleanly')
+    return code
+
+
+def _shut_down(node: Optional[SegmentationNode], executor: Optional[MultiThreadedExecutor],
+               spinner: Optional[threading.Thread], code: int) -> int:
+    """
+    End the spin, then tear the executor and the node down; return the exit code.
+
+    Order matters: tearing the executor down under a running spin crashed the
+    process now and then, so if the spin thread does not end, nothing is torn
+    down and the process exits with an error instead.
+    """
+    if node is not None:
+        node.stop()
+    rclpy.try_shutdown()  # ends the spin (wakes the executor)
+    if spinner is not None:
+        spinner.join(timeout=SPIN_JOIN_TIMEOUT_S)
+        if spinner.is_alive():
+            rclpy.logging.get_logger(NODE_NAME).error(
+                f'the ROS executor did not stop within {SPIN_JOIN_TIMEOUT_S:.0f} s; exiting '
+                'without tearing it down')
+            return code or EXIT_EXECUTOR_FAILED
+    if executor is not None:
+        executor.shutdown()
+    if node is not None:
+        node.destroy_node()
+    return code
