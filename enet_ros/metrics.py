@@ -86,10 +86,6 @@ class ConfusionMatrix:
             valid &= true != self.void_id
         self.matrix += np.bincount(true[valid] * n + pred[valid], minlength=n * n).reshape(n, n)
 
-    def merge(self, other: 'ConfusionMatrix') -> None:
-        """Add another matrix of the same size (e.g. from another process)."""
-        self.matrix += other.matrix
-
     def scores(self) -> Scores:
         """IoU, accuracies and their means, following the module's conventions."""
         return scores_from_matrix(self.matrix)
@@ -118,14 +114,3 @@ def scores_from_matrix(matrix: np.ndarray) -> Scores:
         global_accuracy=float(true_positive.sum() / total) if total else float('nan'),
         pixels=int(total),
     )
-
-
-def binary_iou(prediction: np.ndarray, target: np.ndarray,
-               valid: Optional[np.ndarray] = None) -> float:
-    """Return the IoU of two boolean masks over the ``valid`` pixels; NaN when both are empty."""
-    if valid is not None:
-        prediction = prediction[valid]
-        target = target[valid]
-    intersection = np.count_nonzero(prediction & target)
-    union = np.count_nonzero(prediction | target)
-    return intersection / union if union else float('nan')

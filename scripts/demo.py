@@ -26,7 +26,8 @@ import cv2
 from enet_ros.evaluation.bag_io import deserialize, open_bag, read_messages, stamp_to_ns
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.live_evaluate import live_evaluate, LiveError, LiveOptions
-from enet_ros.evaluation.scoring import format_table
+from enet_ros.evaluation.report import format_table
+from enet_ros.node.dds import with_large_image_transport
 import numpy as np
 
 OUTPUTS = ('overlay', 'colored', 'drivable')
@@ -75,9 +76,12 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    # A private ROS domain on loopback (live_evaluate picks the Fast DDS profile).
+    # This script owns its process: a private ROS domain on loopback, and the package's
+    # large-image Fast DDS profile (unless one is set) before the first participant starts,
+    # for the frames this process publishes (live_evaluate leaves os.environ alone).
     os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random().randint(1, 100)))
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    os.environ.update(with_large_image_transport(os.environ))
 
     camera_bag = args.out / f'camvid_{args.split}'
     bag_args = [str(args.data), str(camera_bag), '--layout', 'camvid', '--split', args.split,

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 import subprocess
 import sys
+import textwrap
 
 from bag_helpers import (camvid_metadata, HEIGHT, make_camvid, make_labels, quick_cpu,
                          subprocess_env, WIDTH)
@@ -12,8 +13,10 @@ from enet_ros.evaluation.bag_io import (bag_topics, deserialize, open_bag, read_
                                         stamp_to_ns)
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions
-from enet_ros.evaluation.live_evaluate import _Session, DROPPED
-from enet_ros.evaluation.scoring import Scoreboard, StampMatcher
+from enet_ros.evaluation.ground_truth import StampMatcher
+from enet_ros.evaluation.live_evaluate import TRANSPORT_VARIABLES
+from enet_ros.evaluation.live_playback import DROPPED, LiveSession
+from enet_ros.evaluation.scoring import Scoreboard, Tally
 from enet_ros.segmenter import Segmenter
 import pytest
 
@@ -78,9 +81,36 @@ def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, 
     assert offline['accuracy']['mean_iou'] == pytest.approx(report['accuracy']['mean_iou'])
 
 
+def test_live_evaluate_leaves_the_environment_alone(tmp_path, ros_env):
+    """The library call sets no Fast DDS profile in os.environ; it says when none is set."""
+    root = tmp_path / 'camvid'
+    make_camvid(root, 2)
+    assert dataset_to_bag([str(root), str(root / 'bag'), '--no-progress']) == 0
+    env = subprocess_env(ros_env)
+    for name in TRANSPORT_VARIABLES:
+        env.pop(name, None)
+    code = textwrap.dedent("""
+        import os, sys
+        from enet_ros.evaluation.live_evaluate import live_evaluate, LiveError, LiveOptions
+        before = dict(os.environ)
+        try:
+            live_evaluate(LiveOptions(bag=sys.argv[1], attach=True, startup_timeout=1,
+                                      settle=0, progress=False))
+        except LiveError as error:
+            print('LiveError:', error)
+        assert dict(os.environ) == before, 'live_evaluate changed os.environ'
+    """)
+    result = subprocess.run([sys.executable, '-c', code, str(root / 'bag')], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'LiveError: the segmentation node was not ready' in result.stdout
+    assert 'no Fast DDS profile' in result.stderr
+
+
 def test_offline_tools_do_not_import_rclpy():
     code = ('import sys, enet_ros.evaluation.evaluate_bag, enet_ros.evaluation.dataset_to_bag, '
-            'enet_ros.evaluation.live_evaluate, enet_ros.evaluation.report; '
+            'enet_ros.evaluation.live_evaluate, enet_ros.evaluation.live_peer, '
+            'enet_ros.evaluation.report; '
             'assert "rclpy" not in sys.modules, "rclpy imported"')
     subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
 
@@ -89,23 +119,24 @@ def test_session_accounts_for_every_frame():
     """Answers, drops (a later frame answered first) and the final timeout, without ROS."""
     metadata = camvid_metadata()
     truth = {stamp: make_labels(stamp) for stamp in (1, 2, 3, 4, 5)}
-    session = _Session(Scoreboard(metadata, metadata.drivable_classes),
-                       StampMatcher(set(truth) - {5}), None)
+    tally = Tally(Scoreboard(metadata, metadata.drivable_classes),
+                  matcher=StampMatcher(set(truth) - {5}))
+    session = LiveSession(tally)
     for stamp in (1, 2, 3, 4, 5):
-        record = {'index': stamp, 'stamp_ns': stamp, 'status': None}
-        session.records.append(record)
-        session.pending[stamp] = (record, float(stamp))
+        record = tally.new_record(stamp)
+        record['stamp_ns'] = stamp
+        session.published(stamp, record, float(stamp))
         if stamp != 3:
-            session.truth(stamp, truth[stamp])
+            tally.truth(stamp, truth[stamp])
     session.answer(1, 1.5, truth[1])             # truth first, then the answer
     session.answer(3, 3.25, truth[3])            # frame 2 dropped; truth of 3 not read yet
-    session.truth(3, truth[3])
+    tally.truth(3, truth[3])
     session.answer(5, 5.5, truth[5])             # frame 4 dropped; 5 has no ground truth
     session.answer(9, 9.0, truth[5])             # not ours
-    statuses = [r['status'] for r in session.records]
+    statuses = [r['status'] for r in tally.records]
     assert statuses == ['evaluated', DROPPED, 'evaluated', DROPPED,
                         'no ground truth for the stamp']
     assert (session.answered, session.dropped, session.unexpected) == (3, 2, 1)
-    assert session.scoreboard.frames == 2
+    assert tally.scoreboard.frames == 2
     assert session.latencies == pytest.approx([0.5, 0.25, 0.5])
-    assert session.scoreboard.as_dict()['mean_iou'] == 1.0
+    assert tally.scoreboard.as_dict()['mean_iou'] == 1.0

@@ -2,7 +2,7 @@
 
 import math
 
-from enet_ros.metrics import binary_iou, ConfusionMatrix, scores_from_matrix
+from enet_ros.metrics import ConfusionMatrix, scores_from_matrix
 import numpy as np
 import pytest
 import torch
@@ -115,15 +115,13 @@ def test_torch_and_numpy_give_the_same_matrix():
         np.testing.assert_array_equal(other.matrix, reference.matrix)
 
 
-def test_updates_accumulate_and_merge():
-    """Two updates equal one update of both; merge adds matrices."""
+def test_updates_accumulate():
+    """Two updates equal one update of both."""
     a, b = ConfusionMatrix(3), ConfusionMatrix(3)
     a.update(np.array([0, 1]), np.array([0, 2]))
     a.update(np.array([2]), np.array([2]))
     b.update(np.array([0, 1, 2]), np.array([0, 2, 2]))
     np.testing.assert_array_equal(a.matrix, b.matrix)
-    a.merge(b)
-    np.testing.assert_array_equal(a.matrix, 2 * b.matrix)
 
 
 def test_shape_mismatch_and_bad_size():
@@ -139,15 +137,3 @@ def test_scores_from_matrix():
     scores = scores_from_matrix(np.array([[5, 5], [0, 10]]))
     np.testing.assert_allclose(scores.iou, [5 / 10, 10 / 15])
     assert scores.global_accuracy == pytest.approx(15 / 20)
-
-
-def test_binary_iou():
-    """Intersection over union of boolean masks, restricted to the valid pixels."""
-    prediction = np.array([True, True, False, False, True])
-    target = np.array([True, False, True, False, True])
-    assert binary_iou(prediction, target) == pytest.approx(2 / 4)
-    valid = np.array([True, True, False, True, True])
-    assert binary_iou(prediction, target, valid) == pytest.approx(2 / 3)
-    assert binary_iou(target, target) == 1.0
-    assert binary_iou(~target, target) == 0.0
-    assert math.isnan(binary_iou(np.zeros(3, bool), np.zeros(3, bool)))

@@ -11,6 +11,11 @@ Array contracts:
 * a camera frame is a :class:`enet_ros.node.image_msgs.CameraFrame`: an HxWx3
   uint8 array (often a view into the message buffer) plus its channel order;
 * a label image is an HxW uint8 array of class ids (``mono8``).
+
+One module (a little over 350 lines) because it is the one place that knows the
+bag format: reading, writing and the message conversions share the typestore,
+the two error types and the metadata version, and every other evaluation
+module (and the tests) goes through it instead of rosbags.
 """
 
 from contextlib import contextmanager

@@ -17,34 +17,38 @@ Example::
     evaluate_bag /tmp/camvid_val_bag --json /tmp/eval.json --report /tmp/eval.png \
         --output-bag /tmp/camvid_val_seg
 
-No rclpy: this module needs only rosbags and the core.
+Shared with ``live_evaluate``: the frame loop (:mod:`.bag_frames`), the ground
+truth (:mod:`.ground_truth`), the scores and per-frame accounting
+(:class:`.scoring.Tally`) and the report (:mod:`.report`); the output images
+are built by the node's :class:`enet_ros.masks.OutputRenderer`. No rclpy: this
+module needs only rosbags and the core.
 """
 
 import argparse
-from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 import sys
 import time
-from typing import (AbstractSet, Any, Callable, Dict, List, Optional, Protocol, Sequence,
-                    Union)
+from typing import (AbstractSet, Any, Callable, Dict, Iterable, List, Optional, Protocol,
+                    Sequence, Union)
 
 import numpy as np
-from tqdm import tqdm
 
-from .bag_io import (array_to_image, BagError, BagWriter, deserialize, frame_names, IMAGE,
-                     IMAGE_TYPES, message_to_frame, message_to_labels, MessageError, open_bag,
-                     read_messages, require_topic, stamp_to_ns, storage_of, STORAGES)
-from .scoring import (add_bag_arguments, DEFAULT_LABELS_TOPIC, FolderTruth, format_table,
-                      latency_summary, NO_TRUTH, parse_class_list, resolve_image_topic,
-                      Scoreboard, skipped_dict, StampMatcher, write_json)
+from .bag_frames import BagFrame, frame_total, read_frames, resolve_image_topic
+from .bag_io import (array_to_image, BagError, BagWriter, IMAGE, message_to_frame, MessageError,
+                     open_bag, RawMessage, storage_of, STORAGES, TopicInfo)
+from .cli import bag_parser, options_from_args
+from .ground_truth import GroundTruth
+from .report import format_table, report_head, ReportFrame, write_json, write_report
+from .scoring import latency_summary, parse_class_list, Prediction, Scoreboard, Tally
 from .. import masks
 from ..model_file import ModelFileError, ModelMetadata
 from ..segmenter import DEVICE_CHOICES, PRECISIONS, Segmenter, SegmenterConfigError
 
 TOOL = 'evaluate_bag'
-OUTPUT_TOPICS = ('labels', 'colored', 'overlay', 'drivable')
+#: Encoding of an output image by its channel count (:data:`enet_ros.masks.OUTPUT_CHANNELS`).
+ENCODINGS = {1: 'mono8', 3: 'rgb8'}
 
 
 class SegmenterLike(Protocol):
@@ -80,21 +84,12 @@ class EvaluateOptions:
 
 
 @dataclass
-class _Frame:
-    """One segmented frame waiting for (or scored against) its ground truth."""
-
-    record: Dict[str, Any]
-    labels: np.ndarray
-    rgb: Optional[np.ndarray] = None
-
-
-@dataclass
 class _ReportPicker:
     """Chooses up to ``count`` evaluated frames spread over the bag for the PNG report."""
 
     total: int
     count: int
-    frames: List[Any] = field(default_factory=list)
+    frames: List[ReportFrame] = field(default_factory=list)
 
     def __post_init__(self):
         count = min(self.count, self.total)
@@ -106,63 +101,91 @@ class _ReportPicker:
         done = len(self.frames)
         return done < len(self.targets) and index >= self.targets[done]
 
-    def offer(self, frame: _Frame, truth: np.ndarray) -> None:
-        """Keep an evaluated frame if it is the next one wanted."""
-        if frame.rgb is not None and self.wants(frame.record['index']):
-            from .report import ReportFrame
-            self.frames.append(ReportFrame(frame.record['index'], frame.record['stamp_ns'],
-                                           frame.rgb, frame.labels, truth))
+    def offer(self, prediction: Prediction, truth: np.ndarray) -> None:
+        """Keep an evaluated frame if it is the next one wanted (:class:`Tally`'s on_scored)."""
+        record = prediction.record
+        if prediction.image is not None and self.wants(record['index']):
+            self.frames.append(ReportFrame(record['index'], record['stamp_ns'],
+                                           prediction.image, prediction.labels, truth))
 
 
 class _Outputs:
     """Writes the node's four output topics (and optionally the inputs) to a bag."""
 
-    def __init__(self, writer: BagWriter, prefix: str, metadata: ModelMetadata,
-                 drivable_ids: Sequence[int], alpha: float):
+    def __init__(self, writer: BagWriter, prefix: str, renderer: masks.OutputRenderer):
         self.writer = writer
-        self.topics = {name: f"{prefix.rstrip('/')}/{name}" for name in OUTPUT_TOPICS}
+        self.renderer = renderer
+        self.topics = {name: f"{prefix.rstrip('/')}/{name}" for name in masks.OUTPUT_IMAGES}
         for topic in self.topics.values():
             writer.add_topic(topic, IMAGE)
-        self.palette = masks.palette_lut(metadata.colors)
-        self.drivable = masks.drivable_lut(drivable_ids)
-        self.alpha = alpha
 
     def write(self, header: Any, log_time: int, labels: np.ndarray, rgb: np.ndarray) -> None:
-        """Write labels (mono8), colour and overlay (rgb8), drivable (mono8 0/255)."""
-        colored = masks.colorize(labels, self.palette)
-        images = {'labels': (labels, 'mono8'), 'colored': (colored, 'rgb8'),
-                  'overlay': (masks.overlay(rgb, colored, self.alpha), 'rgb8'),
-                  'drivable': (masks.drivable_mask(labels, self.drivable), 'mono8')}
-        for name, (array, encoding) in images.items():
-            self.writer.write(self.topics[name], array_to_image(array, encoding, header),
+        """Write labels, colour, overlay and drivable images, rendered as the node does."""
+        images = self.renderer.render(labels, rgb)
+        for name in masks.OUTPUT_IMAGES:
+            encoding = ENCODINGS[masks.OUTPUT_CHANNELS[name]]
+            self.writer.write(self.topics[name], array_to_image(images[name], encoding, header),
                               log_time)
 
+    def copy(self, raw: RawMessage) -> None:
+        """Copy an input message (camera or ground truth) as it is."""
+        self.writer.write_raw(raw.topic, raw.data, raw.log_time)
 
-def _truth_stamps(reader: Any, topic: str) -> set:
-    """Header stamps of every readable message of the ground-truth topic (first pass)."""
-    stamps = set()
-    for raw in read_messages(reader, [topic]):
+
+def _open_outputs(stack: ExitStack, options: EvaluateOptions, reader: Any,
+                  metadata: ModelMetadata, drivable: Sequence[str],
+                  input_topics: Sequence[Optional[str]]) -> Optional[_Outputs]:
+    """Open the output bag (closed by ``stack``) when ``options`` ask for one."""
+    if not options.output_bag:
+        return None
+    writer = stack.enter_context(BagWriter(
+        options.output_bag, options.output_storage or storage_of(options.bag),
+        overwrite=options.overwrite))
+    renderer = masks.OutputRenderer(metadata.colors, metadata.class_table.ids_of(drivable),
+                                    options.overlay_alpha)
+    outputs = _Outputs(writer, options.output_prefix, renderer)
+    if options.copy_input:
+        for topic in filter(None, input_topics):
+            writer.add_topic(topic, reader.topics[topic].msgtype)
+    return outputs
+
+
+@dataclass
+class _Timing:
+    """Per-frame durations in seconds, and the wall time of the whole pass."""
+
+    segment_s: List[float] = field(default_factory=list)
+    frame_s: List[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _segment_frames(frames: Iterable[BagFrame], segmenter: SegmenterLike, tally: Tally,
+                    outputs: Optional[_Outputs], picker: _ReportPicker) -> _Timing:
+    """Segment every frame, write its outputs and hand its labels to ``tally``."""
+    timing = _Timing()
+    started = time.perf_counter()
+    for frame in frames:
+        record = frame.record
         try:
-            stamps.add(stamp_to_ns(deserialize(raw.data, raw.msgtype).header.stamp))
-        except MessageError:
+            camera = message_to_frame(frame.msg, frame.raw.msgtype)
+        except MessageError as error:
+            tally.skip(record, str(error))
             continue
-    return stamps
-
-
-def _ground_truth(reader: Any, options: EvaluateOptions, image_topic: str):
-    """(labels topic or None, FolderTruth or None, description) from the options and bag."""
-    if options.labels_dir:
-        folder = FolderTruth(options.labels_dir, frame_names(reader))
-        return None, folder, folder.describe()
-    topic = options.labels_topic
-    if not topic:
-        if DEFAULT_LABELS_TOPIC not in reader.topics:
-            return None, None, 'none'
-        topic = DEFAULT_LABELS_TOPIC
-    require_topic(reader, topic, IMAGE_TYPES)
-    if topic == image_topic:
-        raise BagError(f"the labels topic '{topic}' is the image topic")
-    return topic, None, f'topic {topic}'
+        inference = time.perf_counter()
+        labels = segmenter.segment(camera.pixels, bgr=camera.bgr).labels
+        done = time.perf_counter()
+        timing.segment_s.append(done - inference)
+        timing.frame_s.append(done - frame.read_at)
+        record['segment_ms'] = 1000.0 * (done - inference)
+        record['latency_ms'] = 1000.0 * (done - frame.read_at)
+        keep = picker.wants(record['index'])
+        rgb = camera.rgb() if outputs or keep else None
+        if outputs:
+            outputs.write(frame.msg.header, frame.raw.log_time, labels, rgb)
+        tally.predicted(frame.stamp, Prediction(record, labels,
+                                                np.ascontiguousarray(rgb) if keep else None))
+    timing.wall_s = time.perf_counter() - started
+    return timing
 
 
 def evaluate_bag(options: EvaluateOptions,
@@ -179,174 +202,60 @@ def evaluate_bag(options: EvaluateOptions,
     """
     with open_bag(options.bag) as reader, ExitStack() as stack:
         image = resolve_image_topic(reader, options.image_topic)
-        truth_topic, folder, truth_text = _ground_truth(reader, options, image.name)
-        if truth_text == 'none':
-            log(f"{TOOL}: warning: no ground truth (the bag has no '{DEFAULT_LABELS_TOPIC}' "
-                'topic; give --labels-topic or --labels-dir); reporting latency only')
+        truth = GroundTruth.resolve(reader, image.name, options.labels_topic, options.labels_dir)
+        warning = truth.warning(TOOL, 'latency')
+        if warning:
+            log(warning)
         if not hasattr(segmenter, 'segment'):
             segmenter = segmenter()
         metadata = segmenter.metadata
         drivable = parse_class_list(options.drivable_classes, metadata)
-        scoreboard = Scoreboard(metadata, drivable)
-        matcher = StampMatcher(_truth_stamps(reader, truth_topic)) if truth_topic else None
-        outputs = None
-        if options.output_bag:
-            writer = stack.enter_context(BagWriter(
-                options.output_bag, options.output_storage or storage_of(options.bag),
-                overwrite=options.overwrite))
-            outputs = _Outputs(writer, options.output_prefix, metadata,
-                               metadata.class_table.ids_of(drivable), options.overlay_alpha)
-            if options.copy_input:
-                for topic in filter(None, (image.name, truth_topic)):
-                    writer.add_topic(topic, reader.topics[topic].msgtype)
-        total = min(image.count, options.limit) if options.limit else image.count
+        total = frame_total(image.count, options.limit)
         picker = _ReportPicker(total, options.report_frames if options.report_path else 0)
-        skipped: Counter = Counter()
-        records: List[Dict[str, Any]] = []
-        seen = set()
-        segment_s: List[float] = []
-        frame_s: List[float] = []
-
-        def skip(record: Dict[str, Any], reason: str) -> None:
-            record['status'] = reason
-            skipped[reason] += 1
-
-        def score(frame: _Frame, truth: Union[np.ndarray, MessageError]) -> None:
-            if isinstance(truth, MessageError):
-                skip(frame.record, f'unreadable ground truth: {truth}')
-                return
-            try:
-                scoreboard.add(frame.labels, truth)
-            except MessageError as error:
-                skip(frame.record, f'ground truth size differs: {error}')
-                return
-            frame.record['status'] = 'evaluated'
-            picker.offer(frame, truth)
-
-        progress = tqdm(total=total, unit='frame', desc=TOOL, disable=not options.progress,
-                        file=sys.stderr, dynamic_ncols=True)
-        started = time.perf_counter()
-        topics = [image.name] + ([truth_topic] if truth_topic else [])
-        for raw in read_messages(reader, topics):
-            if raw.topic == truth_topic:
-                if outputs and options.copy_input:
-                    outputs.writer.write_raw(raw.topic, raw.data, raw.log_time)
-                try:
-                    msg = deserialize(raw.data, raw.msgtype)
-                    stamp = stamp_to_ns(msg.header.stamp)
-                except MessageError:
-                    continue
-                try:
-                    labels = message_to_labels(msg, raw.msgtype)
-                except MessageError as error:
-                    labels = error
-                pair = matcher.add_truth(stamp, labels)
-                if pair:
-                    score(*pair)
-                continue
-            if len(records) >= total:
-                if matcher is None or not matcher.unmatched_predictions():
-                    break
-                continue
-            record = {'index': len(records), 'log_time_ns': raw.log_time, 'stamp_ns': None,
-                      'status': None}
-            records.append(record)
-            progress.update()
-            if outputs and options.copy_input:
-                outputs.writer.write_raw(raw.topic, raw.data, raw.log_time)
-            begin = time.perf_counter()
-            try:
-                msg = deserialize(raw.data, raw.msgtype)
-                stamp = stamp_to_ns(msg.header.stamp)
-                record['stamp_ns'] = stamp
-                if options.stamps is not None and stamp not in options.stamps:
-                    skip(record, 'stamp not selected')
-                    continue
-                if stamp in seen:
-                    skip(record, 'duplicate stamp (an earlier frame has the same stamp)')
-                    continue
-                seen.add(stamp)
-                camera = message_to_frame(msg, raw.msgtype)
-            except MessageError as error:
-                skip(record, str(error))
-                continue
-            inference = time.perf_counter()
-            labels = segmenter.segment(camera.pixels, bgr=camera.bgr).labels
-            done = time.perf_counter()
-            segment_s.append(done - inference)
-            frame_s.append(done - begin)
-            record['segment_ms'] = 1000.0 * (done - inference)
-            record['latency_ms'] = 1000.0 * (done - begin)
-            rgb = camera.rgb() if outputs or picker.wants(record['index']) else None
-            if outputs:
-                outputs.write(msg.header, raw.log_time, labels, rgb)
-            frame = _Frame(record, labels, np.ascontiguousarray(rgb)
-                           if picker.wants(record['index']) else None)
-            if folder is not None:
-                try:
-                    truth = folder.get(stamp)
-                except MessageError as error:
-                    truth = error
-                if truth is None:
-                    skip(record, NO_TRUTH)
-                else:
-                    score(frame, truth)
-            elif matcher is not None and matcher.expects_truth(stamp):
-                pair = matcher.add_prediction(stamp, frame)
-                if pair:
-                    score(*pair)
-            else:
-                skip(record, NO_TRUTH)
-        progress.close()
-        wall = time.perf_counter() - started
-        for frame in (matcher.unmatched_predictions() if matcher else []):
-            skip(frame.record, NO_TRUTH)
-
-    report = _report(options, image, truth_text, segmenter, scoreboard, records, skipped,
-                     segment_s, frame_s, wall)
+        tally = Tally(Scoreboard(metadata, drivable), truth.folder, truth.matcher(reader),
+                      on_scored=picker.offer)
+        outputs = _open_outputs(stack, options, reader, metadata, drivable,
+                                (image.name, truth.topic))
+        frames = read_frames(reader, image.name, truth.topic, tally, total, TOOL,
+                             options.progress, selected=options.stamps,
+                             on_raw=outputs.copy if outputs and options.copy_input else None)
+        timing = _segment_frames(frames, segmenter, tally, outputs, picker)
+        tally.finish()
+    report = _report(options, image, truth, segmenter, tally, timing)
     if options.json_path:
         write_json(options.json_path, report)
     if options.report_path:
-        from .report import write_report
         write_report(options.report_path, picker.frames, report['accuracy'], metadata,
                      title=f'{options.bag} ({image.name})')
     return report
 
 
-def _report(options: EvaluateOptions, image: Any, truth_text: str, segmenter: Any,
-            scoreboard: Scoreboard, records: List[Dict[str, Any]], skipped: Counter,
-            segment_s: List[float], frame_s: List[float], wall: float) -> Dict[str, Any]:
+def _report(options: EvaluateOptions, image: TopicInfo, truth: GroundTruth,
+            segmenter: Any, tally: Tally, timing: _Timing) -> Dict[str, Any]:
     describe = getattr(segmenter, 'describe', None)
-    segmented = len(segment_s)
+    segmented = len(timing.segment_s)
     return {
-        'tool': TOOL,
-        'bag': str(options.bag),
-        'image_topic': image.name,
-        'image_type': image.msgtype,
-        'ground_truth': truth_text,
-        'model': describe() if describe else type(segmenter).__name__,
-        'frames': {'read': len(records), 'segmented': segmented,
-                   'evaluated': scoreboard.frames, 'skipped': sum(skipped.values()),
-                   'skipped_reasons': skipped_dict(skipped)},
-        'accuracy': scoreboard.as_dict(),
-        'latency': latency_summary(frame_s),
-        'segment_latency': latency_summary(segment_s),
-        'fps': segmented / wall if segmented and wall > 0 else None,
-        'wall_s': wall,
+        **report_head(TOOL, options.bag, image, truth,
+                      describe() if describe else type(segmenter).__name__),
+        'frames': tally.frame_counts(segmented=segmented, evaluated=tally.scoreboard.frames),
+        'accuracy': tally.scoreboard.as_dict(),
+        'latency': latency_summary(timing.frame_s),
+        'segment_latency': latency_summary(timing.segment_s),
+        'fps': segmented / timing.wall_s if segmented and timing.wall_s > 0 else None,
+        'wall_s': timing.wall_s,
         'output_bag': str(options.output_bag) if options.output_bag else None,
-        'per_frame': records,
+        'per_frame': tally.records,
     }
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Build the command-line interface of ``evaluate_bag``."""
-    parser = argparse.ArgumentParser(
-        prog=TOOL, description="Segment every frame of a rosbag2 bag with the node's "
-        'inference path and score it against ground truth.')
-    add_bag_arguments(parser, 'evaluate')
+    parser = bag_parser(TOOL, "Segment every frame of a rosbag2 bag with the node's "
+                        'inference path and score it against ground truth.', 'evaluate')
     parser.add_argument('--device', default='auto', help=f"one of {', '.join(DEVICE_CHOICES)}")
     parser.add_argument('--precision', default='auto', choices=PRECISIONS)
-    parser.add_argument('--report', type=Path, default=None, help='write a PNG report here')
+    parser.add_argument('--report', dest='report_path', metavar='REPORT', type=Path,
+                        default=None, help='write a PNG report here')
     parser.add_argument('--report-frames', type=int, default=4,
                         help='frames shown in the PNG report')
     parser.add_argument('--output-bag', type=Path, default=None,
@@ -366,14 +275,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``evaluate_bag``; 0 on success, 1 when nothing could be evaluated or on bad input."""
     args = get_args_parser().parse_args(argv)
-    options = EvaluateOptions(
-        bag=args.bag, image_topic=args.image_topic, labels_topic=args.labels_topic,
-        labels_dir=args.labels_dir, drivable_classes=args.drivable_classes,
-        output_bag=args.output_bag, output_storage=args.output_storage,
-        output_prefix=args.output_prefix, copy_input=args.copy_input,
-        overlay_alpha=args.overlay_alpha, overwrite=args.overwrite, json_path=args.json,
-        report_path=args.report, report_frames=args.report_frames, limit=args.limit,
-        progress=args.progress)
+    options = options_from_args(EvaluateOptions, args)
 
     def make_segmenter() -> Segmenter:
         return Segmenter.from_file(args.model or None, device=args.device,

@@ -1,22 +1,97 @@
 """
-A PNG report of a bag evaluation: example frames side by side and a per-class IoU chart.
+The reports of both bag evaluations: their common head, the terminal table, JSON and PNG files.
 
-Each example row shows the camera frame, the prediction and the ground truth in
-the model's palette (void black), and the drivable area: the frame dimmed, with
-correctly predicted drivable pixels green, false ones red and missed ones blue.
+A report is plain data (a dict, written as JSON by :func:`write_json`); both
+tools start it with :func:`report_head` and print it with :func:`format_table`.
+
+The PNG report (:func:`write_report`, ``evaluate_bag --report``) shows example
+frames side by side and a per-class IoU chart. Each example row shows the
+camera frame, the prediction and the ground truth in the model's palette (void
+black), and the drivable area: the frame dimmed, with correctly predicted
+drivable pixels green, false ones red and missed ones blue.
 Rendered with matplotlib's Agg backend (no display needed).
 """
 
 from dataclasses import dataclass
+import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .bag_io import TopicInfo
+from .ground_truth import GroundTruth
+from .scoring import class_tables
 from .. import masks
 from ..model_file import ModelMetadata
 
 HIT, FALSE, MISSED = (40, 200, 40), (230, 40, 40), (40, 90, 255)
+
+
+def report_head(tool: str, bag: Path, image: TopicInfo, truth: GroundTruth,
+                model: str) -> Dict[str, Any]:
+    """Return the first keys of either tool's report: what was evaluated, against what, how."""
+    return {'tool': tool, 'bag': str(bag), 'image_topic': image.name,
+            'image_type': image.msgtype, 'ground_truth': truth.describe(), 'model': model}
+
+
+def write_json(path: Path, report: Mapping[str, Any]) -> None:
+    """Write ``report`` as indented JSON, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + '\n')
+
+
+def _percent(value: Optional[float]) -> str:
+    return '   n/a' if value is None else f'{100.0 * value:6.2f}'
+
+
+def _ms(value: Optional[float]) -> str:
+    return 'n/a' if value is None else f'{value:.1f}'
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """Format the report of either tool as a plain-text table for the terminal."""
+    lines = [f"{report['tool']}: {report['bag']}",
+             f"  frames: {report['image_topic']} ({report['image_type']}); "
+             f"ground truth: {report['ground_truth']}",
+             f"  model: {report['model']}"]
+    frames = report['frames']
+    counts = ', '.join(f'{key} {value}' for key, value in frames.items()
+                       if key != 'skipped_reasons')
+    lines.append(f'  frames {counts}')
+    for reason, count in frames.get('skipped_reasons', {}).items():
+        lines.append(f'    skipped {count}: {reason}')
+    accuracy = report.get('accuracy')
+    if accuracy and accuracy['frames']:
+        width = max(len(name) for name in accuracy['per_class_iou'])
+        width = max(width, len('drivable IoU'), len('class-avg accuracy'))
+        lines.append(f"  {'class':<{width}}  IoU %  acc %")
+        for name, iou in accuracy['per_class_iou'].items():
+            lines.append(f'  {name:<{width}} {_percent(iou)} '
+                         f"{_percent(accuracy['per_class_accuracy'][name])}")
+        lines.append(f"  {'mIoU':<{width}} {_percent(accuracy['mean_iou'])}")
+        lines.append(f"  {'class-avg accuracy':<{width}} "
+                     f"{_percent(accuracy['mean_class_accuracy'])}")
+        lines.append(f"  {'global accuracy':<{width}} {_percent(accuracy['global_accuracy'])}")
+        drivable = accuracy['drivable']
+        lines.append(f"  {'drivable IoU':<{width}} {_percent(drivable['iou'])}  "
+                     f"({', '.join(drivable['classes']) or 'no classes'})")
+    else:
+        lines.append('  accuracy: no frame had ground truth')
+    for key, title in (('latency', 'latency (decode + segment)'),
+                       ('segment_latency', 'latency (segment only)'),
+                       ('end_to_end_latency', 'end-to-end latency')):
+        if key in report:
+            latency = report[key]
+            lines.append(f"  {title} ms: p50 {_ms(latency['p50_ms'])}  "
+                         f"p90 {_ms(latency['p90_ms'])}  p99 {_ms(latency['p99_ms'])}  "
+                         f"(n={latency['count']})")
+    for key, title in (('fps', 'frames per second'), ('output_rate_hz', 'output rate Hz'),
+                       ('input_rate_hz', 'input rate Hz')):
+        if report.get(key) is not None:
+            lines.append(f'  {title}: {report[key]:.2f}')
+    return '\n'.join(lines)
 
 
 @dataclass(frozen=True)
@@ -56,11 +131,8 @@ def write_report(path: Path, frames: Sequence[ReportFrame], accuracy: Mapping[st
     from matplotlib import pyplot as plt
 
     palette = masks.palette_lut(metadata.colors)
-    drivable = np.zeros(256, dtype=bool)
     drivable_names = accuracy['drivable']['classes']
-    drivable[list(metadata.class_table.ids_of(drivable_names))] = True
-    valid = np.zeros(256, dtype=bool)
-    valid[:metadata.num_classes] = True
+    drivable, valid = class_tables(metadata, drivable_names)
 
     rows = len(frames)
     figure = plt.figure(figsize=(14, 2.8 * rows + 4.5), dpi=90)
