@@ -57,8 +57,10 @@ def overlay(image: np.ndarray, colored: np.ndarray, alpha: float,
     return out
 
 
-#: The images built from a label map (and, for 'confidence', the confidence map).
-OUTPUT_IMAGES = ('labels', 'colored', 'overlay', 'drivable', 'confidence')
+#: The images built from a label map alone (what the bag tools record).
+LABEL_IMAGES = ('labels', 'colored', 'overlay', 'drivable')
+#: Every output image of the node: those and the confidence image.
+OUTPUT_IMAGES = LABEL_IMAGES + ('confidence',)
 #: Channels of each output image (rgb8: colored and overlay; mono8: the others).
 OUTPUT_CHANNELS = {'labels': 1, 'colored': 3, 'overlay': 3, 'drivable': 1, 'confidence': 1}
 
@@ -103,7 +105,7 @@ class OutputRenderer:
         self.overlay_alpha = overlay_alpha
 
     def render(self, labels: np.ndarray, rgb: Optional[np.ndarray],
-               wanted: Iterable[str] = OUTPUT_IMAGES[:4],
+               wanted: Iterable[str] = LABEL_IMAGES,
                out: Optional[Mapping[str, np.ndarray]] = None,
                confidence: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
         """

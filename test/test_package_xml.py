@@ -14,7 +14,7 @@ ROSDEP_KEYS = {'cv2': 'python3-opencv', 'numpy': 'python3-numpy', 'tqdm': 'pytho
                'rosbags': 'python3-rosbags-pip', 'matplotlib': 'python3-matplotlib',
                'yaml': 'python3-yaml'}
 #: No rosdep key: named in package.xml's comment and installed with pip (README).
-PIP_ONLY = {'torch', 'safetensors', 'cityscapesscripts'}
+PIP_ONLY = {'torch', 'safetensors'}
 
 
 def _third_party_imports() -> dict:

@@ -7,7 +7,7 @@ Layouts:
 * ``cityscapes``: ``<root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
   ``<root>/gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` when present, else
   ``*_gtFine_labelIds.png`` mapped to the 19 train ids (255 void) with the
-  official ``cityscapesscripts`` table;
+  official table (:data:`enet_ros.labels.CITYSCAPES_ID_TO_TRAIN_ID`);
 * ``folder``: every image of a folder, optionally with ``--labels-dir`` PNGs
   named after the images.
 
@@ -25,7 +25,6 @@ Example::
 
 import argparse
 from dataclasses import dataclass
-from functools import lru_cache
 import json
 from pathlib import Path
 import sys
@@ -38,6 +37,7 @@ from tqdm import tqdm
 
 from .bag_io import (array_to_compressed, array_to_image, BagError, BagWriter,
                      COMPRESSED_IMAGE, FRAME_NAMES_KEY, IMAGE, make_header, STORAGES)
+from ..labels import cityscapes_id_to_train_id
 
 TOOL = 'dataset_to_bag'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -105,22 +105,6 @@ def detect_layout(root: Path, split: str) -> str:
     if (root / split).is_dir():
         return 'camvid'
     return 'folder'
-
-
-@lru_cache(maxsize=1)
-def cityscapes_id_to_train_id() -> np.ndarray:
-    """256-entry uint8 table from Cityscapes label ids to train ids (255 = void)."""
-    try:
-        from cityscapesscripts.helpers.labels import labels as cityscapes_labels
-    except ImportError:
-        raise DatasetError('mapping Cityscapes *_labelIds.png needs cityscapesscripts '
-                           '(pip install cityscapesscripts), or create *_labelTrainIds.png '
-                           'files with its createTrainIdLabelImgs') from None
-    table = np.full(256, 255, dtype=np.uint8)
-    for label in cityscapes_labels:
-        if 0 <= label.id < 256:
-            table[label.id] = label.trainId if 0 <= label.trainId < 255 else 255
-    return table
 
 
 def cityscapes_label_mapping(path: Path) -> Optional[np.ndarray]:

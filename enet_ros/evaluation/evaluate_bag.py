@@ -115,14 +115,14 @@ class _Outputs:
     def __init__(self, writer: BagWriter, prefix: str, renderer: masks.OutputRenderer):
         self.writer = writer
         self.renderer = renderer
-        self.topics = {name: f"{prefix.rstrip('/')}/{name}" for name in masks.OUTPUT_IMAGES}
+        self.topics = {name: f"{prefix.rstrip('/')}/{name}" for name in masks.LABEL_IMAGES}
         for topic in self.topics.values():
             writer.add_topic(topic, IMAGE)
 
     def write(self, header: Any, log_time: int, labels: np.ndarray, rgb: np.ndarray) -> None:
         """Write labels, colour, overlay and drivable images, rendered as the node does."""
         images = self.renderer.render(labels, rgb)
-        for name in masks.OUTPUT_IMAGES:
+        for name in masks.LABEL_IMAGES:
             encoding = ENCODINGS[masks.OUTPUT_CHANNELS[name]]
             self.writer.write(self.topics[name], array_to_image(images[name], encoding, header),
                               log_time)

@@ -52,7 +52,7 @@ class LivePeer:
         self.subscriptions = [
             self.node.create_subscription(Image, labels_topic, self._on_labels, record)]
         if recorder is not None:
-            for output in masks.OUTPUT_IMAGES:
+            for output in masks.LABEL_IMAGES:
                 topic = labels_topic.rsplit('/', 1)[0] + '/' + output
                 recorder.add_topic(topic, IMAGE)
                 self.subscriptions.append(self.node.create_subscription(

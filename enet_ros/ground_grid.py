@@ -1,0 +1,551 @@
+"""
+Drivable-area mask to a ground occupancy grid (numpy only, no ROS).
+
+The camera's pixels are projected onto a flat ground plane (``z = ground_z`` in
+the grid frame, e.g. ``base_footprint``) and counted into the cells of a grid
+laid out as ``nav_msgs/OccupancyGrid`` wants it: a (rows, cols) int8 array,
+row-major, cell (0, 0) at the grid origin, x along the columns, y along the
+rows, values :data:`FREE` (0, drivable), :data:`OCCUPIED` (100, not drivable)
+and :data:`UNKNOWN` (-1, no pixel).
+
+The projection is geometry only, so it is computed once per (intrinsics, pose,
+grid) in :class:`GroundProjection`; a frame then costs one gather and one
+segmented sum (:meth:`GroundProjection.fill`).
+
+Conventions:
+
+- Pixel centres are at integer coordinates (pixel (row i, col j) is at
+  u = j, v = i), as in ``sensor_msgs/CameraInfo`` and OpenCV.
+- Camera frames follow REP-103 / REP-105: the *optical* frame has z forward,
+  x right, y down; the *body* frame has x forward, y left, z up.
+- :meth:`CameraPose.from_parameters` takes roll, pitch, yaw of the body frame
+  as a TF static transform does (fixed axes, R = Rz(yaw) Ry(pitch) Rx(roll)),
+  so **positive pitch looks down** and positive yaw turns left.
+- Undistortion (plumb_bob, rational_polynomial) is done here in numpy: the
+  radial part is inverted on its monotonic branch by table look-up, then
+  Newton's method on the full model (radial and tangential) with an analytic
+  Jacobian, a fixed number of iterations; pixels where the model does not
+  converge or lies past the monotonic branch are not used.
+"""
+
+from dataclasses import dataclass
+import math
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+#: Cell values, as nav_msgs/OccupancyGrid defines them.
+FREE = 0
+OCCUPIED = 100
+UNKNOWN = -1
+
+#: Distortion models understood, with their number of coefficients (CameraInfo's D order).
+DISTORTION_MODELS = {'plumb_bob': 5, 'rational_polynomial': 8}
+
+#: Rotation from the optical frame (z forward, x right, y down) to the body frame
+#: (x forward, y left, z up): its columns are the optical axes in body coordinates.
+OPTICAL_TO_BODY = np.array([[0.0, 0.0, 1.0],
+                            [-1.0, 0.0, 0.0],
+                            [0.0, -1.0, 0.0]])
+
+_NEWTON_ITERATIONS = 8
+_UNDISTORT_TOLERANCE = 1e-9   # in normalised image units (about 1e-6 pixel at f = 1000)
+_RADIAL_SCAN_LIMIT = 20.0     # normalised radius searched for the model's monotonic branch
+_RADIAL_SCAN_STEPS = 200001
+_MIN_RADIAL_SLOPE = 0.1       # rays where the lens squeezes the image 10x or more are not used
+
+
+def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """3x3 rotation matrix of a quaternion (x, y, z, w), as in geometry_msgs; normalised first."""
+    norm = math.sqrt(x * x + y * y + z * z + w * w)
+    if not norm > 1e-12 or not math.isfinite(norm):
+        raise ValueError(f'quaternion ({x}, {y}, {z}, {w}) has no rotation (norm {norm})')
+    x, y, z, w = x / norm, y / norm, z / norm, w / norm
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def rpy_to_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """3x3 rotation Rz(yaw) Ry(pitch) Rx(roll): fixed-axis roll, pitch, yaw as in REP-103 / TF."""
+    cr, sr = math.cos(roll), math.sin(roll)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
+    ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+    rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
+    return rz @ ry @ rx
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """
+    A pinhole camera with optional lens distortion, as ``sensor_msgs/CameraInfo`` gives it.
+
+    ``d`` holds the coefficients in CameraInfo's order: plumb_bob (k1, k2, t1,
+    t2, k3), rational_polynomial (k1, k2, t1, t2, k3, k4, k5, k6). An empty
+    model or all-zero coefficients mean no distortion. Hashable and comparable,
+    so a node can tell whether a new CameraInfo changes anything.
+    """
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    skew: float = 0.0
+    distortion_model: str = ''
+    d: Tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f'camera size must be positive, got {self.width}x{self.height}')
+        if not (self.fx > 0 and self.fy > 0):
+            raise ValueError(f'focal lengths must be positive, got fx={self.fx} fy={self.fy} '
+                             '(an uncalibrated CameraInfo has K all zero)')
+        object.__setattr__(self, 'd', tuple(float(c) for c in self.d))
+        if any(self.d) and self.distortion_model not in DISTORTION_MODELS:
+            raise ValueError(f'unsupported distortion model {self.distortion_model!r}; '
+                             f'supported: {sorted(DISTORTION_MODELS)} or none')
+        if any(self.d) and len(self.d) > DISTORTION_MODELS[self.distortion_model]:
+            raise ValueError(f'{self.distortion_model} takes at most '
+                             f'{DISTORTION_MODELS[self.distortion_model]} coefficients, '
+                             f'got {len(self.d)}')
+
+    @classmethod
+    def from_camera_info_fields(cls, width: int, height: int, k: Sequence[float],
+                                d: Sequence[float] = (),
+                                distortion_model: str = '') -> 'CameraIntrinsics':
+        """
+        Build from CameraInfo's fields: ``width``, ``height``, ``k`` (9, row-major), ``d``.
+
+        For a rectified image (``image_rect``) pass the left 3x3 of ``p`` as ``k``
+        and no ``d``.
+        """
+        k = [float(v) for v in k]
+        if len(k) != 9:
+            raise ValueError(f'k must have 9 elements (3x3 row-major), got {len(k)}')
+        return cls(width=int(width), height=int(height), fx=k[0], fy=k[4], cx=k[2], cy=k[5],
+                   skew=k[1], distortion_model=str(distortion_model),
+                   d=tuple(float(v) for v in d))
+
+    @property
+    def has_distortion(self) -> bool:
+        """Tell whether any distortion coefficient is non-zero."""
+        return any(self.d)
+
+    def _coefficients(self) -> Tuple[float, ...]:
+        """(k1, k2, p1, p2, k3, k4, k5, k6), zero-padded."""
+        c = list(self.d if self.has_distortion else ()) + [0.0] * 8
+        return tuple(c[:8])
+
+    def distort(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Normalised undistorted coordinates (x/z, y/z) to normalised distorted ones."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if not self.has_distortion:
+            return x.copy(), y.copy()
+        k1, k2, p1, p2, k3, k4, k5, k6 = self._coefficients()
+        r2 = x * x + y * y
+        radial = ((1 + r2 * (k1 + r2 * (k2 + r2 * k3)))
+                  / (1 + r2 * (k4 + r2 * (k5 + r2 * k6))))
+        xy = x * y
+        xd = x * radial + 2 * p1 * xy + p2 * (r2 + 2 * x * x)
+        yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * xy
+        return xd, yd
+
+    def _distort_with_jacobian(self, x, y):
+        """Distorted coordinates and the 2x2 Jacobian entries (d xd/dx, d xd/dy, ...)."""
+        k1, k2, p1, p2, k3, k4, k5, k6 = self._coefficients()
+        r2 = x * x + y * y
+        num = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        den = 1 + r2 * (k4 + r2 * (k5 + r2 * k6))
+        dnum = k1 + r2 * (2 * k2 + 3 * k3 * r2)
+        dden = k4 + r2 * (2 * k5 + 3 * k6 * r2)
+        g = num / den
+        dg = (dnum * den - num * dden) / (den * den)   # d radial / d r2
+        xy = x * y
+        xd = x * g + 2 * p1 * xy + p2 * (r2 + 2 * x * x)
+        yd = y * g + p1 * (r2 + 2 * y * y) + 2 * p2 * xy
+        a11 = g + 2 * x * x * dg + 2 * p1 * y + 6 * p2 * x
+        a12 = 2 * xy * dg + 2 * p1 * x + 2 * p2 * y
+        a22 = g + 2 * y * y * dg + 6 * p1 * y + 2 * p2 * x
+        return xd, yd, a11, a12, a12, a22
+
+    def max_radius(self) -> float:
+        """
+        Normalised radius up to which rays are used (inf when the model never folds).
+
+        It is where the radial model's slope d(r_distorted)/dr first drops
+        below 0.1: a little further out the model folds back (a distorted
+        point has two or no undistorted solutions), and near the fold it is an
+        extrapolation of the calibration anyway.
+        """
+        if not self.has_distortion:
+            return math.inf
+        return self._radial_table()[2]
+
+    def _radial_table(self):
+        """(r, r_distorted) on the monotonic branch of the radial model, and its end radius."""
+        cached = getattr(self, '_table_cache', None)
+        if cached is not None:
+            return cached
+        k1, k2, _, _, k3, k4, k5, k6 = self._coefficients()
+        r = np.linspace(0.0, _RADIAL_SCAN_LIMIT, _RADIAL_SCAN_STEPS)
+        r2 = r * r
+        den = 1 + r2 * (k4 + r2 * (k5 + r2 * k6))
+        rd = r * (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / np.where(den > 0, den, np.nan)
+        slope = np.diff(rd) / np.diff(r)
+        bad = ~(slope >= _MIN_RADIAL_SLOPE) | ~np.isfinite(rd[1:])
+        end = int(np.argmax(bad)) if bad.any() else len(r) - 1
+        r_max = float(r[end]) if bad.any() else math.inf
+        table = (r[:end + 1], rd[:end + 1], r_max)
+        object.__setattr__(self, '_table_cache', table)
+        return table
+
+    def undistort(self, u: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Pixel coordinates to normalised undistorted coordinates (x/z, y/z) and a validity mask.
+
+        Like ``cv2.undistortPoints`` (no R, no P) but iterated to convergence:
+        a table inversion of the radial part, then :data:`_NEWTON_ITERATIONS`
+        Newton steps on the full model. ``ok`` is False where the model does
+        not converge to 1e-9 or the solution lies past :meth:`max_radius`.
+        """
+        u = np.asarray(u, dtype=np.float64)
+        v = np.asarray(v, dtype=np.float64)
+        yd = (v - self.cy) / self.fy
+        xd = (u - self.cx - self.skew * yd) / self.fx
+        if not self.has_distortion:
+            return xd, yd, np.ones(xd.shape, dtype=bool)
+        r_table, rd_table, r_max = self._radial_table()
+        with np.errstate(all='ignore'):
+            rd = np.hypot(xd, yd)
+            r = np.interp(rd, rd_table, r_table)
+            scale = np.where(rd > 0, r / rd, 1.0)
+            x, y = xd * scale, yd * scale
+            for _ in range(_NEWTON_ITERATIONS):
+                fx, fy, a11, a12, a21, a22 = self._distort_with_jacobian(x, y)
+                ex, ey = fx - xd, fy - yd
+                det = a11 * a22 - a12 * a21
+                x = x - (a22 * ex - a12 * ey) / det
+                y = y - (a11 * ey - a21 * ex) / det
+            fx, fy = self.distort(x, y)
+            ok = ((np.abs(fx - xd) < _UNDISTORT_TOLERANCE)
+                  & (np.abs(fy - yd) < _UNDISTORT_TOLERANCE)
+                  & (np.hypot(x, y) < r_max))
+        x = np.where(ok, x, 0.0)
+        y = np.where(ok, y, 0.0)
+        return x, y, ok
+
+    def project(self, points: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Nx3 points in the optical frame to pixel coordinates (u, v) and a validity mask.
+
+        ``ok`` is False for points not in front of the camera or past
+        :meth:`max_radius`; it does not check the image bounds.
+        """
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        z = points[:, 2]
+        with np.errstate(all='ignore'):
+            x = points[:, 0] / z
+            y = points[:, 1] / z
+            ok = (z > 0) & (np.hypot(x, y) < self.max_radius())
+        x = np.where(ok, x, 0.0)
+        y = np.where(ok, y, 0.0)
+        xd, yd = self.distort(x, y)
+        return self.fx * xd + self.skew * yd + self.cx, self.fy * yd + self.cy, ok
+
+    def pixel_rays(self) -> Tuple[np.ndarray, np.ndarray]:
+        """
+        Rays through every pixel centre in the optical frame, row-major.
+
+        Returns ((H*W)x3 float64 directions (x/z, y/z, 1), H*W bool validity).
+        """
+        v, u = np.mgrid[0:self.height, 0:self.width]
+        x, y, ok = self.undistort(u.ravel(), v.ravel())
+        return np.stack([x, y, np.ones_like(x)], axis=1), ok
+
+
+@dataclass(frozen=True, eq=False)
+class CameraPose:
+    """
+    The camera's optical frame in the grid frame: ``p_grid = rotation @ p_optical + translation``.
+
+    That is the transform ``tf_buffer.lookup_transform(grid_frame, optical_frame, ...)``
+    returns (target = grid frame, source = the CameraInfo's optical frame).
+    """
+
+    rotation: np.ndarray
+    translation: np.ndarray
+
+    def __post_init__(self):
+        rotation = np.array(self.rotation, dtype=np.float64)
+        translation = np.array(self.translation, dtype=np.float64).reshape(-1)
+        if rotation.shape != (3, 3) or translation.shape != (3,):
+            raise ValueError(f'rotation must be 3x3 and translation 3, got {rotation.shape} '
+                             f'and {translation.shape}')
+        if not (np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-6)
+                and np.linalg.det(rotation) > 0):
+            raise ValueError(f'not a rotation matrix: {rotation.tolist()}')
+        if not np.isfinite(translation).all():
+            raise ValueError(f'translation must be finite, got {translation.tolist()}')
+        rotation.setflags(write=False)
+        translation.setflags(write=False)
+        object.__setattr__(self, 'rotation', rotation)
+        object.__setattr__(self, 'translation', translation)
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray, body_frame: bool = False) -> 'CameraPose':
+        """
+        From a 4x4 homogeneous transform grid <- camera.
+
+        With ``body_frame`` the transform is of a camera body frame (x forward,
+        y left, z up, e.g. ``camera_link``) and is turned into the optical frame.
+        """
+        matrix = np.asarray(matrix, dtype=np.float64)
+        if matrix.shape != (4, 4):
+            raise ValueError(f'a transform must be 4x4, got {matrix.shape}')
+        if not np.allclose(matrix[3], [0, 0, 0, 1]):
+            raise ValueError(f'last row of a transform must be 0 0 0 1, got {matrix[3]}')
+        return cls.from_rotation_translation(matrix[:3, :3], matrix[:3, 3], body_frame)
+
+    @classmethod
+    def from_rotation_translation(cls, rotation: np.ndarray, translation: Sequence[float],
+                                  body_frame: bool = False) -> 'CameraPose':
+        """From a 3x3 rotation and a translation (grid <- camera); see :meth:`from_matrix`."""
+        rotation = np.asarray(rotation, dtype=np.float64)
+        if body_frame:
+            rotation = rotation @ OPTICAL_TO_BODY
+        return cls(rotation, translation)
+
+    @classmethod
+    def from_quaternion(cls, translation: Sequence[float], quaternion: Sequence[float],
+                        body_frame: bool = False) -> 'CameraPose':
+        """From a geometry_msgs/Transform's translation (x, y, z) and rotation (x, y, z, w)."""
+        return cls.from_rotation_translation(quaternion_to_matrix(*quaternion), translation,
+                                             body_frame)
+
+    @classmethod
+    def from_parameters(cls, height: float, roll: float = 0.0, pitch: float = 0.0,
+                        yaw: float = 0.0, x: float = 0.0, y: float = 0.0) -> 'CameraPose':
+        """
+        From the camera body's position and attitude in the grid frame (radians, metres).
+
+        The body frame is x forward, y left, z up at (x, y, height); roll, pitch
+        and yaw are fixed-axis angles as in a TF static transform, so positive
+        ``pitch`` tilts the camera *down* towards the ground and positive ``yaw``
+        turns it to the left (+y).
+        """
+        return cls.from_rotation_translation(rpy_to_matrix(roll, pitch, yaw), (x, y, height),
+                                             body_frame=True)
+
+    def matrix(self) -> np.ndarray:
+        """4x4 homogeneous transform grid <- optical."""
+        out = np.eye(4)
+        out[:3, :3] = self.rotation
+        out[:3, 3] = self.translation
+        return out
+
+    def close_to(self, other: 'CameraPose', translation_tol: float = 1e-4,
+                 angle_tol: float = 1e-4) -> bool:
+        """Tell whether ``other`` is within ``translation_tol`` metres and ``angle_tol`` rad."""
+        if np.linalg.norm(self.translation - other.translation) > translation_tol:
+            return False
+        cos_angle = (np.trace(self.rotation.T @ other.rotation) - 1) / 2
+        return math.acos(min(1.0, max(-1.0, cos_angle))) <= angle_tol
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """
+    An occupancy grid aligned with its frame's axes (OccupancyGrid ``info``, origin yaw 0).
+
+    ``width`` cells along x (columns) and ``height`` cells along y (rows) of
+    ``resolution`` metres; (``origin_x``, ``origin_y``) is the outer corner of
+    cell (0, 0). Ground points farther than ``grid_range`` metres (measured on
+    the ground from the point below the camera) are not used.
+    """
+
+    resolution: float
+    width: int
+    height: int
+    origin_x: float
+    origin_y: float
+    grid_range: float = math.inf
+
+    def __post_init__(self):
+        if not self.resolution > 0:
+            raise ValueError(f'resolution must be positive, got {self.resolution}')
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f'grid size must be positive, got {self.width}x{self.height}')
+        if not self.grid_range > 0:
+            raise ValueError(f'grid_range must be positive, got {self.grid_range}')
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(rows, cols) = (height, width)."""
+        return (self.height, self.width)
+
+    def cell_index(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Flat (row-major) cell index of ground points (x, y); -1 outside the grid."""
+        with np.errstate(invalid='ignore'):
+            col = np.floor((np.asarray(x, dtype=np.float64) - self.origin_x) / self.resolution)
+            row = np.floor((np.asarray(y, dtype=np.float64) - self.origin_y) / self.resolution)
+            inside = (col >= 0) & (col < self.width) & (row >= 0) & (row < self.height)
+        return np.where(inside, row * self.width + col, -1).astype(np.intp)
+
+    def cell_centres(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(x, y) of every cell centre, each a (rows, cols) float64 array."""
+        xs = self.origin_x + (np.arange(self.width) + 0.5) * self.resolution
+        ys = self.origin_y + (np.arange(self.height) + 0.5) * self.resolution
+        x, y = np.meshgrid(xs, ys)
+        return x, y
+
+
+def ground_points(intrinsics: CameraIntrinsics, pose: CameraPose,
+                  ground_z: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Where each pixel centre's ray meets the ground plane ``z = ground_z`` of the grid frame.
+
+    Returns ((H*W)x2 float64 ground (x, y), row-major; H*W bool ``hits``). A ray
+    misses when it points at or above the horizon, or when undistortion is not
+    valid there; its point is NaN.
+    """
+    height = pose.translation[2] - ground_z
+    if not height > 0:
+        raise ValueError(f'the camera must be above the ground: camera z '
+                         f'{pose.translation[2]}, ground z {ground_z}')
+    rays, ok = intrinsics.pixel_rays()
+    directions = rays @ pose.rotation.T
+    dz = directions[:, 2]
+    hits = ok & (dz < -1e-9 * np.linalg.norm(directions, axis=1))
+    with np.errstate(all='ignore'):
+        scale = np.where(hits, height / -dz, np.nan)
+    points = pose.translation[:2] + directions[:, :2] * scale[:, None]
+    return points, hits
+
+
+class GroundProjection:
+    """
+    A fixed pixel -> cell map for one camera, pose and grid; :meth:`fill` applies it per frame.
+
+    Each pixel centre whose ray meets the ground within ``grid.grid_range``
+    and inside the grid votes for its cell. With ``fill_gaps`` (default), a
+    cell in range that received no pixel (far away, between the rays of
+    neighbouring pixels) but whose centre is seen by the camera takes the
+    vote of the pixel nearest to where its centre projects; without it such
+    cells stay :data:`UNKNOWN`.
+
+    Cell rule: a cell with votes is :data:`FREE` when more than
+    ``free_threshold`` of its pixels are drivable (0.5: a strict majority,
+    ties are occupied; 0: any drivable pixel), else :data:`OCCUPIED`; a cell
+    with no vote is :data:`UNKNOWN`.
+    """
+
+    def __init__(self, intrinsics: CameraIntrinsics, pose: CameraPose, grid: GridSpec,
+                 free_threshold: float = 0.5, fill_gaps: bool = True, ground_z: float = 0.0):
+        if not 0.0 <= free_threshold < 1.0:
+            raise ValueError(f'free_threshold must be in [0, 1), got {free_threshold}')
+        self.intrinsics = intrinsics
+        self.pose = pose
+        self.grid = grid
+        self.free_threshold = float(free_threshold)
+        self.fill_gaps = bool(fill_gaps)
+        self.ground_z = float(ground_z)
+        pixels, cells = self._pixel_cell_pairs()
+        order = np.argsort(cells, kind='stable')
+        pixels, cells = pixels[order], cells[order]
+        self._pixels = pixels.astype(np.intp)
+        # reduceat segments: one per cell that has votes, in cell order
+        starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]]) if cells.size else cells
+        self._starts = starts.astype(np.intp)
+        self._cells = cells[self._starts].astype(np.intp)
+        counts = np.diff(np.r_[self._starts, cells.size])
+        # free iff drivable > threshold * count  <=>  drivable > floor(threshold * count)
+        self._needed = np.floor(self.free_threshold * counts).astype(np.int64)
+        self._counts = np.zeros(grid.width * grid.height, dtype=np.int64)
+        self._counts[self._cells] = counts
+        self._counts.setflags(write=False)
+
+    def _pixel_cell_pairs(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(pixel index, cell index) of every vote: pixel rays, then gap cells' centres."""
+        points, hits = ground_points(self.intrinsics, self.pose, self.ground_z)
+        camera_xy = self.pose.translation[:2]
+        with np.errstate(invalid='ignore'):
+            in_range = hits & (np.hypot(points[:, 0] - camera_xy[0],
+                                        points[:, 1] - camera_xy[1]) <= self.grid.grid_range)
+        cells = np.full(points.shape[0], -1, dtype=np.intp)
+        cells[in_range] = self.grid.cell_index(points[in_range, 0], points[in_range, 1])
+        used = cells >= 0
+        pixels, cells = np.flatnonzero(used), cells[used]
+        if not self.fill_gaps:
+            return pixels, cells
+        voted = np.zeros(self.grid.width * self.grid.height, dtype=bool)
+        voted[cells] = True
+        cx, cy = self.grid.cell_centres()
+        cx, cy = cx.ravel(), cy.ravel()
+        gap = ~voted & (np.hypot(cx - camera_xy[0], cy - camera_xy[1]) <= self.grid.grid_range)
+        gap_cells = np.flatnonzero(gap)
+        centres = np.stack([cx[gap_cells], cy[gap_cells],
+                            np.full(gap_cells.size, self.ground_z)], axis=1)
+        optical = (centres - self.pose.translation) @ self.pose.rotation
+        u, v, ok = self.intrinsics.project(optical)
+        col, row = np.rint(u), np.rint(v)
+        ok &= ((col >= 0) & (col < self.intrinsics.width)
+               & (row >= 0) & (row < self.intrinsics.height))
+        gap_pixels = (row[ok] * self.intrinsics.width + col[ok]).astype(np.intp)
+        # the pixel itself must see the ground (not past a fold of the distortion model)
+        seen = hits[gap_pixels]
+        return (np.r_[pixels, gap_pixels[seen]], np.r_[cells, gap_cells[ok][seen]])
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(rows, cols) of the grid."""
+        return self.grid.shape
+
+    @property
+    def pixel_count(self) -> np.ndarray:
+        """(rows, cols) int64: how many pixel votes each cell gets (0: always unknown)."""
+        return self._counts.reshape(self.grid.shape)
+
+    @property
+    def pixels_used(self) -> np.ndarray:
+        """(H, W) bool: pixels that vote for some cell."""
+        used = np.zeros(self.intrinsics.height * self.intrinsics.width, dtype=bool)
+        used[self._pixels] = True
+        return used.reshape(self.intrinsics.height, self.intrinsics.width)
+
+    def fill(self, drivable: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """
+        Return the (rows, cols) int8 occupancy grid of an HxW drivable mask (non-zero = drivable).
+
+        ``drivable`` must have the CameraInfo's size (ValueError naming both
+        otherwise). With ``out`` (a C-contiguous (rows, cols) int8 array) the
+        grid is written there and returned.
+        """
+        drivable = np.asarray(drivable)
+        expected = (self.intrinsics.height, self.intrinsics.width)
+        if drivable.shape != expected:
+            size = (f'{drivable.shape[1]}x{drivable.shape[0]}' if drivable.ndim == 2
+                    else f'of shape {drivable.shape}')
+            raise ValueError(f'drivable mask is {size} but the camera info is '
+                             f'{expected[1]}x{expected[0]} (width x height); '
+                             'they must be the same size')
+        if out is None:
+            out = np.empty(self.grid.shape, dtype=np.int8)
+        elif (out.shape != self.grid.shape or out.dtype != np.int8
+              or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f'out must be a writeable C-contiguous {self.grid.shape} int8 '
+                             f'array, got {out.shape} {out.dtype}')
+        out.fill(UNKNOWN)
+        if not self._cells.size:
+            return out
+        votes = np.take(drivable.reshape(-1), self._pixels) != 0
+        free_votes = np.add.reduceat(votes, self._starts, dtype=np.int64)
+        flat = out.reshape(-1)
+        flat[self._cells] = np.where(free_votes > self._needed, FREE, OCCUPIED)
+        return out
