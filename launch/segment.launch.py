@@ -4,10 +4,12 @@ Launch enet_ros' segmentation node, optionally with RViz showing its outputs.
 ros2 launch enet_ros segment.launch.py image:=/camera/image_raw
 ros2 launch enet_ros segment.launch.py image:=/camera/image_raw rviz:=true device:=cuda
 ros2 launch enet_ros segment.launch.py image:=/camera/image_raw respawn:=true
+ros2 launch enet_ros segment.launch.py cameras:="[front, left]" \
+    image_topics:="[/front_cam/image_raw, /left_cam/image_raw]"
 """
 
 import os
-from typing import List
+from typing import List, Tuple
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from ament_index_python.packages import PackageNotFoundError
@@ -20,6 +22,7 @@ from launch.event_handlers import OnProcessExit
 from launch.events.process import ProcessExited
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
+import yaml
 
 #: The node's exit code for bad configuration: restarting it cannot help.
 EXIT_CONFIG_ERROR = 2
@@ -66,29 +69,71 @@ def _on_node_exit(event: ProcessExited, context: LaunchContext) -> List:
     return [Shutdown(reason='segmentation_node exited')]
 
 
-def generate_launch_description() -> LaunchDescription:
-    """Describe the node with the parameters file, argument overrides and remappings."""
-    share = get_package_share_directory('enet_ros')
-    image = LaunchConfiguration('image')
-    dds_profile = LaunchConfiguration('dds_profile')
+def _yaml_list(context: LaunchContext, name: str) -> List[str]:
+    """Parse a list argument such as '[front, left]' (empty: [])."""
+    text = context.launch_configurations.get(name, '').strip()
+    value = yaml.safe_load(text) if text else []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RuntimeError(f"{name}:={text}: expected a list of names such as '[front, left]'")
+    return value
+
+
+def _remappings(context: LaunchContext, cameras: List[str]) -> List[Tuple[str, str]]:
+    """Topic remappings: image:= for one camera, image_topics:= in camera order for several."""
+    if not cameras:
+        image = context.launch_configurations['image']
+        return [('image', image), ('image/compressed', f'{image}/compressed')]
+    topics = _yaml_list(context, 'image_topics')
+    if not topics:
+        return []
+    if len(topics) != len(cameras):
+        raise RuntimeError(f'image_topics:= names {len(topics)} topics for {len(cameras)} '
+                           'cameras; give one per camera, in the same order')
+    remappings = []
+    for camera, topic in zip(cameras, topics):
+        remappings += [(f'{camera}/image', topic),
+                       (f'{camera}/image/compressed', f'{topic}/compressed')]
+    return remappings
+
+
+def _segmentation_node(context: LaunchContext) -> List:
+    """Return the node (parameters file, argument overrides, remappings) and its exit handler."""
+    cameras = _yaml_list(context, 'cameras')
+    overrides = {'model_path': LaunchConfiguration('model_path'),
+                 'device': LaunchConfiguration('device')}
+    if cameras:
+        overrides['cameras'] = cameras
     node = Node(
         package='enet_ros',
         executable='segmentation_node',
         name='segmentation_node',
         namespace=LaunchConfiguration('namespace'),
-        parameters=[LaunchConfiguration('params_file'),
-                    {'model_path': LaunchConfiguration('model_path'),
-                     'device': LaunchConfiguration('device')}],
-        remappings=[('image', image), ('image/compressed', [image, '/compressed'])],
+        parameters=[LaunchConfiguration('params_file'), overrides],
+        remappings=_remappings(context, cameras),
         respawn=LaunchConfiguration('respawn'),
         respawn_delay=2.0,
         output='screen',
         emulate_tty=True,
     )
+    return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_node_exit))]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Describe the node with the parameters file, argument overrides and remappings."""
+    share = get_package_share_directory('enet_ros')
+    dds_profile = LaunchConfiguration('dds_profile')
     return LaunchDescription([
         DeclareLaunchArgument('image', default_value='/camera/image_raw',
                               description='camera topic (sensor_msgs/Image); with '
                                           'input_transport compressed, <image>/compressed'),
+        DeclareLaunchArgument('cameras', default_value='',
+                              description="camera names, e.g. '[front, left]': one node, one "
+                                          "model; camera <name> listens on '<name>/image' "
+                                          '(in the namespace) unless image_topics says '
+                                          'otherwise'),
+        DeclareLaunchArgument('image_topics', default_value='',
+                              description='with cameras: their topics in the same order, e.g. '
+                                          "'[/cam_front/image_raw, /cam_left/image_raw]'"),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'segment.yaml'),
                               description='node parameters file'),
@@ -120,8 +165,7 @@ def generate_launch_description() -> LaunchDescription:
         OpaqueFunction(function=_check_params_file),
         # The name this release's Fast DDS reads (both where $ROS_DISTRO is not set).
         *[SetEnvironmentVariable(name, dds_profile) for name in profile_variables()],
-        node,
-        RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_node_exit)),
+        OpaqueFunction(function=_segmentation_node),
         OpaqueFunction(function=_rviz, args=[os.path.join(share, 'config', 'segment.rviz')],
                        condition=IfCondition(LaunchConfiguration('rviz'))),
     ])

@@ -151,3 +151,39 @@ def image_array(msg) -> np.ndarray:
     if channels == 1:
         return data.reshape(msg.height, msg.width)
     return data.reshape(msg.height, msg.width, channels)
+
+
+def set_parameters(peer: RosPeer, parameters: Dict[str, object], node: str = '/segmentation_node',
+                   timeout: float = 20.0, atomically: bool = False) -> List:
+    """
+    Set ``parameters`` in one request through the node's service; return the results.
+
+    ``atomically``: through ``set_parameters_atomically`` (all or none, one
+    result); else ``set_parameters`` (each on its own, one result each).
+    """
+    from rcl_interfaces.srv import SetParameters, SetParametersAtomically
+    from rclpy.parameter import Parameter
+
+    service = SetParametersAtomically if atomically else SetParameters
+    suffix = 'set_parameters_atomically' if atomically else 'set_parameters'
+    client = peer.node.create_client(service, f'{node}/{suffix}')
+    assert client.wait_for_service(timeout_sec=20.0)
+    request = service.Request(
+        parameters=[Parameter(name, value=value).to_parameter_msg()
+                    for name, value in parameters.items()])
+    future = client.call_async(request)
+    assert peer.wait_for(future.done, timeout=timeout), f'no answer to setting {parameters}'
+    result = future.result()
+    return [result.result] if atomically else result.results
+
+
+def get_parameter(peer: RosPeer, name: str, node: str = '/segmentation_node'):
+    """Return the value of the node's parameter ``name``."""
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+
+    client = peer.node.create_client(GetParameters, f'{node}/get_parameters')
+    assert client.wait_for_service(timeout_sec=20.0)
+    future = client.call_async(GetParameters.Request(names=[name]))
+    assert peer.wait_for(future.done, timeout=20.0)
+    return parameter_value_to_python(future.result().values[0])

@@ -18,8 +18,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / 'launch' / 'segment.launch.py'
-DOCUMENTED_ARGUMENTS = {'image', 'params_file', 'model_path', 'device', 'namespace', 'rviz',
-                        'respawn', 'dds_profile'}
+DOCUMENTED_ARGUMENTS = {'image', 'cameras', 'image_topics', 'params_file', 'model_path',
+                        'device', 'namespace', 'rviz', 'respawn', 'dds_profile'}
 
 
 def _ament_prefix(root: Path, packages=('enet_ros',)) -> Path:
@@ -117,13 +117,39 @@ def test_sets_the_profile_variable_this_release_reads(tmp_path, monkeypatch, dis
     assert {_text(context, s.value) for s in setters} == {'/the/profile.xml'}
 
 
-def test_node_action_runs_the_installed_executable(launch_module):
-    """One launch_ros Node: enet_ros/segmentation_node (remappings: test_ros2_tools.py)."""
+def _node(launch_module, **arguments):
+    """Return the launch_ros Node the launch file makes for ``arguments``, and its handler."""
+    from launch.actions import RegisterEventHandler
     from launch_ros.actions import Node
 
-    nodes = _entities(launch_module.generate_launch_description(), Node)
-    assert [(n.node_package, n.node_executable) for n in nodes] == [
-        ('enet_ros', 'segmentation_node')]
+    defaults = {'image': '/camera/image_raw', 'cameras': '', 'image_topics': ''}
+    node, handler = launch_module._segmentation_node(_context(**{**defaults, **arguments}))
+    assert isinstance(node, Node) and isinstance(handler, RegisterEventHandler)
+    return node
+
+
+def test_node_action_runs_the_installed_executable(launch_module):
+    """One launch_ros Node: enet_ros/segmentation_node (run for real: test_ros2_tools.py)."""
+    node = _node(launch_module)
+    assert (node.node_package, node.node_executable) == ('enet_ros', 'segmentation_node')
+
+
+def test_camera_list_and_topics_become_parameters_and_remappings(launch_module):
+    """cameras:= sets the parameter; image_topics:= remaps each camera's input in order."""
+    assert launch_module._remappings(_context(image='/cam/image'), []) == [
+        ('image', '/cam/image'), ('image/compressed', '/cam/image/compressed')]
+    context = _context(image_topics='[/a/image_raw, /b/image_raw]')
+    assert launch_module._remappings(context, ['front', 'left']) == [
+        ('front/image', '/a/image_raw'), ('front/image/compressed', '/a/image_raw/compressed'),
+        ('left/image', '/b/image_raw'), ('left/image/compressed', '/b/image_raw/compressed')]
+    assert launch_module._remappings(_context(image_topics=''), ['front']) == []
+    with pytest.raises(RuntimeError, match='2 topics for 1 cameras'):
+        launch_module._remappings(context, ['front'])
+    assert launch_module._yaml_list(_context(cameras='[front, left]'), 'cameras') == [
+        'front', 'left']
+    with pytest.raises(RuntimeError, match='expected a list'):
+        launch_module._yaml_list(_context(cameras='front'), 'cameras')
+    _node(launch_module, cameras='[front, left]')
 
 
 def test_rviz_only_where_rviz2_is_installed(launch_module, tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ from enet_ros.model import ENet
 from enet_ros.model_file import ModelMetadata
 import numpy as np
 import pytest
-from ros_harness import image_array, make_image_msg, NodeProcess, OUTPUT_TOPICS, RosPeer, stamp_ns
+from ros_harness import (get_parameter, image_array, make_image_msg, NodeProcess, OUTPUT_TOPICS,
+                         RosPeer, set_parameters, stamp_ns)
 import torch
 
 NODE = '/segmentation_node'
@@ -236,31 +237,6 @@ def test_compressed_input(ros_env, random_model_file):
         assert node.stop() == 0
 
 
-def _set_parameters(peer, parameters):
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.parameter import Parameter
-
-    client = peer.node.create_client(SetParameters, f'{NODE}/set_parameters')
-    assert client.wait_for_service(timeout_sec=20.0)
-    request = SetParameters.Request(
-        parameters=[Parameter(name, value=value).to_parameter_msg()
-                    for name, value in parameters.items()])
-    future = client.call_async(request)
-    assert peer.wait_for(future.done, timeout=20.0)
-    return future.result().results
-
-
-def _get_parameter(peer, name):
-    from rcl_interfaces.srv import GetParameters
-    from rclpy.parameter import parameter_value_to_python
-
-    client = peer.node.create_client(GetParameters, f'{NODE}/get_parameters')
-    assert client.wait_for_service(timeout_sec=20.0)
-    future = client.call_async(GetParameters.Request(names=[name]))
-    assert peer.wait_for(future.done, timeout=20.0)
-    return parameter_value_to_python(future.result().values[0])
-
-
 def test_parameter_changes(ros_env, random_model_file):
     """Live changes apply on the next frame; invalid and read-only changes are refused."""
     from sensor_msgs.msg import Image
@@ -270,11 +246,11 @@ def test_parameter_changes(ros_env, random_model_file):
         publisher = peer.publisher(Image, '/image')
         peer.wait_for_subscribers(publisher)
         rgb = np.random.default_rng(9).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-        assert _get_parameter(peer, 'class_names') == list(CAMVID_11.names)
+        assert get_parameter(peer, 'class_names') == list(CAMVID_11.names)
 
-        [result] = _set_parameters(peer, {'overlay_alpha': 1.0})
+        [result] = set_parameters(peer, {'overlay_alpha': 1.0})
         assert result.successful, result.reason
-        [result] = _set_parameters(peer, {'drivable_classes': ['Road', 'Pavement', 'Sky']})
+        [result] = set_parameters(peer, {'drivable_classes': ['Road', 'Pavement', 'Sky']})
         assert result.successful, result.reason
         msg = make_image_msg(rgb, 'rgb8', 2_000_000_000)
         _wait_answer(peer, publisher, msg)
@@ -293,14 +269,14 @@ def test_parameter_changes(ros_env, random_model_file):
                                ({'model_path': '/tmp/other.safetensors'}, 'does not exist'),
                                ({'class_names': ['A']}, 'set by the node'),
                                ({'device': 'cpu'}, 'read-only')]:
-            [result] = _set_parameters(peer, change)
+            [result] = set_parameters(peer, change)
             assert not result.successful, change
             assert reason in result.reason, (change, result.reason)
-        assert _get_parameter(peer, 'overlay_alpha') == 1.0
-        assert _get_parameter(peer, 'drivable_classes') == ['Road', 'Pavement', 'Sky']
-        assert _get_parameter(peer, 'model_path') == str(random_model_file)
+        assert get_parameter(peer, 'overlay_alpha') == 1.0
+        assert get_parameter(peer, 'drivable_classes') == ['Road', 'Pavement', 'Sky']
+        assert get_parameter(peer, 'model_path') == str(random_model_file)
 
-        [result] = _set_parameters(peer, {'publish': ['labels']})
+        [result] = set_parameters(peer, {'publish': ['labels']})
         assert result.successful
         msg = make_image_msg(rgb, 'rgb8', 2_000_000_001)
         publisher.publish(msg)
