@@ -151,17 +151,17 @@ def test_model_swap_at_run_time(started, random_model_file, tmp_path):
         time.sleep(0.5)
         before = len(peer.messages('labels'))
         [result] = set_parameters(peer, {'model_path': str(other),
-                                         'drivable_classes': ['ground']}, timeout=120.0,
-                                  atomically=True)
-        answers_during_swap = len(peer.messages('labels')) - before
+                                         'drivable_classes': ['ground']}, atomically=True)
         assert result.successful, result.reason
+        assert peer.wait_for(lambda: get_parameter(peer, 'class_names') == list(
+            THREE_CLASSES.names), 120.0), 'the new model was not swapped in'
+        answers_during_swap = len(peer.messages('labels')) - before
         time.sleep(1.0)
     finally:
         stop.set()
         streamer.join(5.0)
     assert answers_during_swap > 0, 'frames stopped flowing during the swap'
     assert node.exited() is None, node.log()
-    assert get_parameter(peer, 'class_names') == list(THREE_CLASSES.names)
     assert get_parameter(peer, 'model_path') == str(other)
     new_answer = _send_until_answered(peer, publisher, make_image_msg(rgb, 'rgb8', 99_999),
                                       'colored')

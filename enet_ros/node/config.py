@@ -3,8 +3,8 @@ The segmentation node's parameters: declarations, validation and frozen settings
 
 Parameters that need a restart (device, precision, network size, cameras,
 transport, QoS) are read-only; the others can change at run time and are
-validated before they apply. ``model_path`` changes at run time too: the
-node loads and warms the new model before it answers (see the node).
+validated before they apply. ``model_path`` changes at run time too (see
+:mod:`enet_ros.node.model_swap`).
 """
 
 from dataclasses import dataclass
@@ -85,8 +85,8 @@ STRINGS = ParameterType.PARAMETER_STRING_ARRAY
 PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
     'model_path': ('', _descriptor(
         'ENet model file (.safetensors); empty = the bundled CamVid model. Settable at run '
-        'time: the new model is loaded and warmed before the set answers, then replaces the '
-        'old one between two frames; a file that fails validation is refused', False,
+        'time: a file that fails validation is refused; an accepted one is warmed up off '
+        'the inference path and replaces the old model between two frames', False,
         STRING)),
     'device': ('auto', _descriptor(
         "'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'", True, STRING)),

@@ -22,12 +22,15 @@ inference took it is counted as dropped, so a slow model drops old frames
 instead of queueing them. No exception leaves a callback: a bad message or a
 failed frame is counted and logged (throttled).
 
-Hot model swap: setting ``model_path`` loads, validates and warms the new model
-in the parameter callback, on an executor thread (the camera subscriptions
-have callback groups of their own, so frames keep arriving and the main thread
-keeps segmenting with the old model meanwhile); the set answers when the new
-model is ready, and the next frame uses it. A file that fails is refused with
-the reason and the old model stays.
+Hot model swap: setting ``model_path`` validates the file in the parameter
+callback (a bad file is refused with the reason; the old model stays), then
+builds and warms the new model on a thread of its own
+(:mod:`~enet_ros.node.model_swap`); the next frame after it is ready uses it
+and ``class_names`` follows. Frames keep flowing meanwhile.
+
+(Over 350 lines: parameters, the swap hand-over and the inference loop share
+the node's state; the pure parts live in config, cameras, diagnostics and
+model_swap.)
 """
 
 import threading
@@ -37,7 +40,6 @@ from typing import Any, Dict, List
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -53,8 +55,9 @@ from .health import HealthThresholds
 from .image_msgs import (CameraFrame, check_raw_image, compressed_image_to_frame, ImageBuffer,
                          InvalidImage, raw_image_to_frame)
 from .log_bridge import forward_core_logs
+from .model_swap import ModelSwap
 from .. import masks
-from ..model_file import load_model_file, ModelFileError
+from ..model_file import load_model_file, LoadedModel, ModelFileError
 from ..segmenter import Segmenter, SegmenterConfigError
 
 NODE_NAME = 'segmentation_node'
@@ -98,7 +101,7 @@ class SegmentationNode(Node):
         values['cameras'] = self._string_list('cameras')
         values['warmup_sizes'] = self._string_list('warmup_sizes')
         self.startup: StartupSettings = startup_settings(values)
-        segmenter = self._build_segmenter(self.startup.model_path)
+        segmenter = self._make_segmenter(self._load_model(self.startup.model_path))
         self.get_logger().info(segmenter.describe())
         metadata = segmenter.metadata
         self.declare_parameter('class_names', list(metadata.class_names),
@@ -107,8 +110,9 @@ class SegmentationNode(Node):
                                DRIVABLE_DESCRIPTION)
         self._state = _State(segmenter, self._runtime_settings({}, metadata.class_names))
         self._named_classes = segmenter
-        self._updating_class_names = False
-        self._swap_lock = threading.Lock()
+        self._internal_update = False
+        self._internal_lock = threading.Lock()
+        self._swap = ModelSwap(self._make_segmenter, self._swap_ready, self._swap_failed)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._stop = threading.Event()
@@ -152,23 +156,24 @@ class SegmentationNode(Node):
             camera.buffers[output] = ImageBuffer(
                 Image, 'mono8' if masks.OUTPUT_CHANNELS[output] == 1 else 'rgb8')
         input_qos = qos_profile(self.startup.input_reliability, self.startup.input_depth)
-        group = MutuallyExclusiveCallbackGroup()  # frames keep coming during a model swap
         if self.startup.input_transport == 'compressed':
             camera.subscription = self.create_subscription(
                 CompressedImage, f'{prefix}image/compressed',
-                lambda msg: self._on_compressed(msg, camera), input_qos, callback_group=group)
+                lambda msg: self._on_compressed(msg, camera), input_qos)
         else:
             camera.subscription = self.create_subscription(
-                Image, f'{prefix}image', lambda msg: self._on_image(msg, camera), input_qos,
-                callback_group=group)
+                Image, f'{prefix}image', lambda msg: self._on_image(msg, camera), input_qos)
         return camera
 
-    def _build_segmenter(self, model_path: str) -> Segmenter:
-        """Load, validate and warm ``model_path`` with the start-up device settings."""
+    def _load_model(self, model_path: str) -> LoadedModel:
+        """Read and validate a model file; raise ConfigError naming the parameter."""
         try:
-            loaded = load_model_file(model_path or None)
+            return load_model_file(model_path or None)
         except ModelFileError as error:
             raise ConfigError(f'parameter model_path: {error}') from None
+
+    def _make_segmenter(self, loaded: LoadedModel) -> Segmenter:
+        """Build and warm a Segmenter for ``loaded`` with the start-up device settings."""
         startup = self.startup
         size = ((startup.network_width, startup.network_height)
                 if startup.network_width else None)
@@ -194,49 +199,72 @@ class SegmentationNode(Node):
             if parameter.name in _READ_ONLY_RESTART:
                 return SetParametersResult(
                     successful=False, reason=f'{parameter.name} is read-only: restart the node')
-            if parameter.name == 'class_names' and not self._updating_class_names:
+            if parameter.name == 'class_names' and not self._internal_update:
                 return SetParametersResult(
                     successful=False, reason='class_names is set by the node from the model')
             changes[parameter.name] = parameter.value
-        changes.pop('class_names', None)
+        if self._internal_update:
+            return SetParametersResult(successful=True)
         try:
             if 'model_path' in changes:
-                state = self._swap_model(changes)
-            else:
-                segmenter = self._state.segmenter
-                state = _State(segmenter, self._runtime_settings(
-                    changes, segmenter.metadata.class_names))
+                self._start_swap(changes)
+                return SetParametersResult(successful=True)
+            segmenter = self._state.segmenter
+            state = _State(segmenter, self._runtime_settings(
+                changes, segmenter.metadata.class_names))
         except (ConfigError, TypeError, ValueError) as error:
             return SetParametersResult(successful=False, reason=str(error))
         self._state = state
         return SetParametersResult(successful=True)
 
-    def _swap_model(self, changes: Dict[str, Any]) -> _State:
-        """Build the state of a new model: validated, warmed, drivable classes checked."""
-        with self._swap_lock:  # one swap at a time
-            started = time.monotonic()
-            segmenter = self._build_segmenter(str(changes['model_path']))
-            names = segmenter.metadata.class_names
+    def _start_swap(self, changes: Dict[str, Any]) -> None:
+        """Validate a new model_path now; build and warm it on the swap thread."""
+        loaded = self._load_model(str(changes['model_path']))
+        try:
+            settings = self._runtime_settings(changes, loaded.metadata.class_names)
+        except ConfigError as error:
+            raise ConfigError(f'model_path: the new model does not fit: {error} (set '
+                              'drivable_classes in the same request, atomically)') from None
+        previous = {name: self.get_parameter(name).value
+                    for name in ('model_path', 'drivable_classes')}
+        self._swap.start(loaded, (settings, previous))
+        self.get_logger().info(f"loading model {changes['model_path']} (the current model "
+                               'answers until it is ready)')
+
+    def _swap_ready(self, segmenter: Segmenter, context: Any) -> None:
+        """Install a built model (swap thread): the next frame uses it."""
+        settings, _ = context
+        try:  # parameters changed since the request apply too
+            settings = self._runtime_settings({}, segmenter.metadata.class_names)
+        except ConfigError:
+            pass
+        self._state = _State(segmenter, settings)
+        self.get_logger().info(f'model swapped in after {segmenter.swap_seconds:.1f} s of '
+                               f'loading and warm-up: {segmenter.describe()}')
+
+    def _swap_failed(self, reason: str, context: Any) -> None:
+        """Keep the old model and put the parameters back (swap thread)."""
+        _, previous = context
+        self.get_logger().error(f'the new model could not be used ({reason}); keeping '
+                                f'{self._state.segmenter.model_path}')
+        self._set_internally([Parameter(name, value=value) for name, value in previous.items()])
+
+    def _set_internally(self, parameters: List[Parameter]) -> None:
+        """Set parameters the node owns (class_names, reverted values) past the checks."""
+        with self._internal_lock:
+            self._internal_update = True
             try:
-                settings = self._runtime_settings(changes, names)
-            except ConfigError as error:
-                raise ConfigError(f'model_path: the new model does not fit: {error} (set '
-                                  'drivable_classes in the same request)') from None
-            self.get_logger().info(f'model swapped in after {time.monotonic() - started:.1f} '
-                                   f's of loading and warm-up: {segmenter.describe()}')
-            return _State(segmenter, settings)
+                self.set_parameters(parameters)
+            finally:
+                self._internal_update = False
 
     def _publish_class_names(self) -> None:
         """After a swap, make the read-only class_names parameter follow the model."""
         segmenter = self._state.segmenter
         if segmenter is self._named_classes:
             return
-        self._updating_class_names = True
-        try:
-            self.set_parameters([Parameter('class_names', Parameter.Type.STRING_ARRAY,
-                                           list(segmenter.metadata.class_names))])
-        finally:
-            self._updating_class_names = False
+        self._set_internally([Parameter('class_names', Parameter.Type.STRING_ARRAY,
+                                        list(segmenter.metadata.class_names))])
         self._named_classes = segmenter
 
     # ----------------------------------------------------------------- input
