@@ -145,7 +145,8 @@ class TerminalProcess:
         self.process.wait(10)
 
     def close(self) -> None:
-        """Kill anything left and close the log."""
+        """Kill anything left, close and remove the log (assertion messages quote it)."""
         if self.process.poll() is None or self.group_alive():
             self.kill_group()
         self._log.close()
+        self.log_path.unlink(missing_ok=True)

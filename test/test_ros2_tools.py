@@ -10,6 +10,7 @@ where colcon or the ROS 2 tools from ../shared/ros2-tools are not installed.
 import os
 from pathlib import Path
 import random
+import sys
 import threading
 import time
 
@@ -107,6 +108,10 @@ def test_colcon_build_installs_what_ros2_needs(tmp_path, user_env, symlink_insta
     prefix = workspace / 'install' / 'enet_ros'
     for name in EXECUTABLES:
         assert os.access(prefix / 'lib' / 'enet_ros' / name, os.X_OK), name
+        # The interpreter is the Python that ran colcon (README: build with python -m colcon
+        # from the venv that has torch, so the node finds it).
+        shebang = (prefix / 'lib' / 'enet_ros' / name).read_text().splitlines()[0]
+        assert Path(shebang[2:].strip()).parent == Path(sys.executable).parent, shebang
     share = prefix / 'share' / 'enet_ros'
     for relative in ('package.xml', 'launch/segment.launch.py', 'config/segment.yaml',
                      'config/segment.rviz', 'config/fastdds_large_data.xml'):
