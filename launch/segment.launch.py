@@ -4,6 +4,12 @@ Launch enet_ros' segmentation node, optionally with RViz showing its outputs.
 ros2 launch enet_ros segment.launch.py image:=/camera/image_raw
 ros2 launch enet_ros segment.launch.py image:=/camera/image_raw rviz:=true device:=cuda
 ros2 launch enet_ros segment.launch.py image:=/camera/image_raw respawn:=true
+ros2 launch enet_ros segment.launch.py image:=/camera/image_raw lifecycle:=true
+
+With lifecycle:=true the managed node (segmentation_lifecycle_node) starts
+unconfigured and does nothing until it is configured and activated, by a
+lifecycle manager (nav2_lifecycle_manager with node_names [segmentation_node])
+or by hand: ros2 lifecycle set /segmentation_node configure, then activate.
 """
 
 import os
@@ -15,11 +21,11 @@ from enet_ros.node.dds import NEW_NAME, OLD_NAME, profile_variables
 from launch import LaunchContext, LaunchDescription
 from launch.actions import (DeclareLaunchArgument, LogInfo, OpaqueFunction,
                             RegisterEventHandler, SetEnvironmentVariable, Shutdown)
-from launch.conditions import IfCondition
+from launch.conditions import IfCondition, UnlessCondition
 from launch.event_handlers import OnProcessExit
 from launch.events.process import ProcessExited
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 #: The node's exit code for bad configuration: restarting it cannot help.
 EXIT_CONFIG_ERROR = 2
@@ -66,29 +72,52 @@ def _on_node_exit(event: ProcessExited, context: LaunchContext) -> List:
     return [Shutdown(reason='segmentation_node exited')]
 
 
+def _nodes() -> List[Node]:
+    """
+    Return the node's two forms; the ``lifecycle`` argument's condition picks one.
+
+    ``segmentation_node`` (a launch_ros Node) configures and activates itself;
+    ``segmentation_lifecycle_node`` (a launch_ros LifecycleNode, so launch can
+    emit ChangeState events to it) waits for its transitions.
+    """
+    image = LaunchConfiguration('image')
+    lifecycle = LaunchConfiguration('lifecycle')
+    common = {
+        'package': 'enet_ros',
+        'name': 'segmentation_node',
+        'namespace': LaunchConfiguration('namespace'),
+        'parameters': [LaunchConfiguration('params_file'),
+                       {'model_path': LaunchConfiguration('model_path'),
+                        'device': LaunchConfiguration('device')}],
+        'remappings': [('image', image), ('image/compressed', [image, '/compressed']),
+                       ('camera_info', LaunchConfiguration('camera_info'))],
+        'respawn': LaunchConfiguration('respawn'),
+        'respawn_delay': 2.0,
+        'output': 'screen',
+        'emulate_tty': True,
+    }
+    return [Node(executable='segmentation_node', condition=UnlessCondition(lifecycle),
+                 **common),
+            LifecycleNode(executable='segmentation_lifecycle_node',
+                          condition=IfCondition(lifecycle), **common)]
+
+
 def generate_launch_description() -> LaunchDescription:
     """Describe the node with the parameters file, argument overrides and remappings."""
     share = get_package_share_directory('enet_ros')
-    image = LaunchConfiguration('image')
     dds_profile = LaunchConfiguration('dds_profile')
-    node = Node(
-        package='enet_ros',
-        executable='segmentation_node',
-        name='segmentation_node',
-        namespace=LaunchConfiguration('namespace'),
-        parameters=[LaunchConfiguration('params_file'),
-                    {'model_path': LaunchConfiguration('model_path'),
-                     'device': LaunchConfiguration('device')}],
-        remappings=[('image', image), ('image/compressed', [image, '/compressed'])],
-        respawn=LaunchConfiguration('respawn'),
-        respawn_delay=2.0,
-        output='screen',
-        emulate_tty=True,
-    )
+    nodes = _nodes()
     return LaunchDescription([
         DeclareLaunchArgument('image', default_value='/camera/image_raw',
                               description='camera topic (sensor_msgs/Image); with '
                                           'input_transport compressed, <image>/compressed'),
+        DeclareLaunchArgument('camera_info', default_value='/camera/camera_info',
+                              description="the camera's sensor_msgs/CameraInfo topic (for "
+                                          '~/drivable_grid)'),
+        DeclareLaunchArgument('lifecycle', default_value='false',
+                              description='true: the managed node segmentation_lifecycle_node, '
+                                          'which waits unconfigured for configure and activate '
+                                          '(a lifecycle manager, or ros2 lifecycle set)'),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'segment.yaml'),
                               description='node parameters file'),
@@ -120,8 +149,9 @@ def generate_launch_description() -> LaunchDescription:
         OpaqueFunction(function=_check_params_file),
         # The name this release's Fast DDS reads (both where $ROS_DISTRO is not set).
         *[SetEnvironmentVariable(name, dds_profile) for name in profile_variables()],
-        node,
-        RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_node_exit)),
+        *nodes,
+        *[RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_node_exit))
+          for node in nodes],
         OpaqueFunction(function=_rviz, args=[os.path.join(share, 'config', 'segment.rviz')],
                        condition=IfCondition(LaunchConfiguration('rviz'))),
     ])

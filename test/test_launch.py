@@ -18,8 +18,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / 'launch' / 'segment.launch.py'
-DOCUMENTED_ARGUMENTS = {'image', 'params_file', 'model_path', 'device', 'namespace', 'rviz',
-                        'respawn', 'dds_profile'}
+DOCUMENTED_ARGUMENTS = {'image', 'camera_info', 'params_file', 'model_path', 'device',
+                        'namespace', 'rviz', 'respawn', 'dds_profile', 'lifecycle'}
 
 
 def _ament_prefix(root: Path, packages=('enet_ros',)) -> Path:
@@ -117,13 +117,17 @@ def test_sets_the_profile_variable_this_release_reads(tmp_path, monkeypatch, dis
     assert {_text(context, s.value) for s in setters} == {'/the/profile.xml'}
 
 
-def test_node_action_runs_the_installed_executable(launch_module):
-    """One launch_ros Node: enet_ros/segmentation_node (remappings: test_ros2_tools.py)."""
-    from launch_ros.actions import Node
+@pytest.mark.parametrize('lifecycle, executable', [
+    ('false', 'segmentation_node'), ('true', 'segmentation_lifecycle_node')])
+def test_node_action_runs_the_installed_executable(launch_module, lifecycle, executable):
+    """lifecycle:=false starts segmentation_node, true the managed one as a LifecycleNode."""
+    from launch_ros.actions import LifecycleNode, Node
 
     nodes = _entities(launch_module.generate_launch_description(), Node)
-    assert [(n.node_package, n.node_executable) for n in nodes] == [
-        ('enet_ros', 'segmentation_node')]
+    context = _context(lifecycle=lifecycle)
+    started = [n for n in nodes if n.condition.evaluate(context)]
+    assert [(n.node_package, n.node_executable) for n in started] == [('enet_ros', executable)]
+    assert isinstance(started[0], LifecycleNode) == (lifecycle == 'true')
 
 
 def test_rviz_only_where_rviz2_is_installed(launch_module, tmp_path, monkeypatch):
@@ -142,7 +146,7 @@ def test_rviz_only_where_rviz2_is_installed(launch_module, tmp_path, monkeypatch
     topics = {d['Topic']['Value'] for d in
               yaml.safe_load(Path(rviz_config).read_text())['Visualization Manager']['Displays']}
     assert topics == {'/segmentation_node/overlay', '/segmentation_node/colored',
-                      '/segmentation_node/drivable'}
+                      '/segmentation_node/drivable', '/segmentation_node/drivable_grid'}
 
 
 def test_node_exit_ends_the_launch_unless_respawn(launch_module):

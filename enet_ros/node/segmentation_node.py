@@ -1,15 +1,25 @@
 """
-The segmentation node: camera images in; labels, colour, overlay, drivable and confidence out.
+The segmentation node: camera images in; labels, colours, drivable area, ground grid out.
 
 One camera (parameter ``cameras`` not set): subscribes ``image``
 (sensor_msgs/Image) or, with ``input_transport: compressed``,
-``image/compressed`` (sensor_msgs/CompressedImage, JPEG/PNG), and publishes
-``~/labels`` (mono8 class ids), ``~/colored`` (rgb8), ``~/overlay`` (rgb8),
-``~/drivable`` (mono8, 0 or 255) and ``~/confidence`` (mono8, probability x
-255). With ``cameras: [front, left]`` each camera subscribes
-``<name>/image`` and publishes ``~/<name>/labels`` and so on; one model serves
-all. Every output has its input's size and header. ``/diagnostics`` about
-once a second, one status per camera.
+``image/compressed`` (sensor_msgs/CompressedImage, JPEG/PNG), and
+``camera_info`` (sensor_msgs/CameraInfo), and publishes ``~/labels`` (mono8
+class ids), ``~/colored`` (rgb8), ``~/overlay`` (rgb8), ``~/drivable``
+(mono8, 0 or 255), ``~/confidence`` (mono8, probability x 255) and
+``~/drivable_grid`` (nav_msgs/OccupancyGrid: the drivable mask projected onto
+the ground through the CameraInfo and the camera's pose, see
+:mod:`enet_ros.node.grid`). With ``cameras: [front, left]`` each camera
+subscribes ``<name>/image`` and ``<name>/camera_info`` and publishes
+``~/<name>/labels`` and so on; one model serves all. Every image output has
+its input's size and header; the grid has the image's stamp and
+``grid_frame``. ``/diagnostics`` about once a second, one status per camera.
+
+Two nodes share these parts (:class:`SegmentationMixin`): :class:`SegmentationNode`
+configures and activates itself in its constructor, and
+:class:`~enet_ros.node.lifecycle_node.SegmentationLifecycleNode` does the same
+steps in its lifecycle transitions (configure: parameters and model;
+activate: subscriptions; deactivate; cleanup).
 
 Threading: the ROS executor spins on a helper thread; a subscription callback
 only validates the message and parks it as its camera's newest frame
@@ -20,7 +30,8 @@ used it doubled the CPU inference time: each thread keeps its own OpenMP team,
 and the two teams' threads compete for the cores.) A frame replaced before
 inference took it is counted as dropped, so a slow model drops old frames
 instead of queueing them. No exception leaves a callback: a bad message or a
-failed frame is counted and logged (throttled).
+failed frame is counted and logged (throttled). A frame is processed under a
+lock that deactivate and cleanup take too, so they wait for it to finish.
 
 Hot model swap: setting ``model_path`` loads, validates and warms the new model
 in the parameter callback, on an executor thread (the camera subscriptions
@@ -32,28 +43,33 @@ the reason and the old model stays.
 
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import OccupancyGrid
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CompressedImage, Image
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from .cameras import Camera, FrameSlots, topic_prefix
-from .config import (CAMERAS_DESCRIPTION, CLASS_NAMES_DESCRIPTION, ConfigError,
-                     DRIVABLE_DESCRIPTION, OUTPUTS, PARAMETERS, qos_profile, runtime_settings,
-                     RuntimeSettings, startup_settings, StartupSettings,
+from .config import (CAMERA_NAME, CAMERAS_DESCRIPTION, CLASS_NAMES_DESCRIPTION, ConfigError,
+                     DRIVABLE_DESCRIPTION, GRID_OUTPUT, IMAGE_OUTPUTS, PARAMETERS,
+                     pose_descriptor, POSE_FIELDS, pose_parameter, qos_profile,
+                     runtime_settings, RuntimeSettings, startup_settings, StartupSettings,
                      WARMUP_SIZES_DESCRIPTION)
 from .diagnostics import diagnostic_array
+from .grid import GridUnavailable, resolve_pose_source, TfPoseSource
 from .health import HealthThresholds
 from .image_msgs import (CameraFrame, check_raw_image, compressed_image_to_frame, ImageBuffer,
                          InvalidImage, raw_image_to_frame)
 from .log_bridge import forward_core_logs
 from .. import masks
+from ..ground_grid import CameraPose
 from ..model_file import load_model_file, ModelFileError
 from ..segmenter import Segmenter, SegmenterConfigError
 
@@ -64,7 +80,8 @@ DEFAULT_VOID_ID = 255
 _READ_ONLY_RESTART = ('device', 'precision', 'network_width', 'network_height',
                       'torch_compile', 'cameras', 'warmup_sizes', 'input_transport',
                       'input_reliability', 'input_depth', 'output_reliability', 'output_depth',
-                      'diagnostics_period')
+                      'diagnostics_period', 'grid_pose_source')
+STRING_ARRAY = Parameter.Type.STRING_ARRAY
 
 
 class _State:
@@ -81,54 +98,205 @@ class _State:
         self.min_interval_s = 1.0 / settings.max_rate_hz if settings.max_rate_hz > 0 else 0.0
         self.thresholds = HealthThresholds(settings.stale_input_s, settings.latency_warn_ms,
                                            settings.max_consecutive_failures)
+        self.grid_spec = settings.grid.spec()
+        self.poses: Dict[str, Optional[CameraPose]] = {
+            name: values.pose(settings.grid.ground_z)
+            for name, values in settings.camera_poses.items()}
 
 
-class SegmentationNode(Node):
-    """ENet segmentation node; see the module docstring."""
+def grid_qos(reliability: str) -> QoSProfile:
+    """
+    Return the QoS of ~/drivable_grid: the newest grid, transient local, ``reliability``.
 
-    def __init__(self, **node_kwargs: Any):
-        super().__init__(NODE_NAME, **node_kwargs)
+    Transient local matches both volatile subscribers and the transient-local
+    ones that map consumers use (RViz's Map display, nav2's static layer).
+    """
+    qos = qos_profile(reliability, 1)
+    qos.history = HistoryPolicy.KEEP_LAST
+    qos.durability = DurabilityPolicy.TRANSIENT_LOCAL
+    return qos
+
+
+class SegmentationMixin:
+    """
+    The segmentation node's parts, in the steps of a managed node's lifecycle.
+
+    For a class that also derives from rclpy's ``Node`` (or ``LifecycleNode``):
+    :meth:`_init_segmentation` after the node's constructor declares the
+    parameters; :meth:`_configure` validates them, loads the model and creates
+    the publishers (ConfigError when something is wrong); :meth:`_activate`
+    subscribes to the cameras; :meth:`_deactivate` unsubscribes;
+    :meth:`_cleanup` releases the model and the publishers. :meth:`run_inference`
+    serves the frames on the calling thread whatever the state.
+    """
+
+    def _init_segmentation(self) -> None:
+        """Declare the parameters and start unconfigured; call right after Node.__init__."""
         self._log_forwarding = forward_core_logs(self.get_logger())
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
-        self.declare_parameter('cameras', Parameter.Type.STRING_ARRAY, CAMERAS_DESCRIPTION)
-        self.declare_parameter('warmup_sizes', Parameter.Type.STRING_ARRAY,
-                               WARMUP_SIZES_DESCRIPTION)
-        values = self._values(PARAMETERS)
-        values['cameras'] = self._string_list('cameras')
-        values['warmup_sizes'] = self._string_list('warmup_sizes')
-        self.startup: StartupSettings = startup_settings(values)
-        segmenter = self._build_segmenter(self.startup.model_path)
-        self.get_logger().info(segmenter.describe())
-        metadata = segmenter.metadata
-        self.declare_parameter('class_names', list(metadata.class_names),
-                               CLASS_NAMES_DESCRIPTION)
-        self.declare_parameter('drivable_classes', list(metadata.drivable_classes) or [''],
-                               DRIVABLE_DESCRIPTION)
-        self._state = _State(segmenter, self._runtime_settings({}, metadata.class_names))
-        self._named_classes = segmenter
-        self._updating_class_names = False
-        self._swap_lock = threading.Lock()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-
         self._stop = threading.Event()
         self.failed = False
         self.failed_frames = False
         self._warned: Dict[str, float] = {}
+        self._lock = threading.Lock()  # a frame in progress vs. (de)activate and cleanup
+        self._swap_lock = threading.Lock()
+        self._state: Optional[_State] = None
+        self.startup: Optional[StartupSettings] = None
+        self.cameras: List[Camera] = []
+        self._slots: Optional[FrameSlots] = None
+        self._active = False
+        self._parameter_callback = None
+        self._diagnostics_publisher = None
+        self._diagnostics_timer = None
+        self.grid_pose_source = ''
+        self._tf: Optional[TfPoseSource] = None
+        self._named_classes = None
+        self._model_drivable_default: Optional[List[str]] = None
+        self._updating_class_names = False
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        self.declare_parameter('cameras', STRING_ARRAY, CAMERAS_DESCRIPTION)
+        self.declare_parameter('warmup_sizes', STRING_ARRAY, WARMUP_SIZES_DESCRIPTION)
+        for camera in self.camera_names():
+            if camera and not CAMERA_NAME.match(camera):
+                continue  # refused by configure, with the reason
+            for field in POSE_FIELDS:
+                name = pose_parameter(camera, field)
+                if not self.has_parameter(name):
+                    self.declare_parameter(name, 0.0, pose_descriptor(field))
+
+    def camera_names(self) -> Tuple[str, ...]:
+        """Return the ``cameras`` parameter's names, ('',) when not set; not validated."""
+        return tuple(self._string_list('cameras')) or ('',)
+
+    @property
+    def segmenter(self) -> Optional[Segmenter]:
+        """Return the model in use now (None while not configured)."""
+        state = self._state
+        return None if state is None else state.segmenter
+
+    # ----------------------------------------------------------------- lifecycle steps
+
+    def _create_output_publisher(self, msg_type: Any, topic: str, qos: Any) -> Any:
+        """Create an output publisher (the lifecycle node makes lifecycle publishers)."""
+        return self.create_publisher(msg_type, topic, qos)
+
+    def _destroy_output_publisher(self, publisher: Any) -> None:
+        self.destroy_publisher(publisher)
+
+    def _configure(self) -> None:
+        """Validate the parameters, load the model, create the publishers; ConfigError if bad."""
+        values = self._values(PARAMETERS)
+        values['cameras'] = self._string_list('cameras')
+        values['warmup_sizes'] = self._string_list('warmup_sizes')
+        self.startup = startup_settings(values)
+        self.grid_pose_source = resolve_pose_source(self.startup.grid_pose_source)
+        segmenter = self._build_segmenter(self.startup.model_path)
+        self.get_logger().info(segmenter.describe())
+        self._declare_model_parameters(segmenter.metadata)
+        self._state = _State(segmenter, self._runtime_settings({}, segmenter.metadata.class_names))
+        self._named_classes = segmenter
+        self._parameter_callback = self._on_set_parameters
+        self.add_on_set_parameters_callback(self._parameter_callback)
         self.cameras = [self._make_camera(name) for name in self.startup.cameras or ('',)]
         self._slots = FrameSlots(self.cameras)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_timer(self.startup.diagnostics_period_s, self._publish_diagnostics)
-        for camera in self.cameras:
-            self.get_logger().info(
-                f'listening on {camera.subscription.topic_name} ({self.startup.input_transport}'
-                f', {self.startup.input_reliability}); publishing '
-                f'{", ".join(camera.publishers[n].topic_name for n in OUTPUTS)}')
+        if self.grid_pose_source == 'tf':
+            self._tf = TfPoseSource(self)
+            source = (f'TF ({self._state.settings.grid.frame} <- the image frame_id, newest '
+                      'transform)')
+        elif self.startup.grid_pose_source == 'parameters':
+            source = 'the camera_pose.* parameters (grid_pose_source: parameters)'
+        else:
+            source = 'the camera_pose.* parameters (tf2_ros is not importable)'
+        self.get_logger().info(f'drivable grid: camera pose from {source}')
 
-    @property
-    def segmenter(self) -> Segmenter:
-        """Return the model in use now."""
-        return self._state.segmenter
+    def _declare_model_parameters(self, metadata: Any) -> None:
+        """
+        Declare class_names and drivable_classes with the model's values (first configure).
+
+        On a later configure (lifecycle) class_names follows the new model, and
+        so does drivable_classes unless it was changed from the old model's default.
+        """
+        names = list(metadata.class_names)
+        default = list(metadata.drivable_classes) or ['']
+        if not self.has_parameter('class_names'):
+            self.declare_parameter('class_names', names, CLASS_NAMES_DESCRIPTION)
+            self.declare_parameter('drivable_classes', default, DRIVABLE_DESCRIPTION)
+        else:
+            updates = [Parameter('class_names', STRING_ARRAY, names)]
+            if list(self.get_parameter('drivable_classes').value) == \
+                    self._model_drivable_default:
+                updates.append(Parameter('drivable_classes', STRING_ARRAY, default))
+            self.set_parameters(updates)
+        self._model_drivable_default = default
+
+    def _activate(self) -> None:
+        """Subscribe to the cameras and start the diagnostics."""
+        startup = self.startup
+        input_qos = qos_profile(startup.input_reliability, startup.input_depth)
+        with self._lock:
+            self._active = True
+        for camera in self.cameras:
+            prefix = topic_prefix(camera.name)
+            group = MutuallyExclusiveCallbackGroup()  # frames keep coming during a model swap
+            if startup.input_transport == 'compressed':
+                camera.subscription = self.create_subscription(
+                    CompressedImage, f'{prefix}image/compressed',
+                    lambda msg, camera=camera: self._on_compressed(msg, camera), input_qos,
+                    callback_group=group)
+            else:
+                camera.subscription = self.create_subscription(
+                    Image, f'{prefix}image',
+                    lambda msg, camera=camera: self._on_image(msg, camera), input_qos,
+                    callback_group=group)
+            camera.info_subscription = self.create_subscription(
+                CameraInfo, f'{prefix}camera_info', camera.grid.on_camera_info, input_qos,
+                callback_group=group)
+        self._diagnostics_timer = self.create_timer(startup.diagnostics_period_s,
+                                                    self._publish_diagnostics)
+        for camera in self.cameras:
+            outputs = ', '.join(p.topic_name for p in camera.publishers.values())
+            self.get_logger().info(
+                f'listening on {camera.subscription.topic_name} ({startup.input_transport}, '
+                f'{startup.input_reliability}) and {camera.info_subscription.topic_name}; '
+                f'publishing {outputs}')
+
+    def _deactivate(self) -> None:
+        """Unsubscribe and stop the diagnostics; waits for a frame in progress."""
+        with self._lock:
+            self._active = False
+            for camera in self.cameras:
+                for subscription in (camera.subscription, camera.info_subscription):
+                    if subscription is not None:
+                        self.destroy_subscription(subscription)
+                camera.subscription = camera.info_subscription = None
+            if self._slots is not None:
+                self._slots.clear()
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+
+    def _cleanup(self) -> None:
+        """Release the model, the publishers and the TF listener (any partial configuration)."""
+        self._deactivate()
+        with self._lock:
+            for camera in self.cameras:
+                for publisher in camera.publishers.values():
+                    self._destroy_output_publisher(publisher)
+            self.cameras = []
+            self._slots = None
+            self._state = None
+        self._named_classes = None
+        if self._diagnostics_publisher is not None:
+            self.destroy_publisher(self._diagnostics_publisher)
+            self._diagnostics_publisher = None
+        if self._tf is not None:
+            self._tf.close()
+            self._tf = None
+        if self._parameter_callback is not None:
+            self.remove_on_set_parameters_callback(self._parameter_callback)
+            self._parameter_callback = None
+        self.startup = None
 
     # ----------------------------------------------------------------- configuration
 
@@ -143,24 +311,17 @@ class SegmentationNode(Node):
             return []
 
     def _make_camera(self, name: str) -> Camera:
+        """Return a camera with its output publishers (subscriptions: :meth:`_activate`)."""
         camera = Camera(name)
         prefix = topic_prefix(name)
         output_qos = qos_profile(self.startup.output_reliability, self.startup.output_depth)
-        for output in OUTPUTS:
-            camera.publishers[output] = self.create_publisher(
+        for output in IMAGE_OUTPUTS:
+            camera.publishers[output] = self._create_output_publisher(
                 Image, f'~/{prefix}{output}', output_qos)
             camera.buffers[output] = ImageBuffer(
                 Image, 'mono8' if masks.OUTPUT_CHANNELS[output] == 1 else 'rgb8')
-        input_qos = qos_profile(self.startup.input_reliability, self.startup.input_depth)
-        group = MutuallyExclusiveCallbackGroup()  # frames keep coming during a model swap
-        if self.startup.input_transport == 'compressed':
-            camera.subscription = self.create_subscription(
-                CompressedImage, f'{prefix}image/compressed',
-                lambda msg: self._on_compressed(msg, camera), input_qos, callback_group=group)
-        else:
-            camera.subscription = self.create_subscription(
-                Image, f'{prefix}image', lambda msg: self._on_image(msg, camera), input_qos,
-                callback_group=group)
+        camera.publishers[GRID_OUTPUT] = self._create_output_publisher(
+            OccupancyGrid, f'~/{prefix}{GRID_OUTPUT}', grid_qos(self.startup.output_reliability))
         return camera
 
     def _build_segmenter(self, model_path: str) -> Segmenter:
@@ -182,11 +343,13 @@ class SegmentationNode(Node):
                               f'{error}') from None
 
     def _runtime_settings(self, changes: Dict[str, Any], class_names) -> RuntimeSettings:
+        cameras = self.startup.cameras or ('',)
         names = [n for n, (_, d) in PARAMETERS.items() if not d.read_only]
+        names += [pose_parameter(camera, field) for camera in cameras for field in POSE_FIELDS]
         values = self._values(names + ['drivable_classes'])
         values.update(changes)
         values['drivable_classes'] = [n for n in values['drivable_classes'] if n]
-        return runtime_settings(values, class_names)
+        return runtime_settings(values, class_names, cameras)
 
     def _on_set_parameters(self, parameters: List[Parameter]) -> SetParametersResult:
         changes = {}
@@ -228,9 +391,10 @@ class SegmentationNode(Node):
 
     def _publish_class_names(self) -> None:
         """After a swap, make the read-only class_names parameter follow the model."""
-        segmenter = self._state.segmenter
-        if segmenter is self._named_classes:
+        state = self._state
+        if state is None or state.segmenter is self._named_classes:
             return
+        segmenter = state.segmenter
         self._updating_class_names = True
         try:
             self.set_parameters([Parameter('class_names', Parameter.Type.STRING_ARRAY,
@@ -276,16 +440,23 @@ class SegmentationNode(Node):
         ``max_consecutive_failures`` failed frames with ``exit_on_failure``.
         """
         while not self._stop.is_set() and self.context.ok():
+            slots = self._slots
+            if slots is None:  # not configured (lifecycle node)
+                self._stop.wait(0.2)
+                continue
             self._publish_class_names()
-            taken = self._slots.take(timeout=0.2)
+            taken = slots.take(timeout=0.2)
             if taken is None:
                 continue
             camera, msg, received = taken
-            try:
-                self._process(camera, msg, received)
-            except Exception as error:  # noqa: B902 - a frame must never kill the node
-                if self._failed(camera, error):
-                    return
+            with self._lock:
+                if not self._active or self._state is None:
+                    continue  # deactivated while the frame waited
+                try:
+                    self._process(camera, msg, received)
+                except Exception as error:  # noqa: B902 - a frame must never kill the node
+                    if self._failed(camera, error):
+                        return
 
     def _failed(self, camera: Camera, error: Exception) -> bool:
         """Count a failed frame; return True when the node should exit (exit_on_failure)."""
@@ -305,6 +476,7 @@ class SegmentationNode(Node):
         wanted = camera.subscribed_outputs(state.settings.publish)
         if not wanted:
             camera.stats.count('skipped_no_subscribers')
+            camera.grid.problem = None
             return
         if state.min_interval_s and received - camera.last_processed < state.min_interval_s:
             camera.stats.count('dropped_rate_limit')
@@ -318,7 +490,8 @@ class SegmentationNode(Node):
             self._reject(camera, error)
             return
         camera.last_processed = received
-        with_confidence = 'confidence' in wanted or state.settings.min_confidence > 0
+        images = [name for name in wanted if name != GRID_OUTPUT]
+        with_confidence = 'confidence' in images or state.settings.min_confidence > 0
         inference_start = time.monotonic()
         result = state.segmenter.segment(frame.pixels, bgr=frame.bgr,
                                          with_confidence=with_confidence)
@@ -330,14 +503,68 @@ class SegmentationNode(Node):
                                       state.void_id)
         height, width = labels.shape
         buffers = {name: camera.buffers[name].view(height, width, masks.OUTPUT_CHANNELS[name])
-                   for name in wanted}
-        state.renderer.render(labels, frame.rgb() if 'overlay' in wanted else None, wanted,
+                   for name in images}
+        state.renderer.render(labels, frame.rgb() if 'overlay' in images else None, images,
                               out=buffers, confidence=result.confidence)
-        for name in wanted:
+        for name in images:
             buffer = camera.buffers[name]
             buffer.msg.header = msg.header
             camera.publishers[name].publish(buffer.msg)
         camera.stats.published(self._latency_s(msg), time.monotonic() - received, inference_s)
+        if GRID_OUTPUT in wanted:
+            drivable = buffers.get('drivable')
+            if drivable is None:
+                drivable = masks.drivable_mask(labels, state.renderer.drivable,
+                                               out=camera.grid.drivable_scratch(height, width))
+            self._publish_grid(camera, msg, drivable, state)
+        else:
+            camera.grid.problem = None
+
+    def _publish_grid(self, camera: Camera, msg: Any, drivable: np.ndarray,
+                      state: _State) -> None:
+        """Project ``drivable`` onto the ground and publish it, or count and warn why not."""
+        grid = camera.grid
+        settings = state.settings.grid
+        height, width = drivable.shape
+        try:
+            intrinsics = grid.intrinsics(settings.rectified_image)
+            if (intrinsics.width, intrinsics.height) != (width, height):
+                raise GridUnavailable('camera_info_size_mismatch', (
+                    f'camera_info is {intrinsics.width}x{intrinsics.height} but the image is '
+                    f'{width}x{height}; they must describe the same image'))
+            pose = self._grid_pose(camera, msg.header.frame_id, state)
+            projection, built = grid.projection_for(intrinsics, pose, state.grid_spec,
+                                                    settings.ground_z)
+        except GridUnavailable as error:
+            camera.stats.count(f'grid_skipped_{error.reason}')
+            topic = camera.info_subscription.topic_name if camera.info_subscription else ''
+            grid.problem = f'{error} [{error.reason}]'
+            self._warn(f'grid:{camera.name}:{error.reason}',
+                       f'no drivable grid for {camera.label} ({topic}): {error} '
+                       f'[{error.reason}]; the other outputs are published')
+            return
+        if built:
+            spec = state.grid_spec
+            self.get_logger().info(
+                f'{camera.label}: ground projection built in {grid.build_ms:.0f} ms '
+                f'({width}x{height} camera, {spec.width}x{spec.height} cells of '
+                f'{spec.resolution:g} m in {settings.frame}, pose from {self.grid_pose_source})')
+        projection.fill(drivable, out=grid.buffer.view(state.grid_spec, settings.ground_z))
+        camera.publishers[GRID_OUTPUT].publish(grid.buffer.stamp(msg.header.stamp,
+                                                                 settings.frame))
+        camera.stats.count('grid_published')
+        grid.problem = None
+
+    def _grid_pose(self, camera: Camera, frame_id: str, state: _State) -> CameraPose:
+        """Return the camera's optical-frame pose in grid_frame; raise GridUnavailable."""
+        if self._tf is not None:
+            return self._tf.lookup(state.settings.grid.frame, frame_id)
+        pose = state.poses.get(camera.name)
+        if pose is None:
+            raise GridUnavailable('no_pose', (
+                f"camera pose not set: set {pose_parameter(camera.name, 'height')} (and "
+                f"{pose_parameter(camera.name, 'pitch')} ...) or publish TF"))
+        return pose
 
     @staticmethod
     def _check_labels(labels: np.ndarray, frame: CameraFrame, segmenter: Segmenter) -> None:
@@ -358,10 +585,12 @@ class SegmentationNode(Node):
     # ----------------------------------------------------------------- health
 
     def _publish_diagnostics(self) -> None:
-        state = self._state
-        self._diagnostics_publisher.publish(diagnostic_array(
+        state, publisher = self._state, self._diagnostics_publisher
+        if state is None or publisher is None:
+            return
+        publisher.publish(diagnostic_array(
             self.get_fully_qualified_name(), self.cameras, state.thresholds, state.segmenter,
-            self.get_clock().now().to_msg()))
+            self.get_clock().now().to_msg(), self.grid_pose_source))
 
     def destroy_node(self) -> None:
         """Destroy the node and stop forwarding the core's log records to it."""
@@ -371,4 +600,16 @@ class SegmentationNode(Node):
     def stop(self) -> None:
         """Make :meth:`run_inference` return after the frame in progress."""
         self._stop.set()
-        self._slots.stop()
+        slots = self._slots
+        if slots is not None:
+            slots.stop()
+
+
+class SegmentationNode(SegmentationMixin, Node):
+    """ENet segmentation node, configured and active from its constructor; see the module."""
+
+    def __init__(self, **node_kwargs: Any):
+        Node.__init__(self, NODE_NAME, **node_kwargs)
+        self._init_segmentation()
+        self._configure()
+        self._activate()
