@@ -29,6 +29,7 @@ setup(
     entry_points={
         'console_scripts': [
             'segmentation_node = enet_ros.node.main:main',
+            'segmentation_lifecycle_node = enet_ros.node.lifecycle_main:main',
             'dataset_to_bag = enet_ros.evaluation.dataset_to_bag:main',
             'evaluate_bag = enet_ros.evaluation.evaluate_bag:main',
             'live_evaluate = enet_ros.evaluation.live_evaluate:main',

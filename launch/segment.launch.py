@@ -4,8 +4,14 @@ Launch enet_ros' segmentation node, optionally with RViz showing its outputs.
 ros2 launch enet_ros segment.launch.py image:=/camera/image_raw
 ros2 launch enet_ros segment.launch.py image:=/camera/image_raw rviz:=true device:=cuda
 ros2 launch enet_ros segment.launch.py image:=/camera/image_raw respawn:=true
+ros2 launch enet_ros segment.launch.py image:=/camera/image_raw lifecycle:=true
 ros2 launch enet_ros segment.launch.py cameras:="[front, left]" \
     image_topics:="[/front_cam/image_raw, /left_cam/image_raw]"
+
+With lifecycle:=true the managed node (segmentation_lifecycle_node) starts
+unconfigured and does nothing until it is configured and activated, by a
+lifecycle manager (nav2_lifecycle_manager with node_names [segmentation_node])
+or by hand: ros2 lifecycle set /segmentation_node configure, then activate.
 """
 
 import os
@@ -21,7 +27,7 @@ from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
 from launch.events.process import ProcessExited
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 import yaml
 
 #: The node's exit code for bad configuration: restarting it cannot help.
@@ -78,11 +84,24 @@ def _yaml_list(context: LaunchContext, name: str) -> List[str]:
     return value
 
 
+def _camera_info_beside(image_topic: str) -> str:
+    """Return the CameraInfo topic beside an image topic (image_transport's convention)."""
+    return f"{image_topic.rsplit('/', 1)[0]}/camera_info" if '/' in image_topic.strip('/') \
+        else 'camera_info'
+
+
 def _remappings(context: LaunchContext, cameras: List[str]) -> List[Tuple[str, str]]:
-    """Topic remappings: image:= for one camera, image_topics:= in camera order for several."""
+    """
+    Topic remappings: image:= (and camera_info:=) for one camera, image_topics:= for several.
+
+    A camera's CameraInfo (for ~/drivable_grid) is the topic beside its image
+    (``/cam/image_raw`` -> ``/cam/camera_info``) unless camera_info:= names it.
+    """
     if not cameras:
         image = context.launch_configurations['image']
-        return [('image', image), ('image/compressed', f'{image}/compressed')]
+        info = context.launch_configurations.get('camera_info') or _camera_info_beside(image)
+        return [('image', image), ('image/compressed', f'{image}/compressed'),
+                ('camera_info', info)]
     topics = _yaml_list(context, 'image_topics')
     if not topics:
         return []
@@ -92,7 +111,8 @@ def _remappings(context: LaunchContext, cameras: List[str]) -> List[Tuple[str, s
     remappings = []
     for camera, topic in zip(cameras, topics):
         remappings += [(f'{camera}/image', topic),
-                       (f'{camera}/image/compressed', f'{topic}/compressed')]
+                       (f'{camera}/image/compressed', f'{topic}/compressed'),
+                       (f'{camera}/camera_info', _camera_info_beside(topic))]
     return remappings
 
 
@@ -103,9 +123,12 @@ def _segmentation_node(context: LaunchContext) -> List:
                  'device': LaunchConfiguration('device')}
     if cameras:
         overrides['cameras'] = cameras
-    node = Node(
+    # lifecycle:=true: the managed node, as a launch_ros LifecycleNode (so launch can emit
+    # ChangeState events to it); it waits unconfigured for configure and activate.
+    managed = _is_true(context, 'lifecycle')
+    node = (LifecycleNode if managed else Node)(
         package='enet_ros',
-        executable='segmentation_node',
+        executable='segmentation_lifecycle_node' if managed else 'segmentation_node',
         name='segmentation_node',
         namespace=LaunchConfiguration('namespace'),
         parameters=[LaunchConfiguration('params_file'), overrides],
@@ -134,6 +157,14 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('image_topics', default_value='',
                               description='with cameras: their topics in the same order, e.g. '
                                           "'[/cam_front/image_raw, /cam_left/image_raw]'"),
+        DeclareLaunchArgument('camera_info', default_value='',
+                              description="the camera's sensor_msgs/CameraInfo topic (for "
+                                          '~/drivable_grid); empty = beside image:= '
+                                          '(/camera/image_raw -> /camera/camera_info)'),
+        DeclareLaunchArgument('lifecycle', default_value='false',
+                              description='true: the managed node segmentation_lifecycle_node, '
+                                          'which waits unconfigured for configure and activate '
+                                          '(a lifecycle manager, or ros2 lifecycle set)'),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'segment.yaml'),
                               description='node parameters file'),

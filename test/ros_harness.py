@@ -32,15 +32,29 @@ class NodeProcess(node_process.NodeProcess):
     """The node started with ``params_file`` plus overrides; its log kept for assertions."""
 
     def __init__(self, env: dict, parameters: Optional[Dict[str, object]] = None,
-                 remaps: Optional[Dict[str, str]] = None, params_file: Path = PARAMS_FILE):
+                 remaps: Optional[Dict[str, str]] = None, params_file: Path = PARAMS_FILE,
+                 lifecycle: bool = False):
         log_path = Path(tempfile.mkstemp(prefix='segmentation_node_', suffix='.log')[1])
-        super().__init__(node_process.node_command(parameters, remaps, params_file), env=env,
-                         log_path=log_path)
+        module = node_process.LIFECYCLE_NODE_MODULE if lifecycle else node_process.NODE_MODULE
+        super().__init__(node_process.node_command(parameters, remaps, params_file,
+                                                   module=module),
+                         env=env, log_path=log_path)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Wait for the node's ready line; fail with its log if it exits or times out."""
         if not super().wait_ready(timeout):
             raise AssertionError(f'node not ready (exit code {self.exited()}):\n{self.log()}')
+
+    def wait_for_text(self, text: str, timeout: float = 90.0) -> None:
+        """Wait until the node prints ``text``; fail with its log if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f'{text!r} not printed (exit code {self.exited()}):\n{self.log()}')
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
         """Send ``sig`` (escalating after ``timeout``) and return the exit code."""
@@ -187,3 +201,36 @@ def get_parameter(peer: RosPeer, name: str, node: str = '/segmentation_node'):
     future = client.call_async(GetParameters.Request(names=[name]))
     assert peer.wait_for(future.done, timeout=20.0)
     return parameter_value_to_python(future.result().values[0])
+
+
+class LifecycleClient:
+    """A managed node's lifecycle services (lifecycle_msgs ChangeState, GetState) from a peer."""
+
+    def __init__(self, peer: RosPeer, node_name: str):
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self.peer = peer
+        self._change = peer.node.create_client(ChangeState, f'{node_name}/change_state')
+        self._get = peer.node.create_client(GetState, f'{node_name}/get_state')
+
+    def _call(self, client, request, timeout: float):
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise AssertionError(f'{client.srv_name} not available after {timeout} s')
+        future = client.call_async(request)
+        if not self.peer.wait_for(future.done, timeout):
+            raise AssertionError(f'{client.srv_name}: no answer after {timeout} s')
+        return future.result()
+
+    def state(self, timeout: float = 30.0) -> str:
+        """Return the node's current state label ('unconfigured', 'inactive', 'active' ...)."""
+        from lifecycle_msgs.srv import GetState
+
+        return self._call(self._get, GetState.Request(), timeout).current_state.label
+
+    def change(self, transition: str, timeout: float = 120.0) -> bool:
+        """Request a transition by label ('configure', 'activate' ...); return its success."""
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request()
+        request.transition.label = transition
+        return self._call(self._change, request, timeout).success

@@ -18,8 +18,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / 'launch' / 'segment.launch.py'
-DOCUMENTED_ARGUMENTS = {'image', 'cameras', 'image_topics', 'params_file', 'model_path',
-                        'device', 'namespace', 'rviz', 'respawn', 'dds_profile'}
+DOCUMENTED_ARGUMENTS = {'image', 'camera_info', 'cameras', 'image_topics', 'params_file',
+                        'model_path', 'device', 'namespace', 'rviz', 'respawn', 'dds_profile',
+                        'lifecycle'}
 
 
 def _ament_prefix(root: Path, packages=('enet_ros',)) -> Path:
@@ -122,26 +123,37 @@ def _node(launch_module, **arguments):
     from launch.actions import RegisterEventHandler
     from launch_ros.actions import Node
 
-    defaults = {'image': '/camera/image_raw', 'cameras': '', 'image_topics': ''}
+    defaults = {'image': '/camera/image_raw', 'cameras': '', 'image_topics': '',
+                'camera_info': '', 'lifecycle': 'false'}
     node, handler = launch_module._segmentation_node(_context(**{**defaults, **arguments}))
     assert isinstance(node, Node) and isinstance(handler, RegisterEventHandler)
     return node
 
 
-def test_node_action_runs_the_installed_executable(launch_module):
-    """One launch_ros Node: enet_ros/segmentation_node (run for real: test_ros2_tools.py)."""
-    node = _node(launch_module)
-    assert (node.node_package, node.node_executable) == ('enet_ros', 'segmentation_node')
+@pytest.mark.parametrize('lifecycle, executable', [
+    ('false', 'segmentation_node'), ('true', 'segmentation_lifecycle_node')])
+def test_node_action_runs_the_installed_executable(launch_module, lifecycle, executable):
+    """lifecycle:=false starts segmentation_node, true the managed one as a LifecycleNode."""
+    from launch_ros.actions import LifecycleNode
+
+    node = _node(launch_module, lifecycle=lifecycle)
+    assert (node.node_package, node.node_executable) == ('enet_ros', executable)
+    assert isinstance(node, LifecycleNode) == (lifecycle == 'true')
 
 
 def test_camera_list_and_topics_become_parameters_and_remappings(launch_module):
     """cameras:= sets the parameter; image_topics:= remaps each camera's input in order."""
     assert launch_module._remappings(_context(image='/cam/image'), []) == [
-        ('image', '/cam/image'), ('image/compressed', '/cam/image/compressed')]
+        ('image', '/cam/image'), ('image/compressed', '/cam/image/compressed'),
+        ('camera_info', '/cam/camera_info')]
+    assert launch_module._remappings(_context(image='/a/b', camera_info='/info'), [])[-1] == (
+        'camera_info', '/info')
     context = _context(image_topics='[/a/image_raw, /b/image_raw]')
     assert launch_module._remappings(context, ['front', 'left']) == [
         ('front/image', '/a/image_raw'), ('front/image/compressed', '/a/image_raw/compressed'),
-        ('left/image', '/b/image_raw'), ('left/image/compressed', '/b/image_raw/compressed')]
+        ('front/camera_info', '/a/camera_info'),
+        ('left/image', '/b/image_raw'), ('left/image/compressed', '/b/image_raw/compressed'),
+        ('left/camera_info', '/b/camera_info')]
     assert launch_module._remappings(_context(image_topics=''), ['front']) == []
     with pytest.raises(RuntimeError, match='2 topics for 1 cameras'):
         launch_module._remappings(context, ['front'])
@@ -168,7 +180,7 @@ def test_rviz_only_where_rviz2_is_installed(launch_module, tmp_path, monkeypatch
     topics = {d['Topic']['Value'] for d in
               yaml.safe_load(Path(rviz_config).read_text())['Visualization Manager']['Displays']}
     assert topics == {'/segmentation_node/overlay', '/segmentation_node/colored',
-                      '/segmentation_node/drivable'}
+                      '/segmentation_node/drivable', '/segmentation_node/drivable_grid'}
 
 
 def test_node_exit_ends_the_launch_unless_respawn(launch_module):

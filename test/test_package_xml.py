@@ -12,7 +12,7 @@ SOURCES = [ROOT / 'enet_ros', ROOT / 'launch']
 #: Python module -> rosdep key, where they differ (ROS packages: the same name).
 ROSDEP_KEYS = {'cv2': 'python3-opencv', 'numpy': 'python3-numpy', 'tqdm': 'python3-tqdm',
                'rosbags': 'python3-rosbags-pip', 'matplotlib': 'python3-matplotlib',
-               'yaml': 'python3-yaml'}
+               'yaml': 'python3-yaml', 'tf2_ros': 'tf2_ros_py'}
 #: No rosdep key: named in package.xml's comment and installed with pip (README).
 PIP_ONLY = {'torch', 'safetensors'}
 

@@ -304,3 +304,70 @@ def test_respawn_restarts_a_node_that_died(workspace, fast_start_env):
         _assert_clean_exit(launched, launched.wait_exit(60))
     finally:
         launched.close()
+
+
+def _lifecycle_launch(workspace: Path, env: dict, image: str) -> TerminalProcess:
+    """ros2 launch with lifecycle:=true, waiting until the managed node is up, unconfigured."""
+    from enet_ros.node.lifecycle_node import UNCONFIGURED_LINE
+
+    launched = _launched(workspace, env, f'lifecycle:=true image:={image}')
+    launched.wait_for_text(UNCONFIGURED_LINE, timeout=120)
+    return launched
+
+
+def test_ros2_launch_lifecycle_waits_for_configure_and_activate(
+        workspace, fast_start_env, peer):
+    """lifecycle:=true: nothing until configure and activate; shutdown ends ros2 launch (0)."""
+    from ros_harness import LifecycleClient
+    from sensor_msgs.msg import Image
+
+    peer.subscribe(Image, f'{NODE}/labels', 'lifecycle/labels')
+    launched = _lifecycle_launch(workspace, fast_start_env, '/cam/managed')
+    try:
+        lifecycle = LifecycleClient(peer, NODE)
+        assert lifecycle.state() == 'unconfigured'
+        with _Camera(peer, '/cam/managed') as camera:
+            time.sleep(2.0)
+            assert camera.publisher.get_subscription_count() == 0
+            assert not peer.messages('lifecycle/labels')
+            assert lifecycle.change('configure') and lifecycle.state() == 'inactive'
+            assert lifecycle.change('activate') and lifecycle.state() == 'active'
+            assert peer.wait_for(lambda: len(peer.messages('lifecycle/labels')) >= 3, 60), \
+                launched.log()
+            assert lifecycle.change('shutdown')
+            code = launched.wait_exit(60)
+        _assert_clean_exit(launched, code)
+        assert 'shut down (finalized): exiting' in launched.log()
+    finally:
+        launched.close()
+
+
+def test_ros2_lifecycle_command_drives_the_node(workspace, fast_start_env):
+    """The real ``ros2 lifecycle nodes / get / set`` against the node started by ros2 launch."""
+    import importlib.util
+
+    if importlib.util.find_spec('ros2service') is None:
+        pytest.skip('ros2 lifecycle cannot run here: it imports ros2service, which is not '
+                    'among the ROS 2 tool wheels (../shared/ros2-tools)')
+
+    def ros2(arguments: str) -> str:
+        process = TerminalProcess(in_workspace(workspace, f'ros2 {arguments}'), fast_start_env)
+        try:
+            assert process.wait_exit(120) == 0, process.log()
+            return process.log()
+        finally:
+            process.close()
+
+    launched = _lifecycle_launch(workspace, fast_start_env, '/cam/cli')
+    try:
+        assert NODE in ros2('lifecycle nodes')
+        assert 'unconfigured [1]' in ros2(f'lifecycle get {NODE}')
+        assert 'Transitioning successful' in ros2(f'lifecycle set {NODE} configure')
+        assert 'inactive [2]' in ros2(f'lifecycle get {NODE}')
+        assert 'Transitioning successful' in ros2(f'lifecycle set {NODE} activate')
+        assert 'active [3]' in ros2(f'lifecycle get {NODE}')
+        assert 'Transitioning successful' in ros2(f'lifecycle set {NODE} shutdown')
+        _assert_clean_exit(launched, launched.wait_exit(60))
+    finally:
+        launched.close()
+        ros2('daemon stop')

@@ -18,6 +18,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from ..node.dds import config_file
 
 READY_LINE = 'listening on'
+#: The modules ``python -m`` runs: the node, and the managed (lifecycle) node.
+NODE_MODULE = 'enet_ros.node.main'
+LIFECYCLE_NODE_MODULE = 'enet_ros.node.lifecycle_main'
 
 
 def default_params_file() -> Optional[Path]:
@@ -39,9 +42,14 @@ def ros_arg(value: object) -> str:
 def node_command(parameters: Optional[Mapping[str, object]] = None,
                  remaps: Optional[Mapping[str, str]] = None,
                  params_file: Optional[Path] = None,
-                 extra_assignments: Sequence[str] = ()) -> List[str]:
-    """Build the node's command line: the parameters file, then overrides and remappings."""
-    command = [sys.executable, '-m', 'enet_ros.node.main', '--ros-args']
+                 extra_assignments: Sequence[str] = (),
+                 module: str = NODE_MODULE) -> List[str]:
+    """
+    Build the node's command line: the parameters file, then overrides and remappings.
+
+    ``module``: :data:`LIFECYCLE_NODE_MODULE` for the managed node.
+    """
+    command = [sys.executable, '-m', module, '--ros-args']
     params_file = params_file or default_params_file()
     if params_file:
         command += ['--params-file', str(params_file)]

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .grid import CameraGrid
 from .health import FrameStats
 from .image_msgs import ImageBuffer
 
@@ -27,9 +28,11 @@ class Camera:
 
     name: str
     subscription: Any = None
+    info_subscription: Any = None
     publishers: Dict[str, Any] = field(default_factory=dict)
     buffers: Dict[str, ImageBuffer] = field(default_factory=dict)
     stats: FrameStats = field(default_factory=FrameStats)
+    grid: CameraGrid = field(default_factory=CameraGrid)
     last_processed: float = 0.0
 
     @property
@@ -87,6 +90,11 @@ class FrameSlots:
                     msg, received = self._slots.pop(camera.name)
                     return camera, msg, received
             return None  # unreachable: a slot exists only for a known camera
+
+    def clear(self) -> None:
+        """Forget the frames waiting (they are not counted as dropped)."""
+        with self._condition:
+            self._slots.clear()
 
     def stop(self) -> None:
         """Make :meth:`take` return None from now on."""

@@ -5,21 +5,37 @@ Parameters that need a restart (device, precision, network size, cameras,
 transport, QoS) are read-only; the others can change at run time and are
 validated before they apply. ``model_path`` changes at run time too (see
 :mod:`enet_ros.node.model_swap`).
+
+The drivable grid's layout (``grid_*``) and the cameras' poses
+(``camera_pose.*``, one set per camera, see :func:`pose_parameter`) are
+live too: the next frame uses them (the pixel-to-cell map is rebuilt then).
 """
 
 from dataclasses import dataclass
+import math
 import re
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from ..ground_grid import CameraPose, GridSpec
 from ..masks import OUTPUT_IMAGES
 
-OUTPUTS = OUTPUT_IMAGES
+#: The image outputs (sensor_msgs/Image, the input's size and header).
+IMAGE_OUTPUTS = OUTPUT_IMAGES
+#: The ground grid output (nav_msgs/OccupancyGrid in ``grid_frame``).
+GRID_OUTPUT = 'drivable_grid'
+#: Every output, as the ``publish`` parameter names them.
+OUTPUTS = IMAGE_OUTPUTS + (GRID_OUTPUT,)
 RELIABILITY = ('best_effort', 'reliable')
 TRANSPORTS = ('raw', 'compressed')
+#: Where the camera's pose above the ground comes from: TF when tf2_ros is importable
+#: ('auto'), always TF ('tf'), or the camera_pose.* parameters ('parameters').
+POSE_SOURCES = ('auto', 'tf', 'parameters')
+#: The camera_pose.* fields: metres, and radians as in a TF static transform.
+POSE_FIELDS = ('height', 'roll', 'pitch', 'yaw', 'x', 'y')
 
 
 class ConfigError(ValueError):
@@ -44,6 +60,62 @@ class StartupSettings:
     output_reliability: str
     output_depth: int
     diagnostics_period_s: float
+    grid_pose_source: str = 'auto'
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """The drivable grid's frame and layout (the grid_* parameters)."""
+
+    frame: str
+    resolution: float
+    width: int
+    height: int
+    origin_x: float
+    origin_y: float
+    grid_range: float
+    ground_z: float
+    rectified_image: bool
+
+    def spec(self) -> GridSpec:
+        """Return the grid's layout for the projection."""
+        return GridSpec(resolution=self.resolution, width=self.width, height=self.height,
+                        origin_x=self.origin_x, origin_y=self.origin_y,
+                        grid_range=self.grid_range)
+
+
+@dataclass(frozen=True)
+class PoseValues:
+    """A camera's camera_pose.* values: body frame at (x, y, height above the ground)."""
+
+    height: float
+    roll: float = 0.0
+    pitch: float = 0.0
+    yaw: float = 0.0
+    x: float = 0.0
+    y: float = 0.0
+
+    @property
+    def is_set(self) -> bool:
+        """Tell whether a height was given (0, the default, means no pose)."""
+        return self.height > 0.0
+
+    def pose(self, ground_z: float = 0.0) -> Optional[CameraPose]:
+        """Return the optical frame's pose in the grid frame, or None when not set."""
+        if not self.is_set:
+            return None
+        return CameraPose.from_parameters(self.height + ground_z, roll=self.roll,
+                                          pitch=self.pitch, yaw=self.yaw, x=self.x, y=self.y)
+
+
+def pose_parameter(camera: str, field: str) -> str:
+    """
+    Return the name of a camera's pose parameter.
+
+    The unnamed camera: ``camera_pose.<field>``; a named one:
+    ``camera_pose.<camera>.<field>`` (in YAML, nested under ``camera_pose``).
+    """
+    return f'camera_pose.{camera}.{field}' if camera else f'camera_pose.{field}'
 
 
 @dataclass(frozen=True)
@@ -60,6 +132,9 @@ class RuntimeSettings:
     max_consecutive_failures: int
     exit_on_failure: bool
     min_confidence: float
+    grid: Optional[GridSettings] = None
+    #: camera name ('' for the unnamed camera) -> its camera_pose.* values
+    camera_poses: Optional[Mapping[str, PoseValues]] = None
 
 
 def _descriptor(description: str, read_only: bool = False,
@@ -148,7 +223,57 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
         'pixels whose softmax probability is at most this get the void id in ~/labels, are '
         'not drivable and are drawn as void; 0 = off, 1 = every pixel void', False, DOUBLE,
         float_range=(0.0, 1.0))),
+    'grid_frame': ('base_link', _descriptor(
+        'frame of ~/drivable_grid (nav_msgs/OccupancyGrid); with TF, the camera pose is the '
+        'transform from this frame to the image header frame_id', False, STRING)),
+    'grid_pose_source': ('auto', _descriptor(
+        "where the camera pose above the ground comes from: 'auto' (TF when tf2_ros is "
+        "importable, else the camera_pose.* parameters), 'tf' or 'parameters'", True,
+        STRING)),
+    'grid_resolution': (0.1, _descriptor(
+        'metres per grid cell', False, DOUBLE, float_range=(0.01, 10.0))),
+    'grid_width': (300, _descriptor(
+        'grid cells along x (columns, OccupancyGrid info.width)', False, INT,
+        int_range=(1, 5000, 1))),
+    'grid_height': (200, _descriptor(
+        'grid cells along y (rows, OccupancyGrid info.height)', False, INT,
+        int_range=(1, 5000, 1))),
+    'grid_origin_x': (0.0, _descriptor(
+        'x of the outer corner of cell (0, 0) in grid_frame, metres', False, DOUBLE,
+        float_range=(-10000.0, 10000.0))),
+    'grid_origin_y': (-10.0, _descriptor(
+        'y of the outer corner of cell (0, 0) in grid_frame, metres', False, DOUBLE,
+        float_range=(-10000.0, 10000.0))),
+    'grid_range': (25.0, _descriptor(
+        'ground points farther than this from the point below the camera stay unknown (-1), '
+        'metres', False, DOUBLE, float_range=(0.1, 10000.0))),
+    'grid_ground_z': (0.0, _descriptor(
+        'height of the flat ground in grid_frame (e.g. -0.3 when base_link is 0.3 m above '
+        'the road); the grid is drawn at this height', False, DOUBLE,
+        float_range=(-100.0, 100.0))),
+    'grid_rectified_image': (False, _descriptor(
+        "true when the input image is rectified (image_rect): the grid uses CameraInfo's P "
+        'and no distortion; false: K and D (plumb_bob, rational_polynomial)', False,
+        ParameterType.PARAMETER_BOOL)),
 }
+
+#: Descriptions of the camera_pose.* fields (declared per camera, see pose_parameter).
+POSE_DESCRIPTIONS = {
+    'height': 'camera height above the ground, metres; 0 = not set (no grid from parameters)',
+    'roll': 'camera roll in grid_frame, radians (fixed axes, as a TF static transform)',
+    'pitch': 'camera pitch in grid_frame, radians; positive looks down',
+    'yaw': 'camera yaw in grid_frame, radians; positive turns left (+y)',
+    'x': 'camera x in grid_frame, metres',
+    'y': 'camera y in grid_frame, metres',
+}
+
+
+def pose_descriptor(field: str) -> ParameterDescriptor:
+    """Return the descriptor of a camera_pose.* field."""
+    if field == 'height':
+        return _descriptor(POSE_DESCRIPTIONS[field], False, DOUBLE, float_range=(0.0, 1000.0))
+    return _descriptor(POSE_DESCRIPTIONS[field], False, DOUBLE)
+
 
 #: ``cameras`` is declared with its type only: an empty list has no type in ROS 2.
 CAMERAS_DESCRIPTION = _descriptor(
@@ -206,11 +331,57 @@ def startup_settings(values: Dict[str, Any]) -> StartupSettings:
         output_reliability=choice('output_reliability', RELIABILITY),
         output_depth=int(values['output_depth']),
         diagnostics_period_s=float(values['diagnostics_period']),
+        grid_pose_source=choice('grid_pose_source', POSE_SOURCES),
     )
 
 
-def runtime_settings(values: Dict[str, Any], class_names: Sequence[str]) -> RuntimeSettings:
-    """Build and check the run-time settings; raise ConfigError naming the parameter."""
+def grid_settings(values: Mapping[str, Any]) -> GridSettings:
+    """Build and check the grid_* settings; raise ConfigError naming the parameter."""
+    frame = str(values['grid_frame']).strip()
+    if not frame:
+        raise ConfigError('parameter grid_frame: must not be empty')
+    for name in ('grid_resolution', 'grid_range'):
+        value = float(values[name])
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f'parameter {name}: {value} must be positive')
+    for name in ('grid_width', 'grid_height'):
+        if int(values[name]) < 1:
+            raise ConfigError(f'parameter {name}: {values[name]} must be at least 1')
+    for name in ('grid_origin_x', 'grid_origin_y', 'grid_ground_z'):
+        if not math.isfinite(float(values[name])):
+            raise ConfigError(f'parameter {name}: {values[name]} must be finite')
+    return GridSettings(frame=frame, resolution=float(values['grid_resolution']),
+                        width=int(values['grid_width']), height=int(values['grid_height']),
+                        origin_x=float(values['grid_origin_x']),
+                        origin_y=float(values['grid_origin_y']),
+                        grid_range=float(values['grid_range']),
+                        ground_z=float(values['grid_ground_z']),
+                        rectified_image=bool(values['grid_rectified_image']))
+
+
+def pose_values(values: Mapping[str, Any], camera: str) -> PoseValues:
+    """Read and check one camera's camera_pose.* values; raise ConfigError naming one."""
+    fields = {}
+    for field in POSE_FIELDS:
+        name = pose_parameter(camera, field)
+        value = float(values.get(name, 0.0))
+        if not math.isfinite(value):
+            raise ConfigError(f'parameter {name}: {value} must be finite')
+        fields[field] = value
+    if fields['height'] < 0:
+        raise ConfigError(f"parameter {pose_parameter(camera, 'height')}: "
+                          f"{fields['height']} must not be negative (0 = not set)")
+    return PoseValues(**fields)
+
+
+def runtime_settings(values: Dict[str, Any], class_names: Sequence[str],
+                     cameras: Sequence[str] = ()) -> RuntimeSettings:
+    """
+    Build and check the run-time settings; raise ConfigError naming the parameter.
+
+    ``cameras``: the camera names whose camera_pose.* values to read ('' for
+    the unnamed camera); the grid_* values are read when ``values`` has them.
+    """
     drivable = tuple(values['drivable_classes'])
     unknown = [name for name in drivable if name not in class_names]
     if unknown:
@@ -244,6 +415,8 @@ def runtime_settings(values: Dict[str, Any], class_names: Sequence[str]) -> Runt
         max_consecutive_failures=int(values['max_consecutive_failures']),
         exit_on_failure=bool(values['exit_on_failure']),
         min_confidence=float(values['min_confidence']),
+        grid=grid_settings(values) if 'grid_frame' in values else None,
+        camera_poses={camera: pose_values(values, camera) for camera in cameras},
     )
 
 

@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional, Sequence
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from .cameras import Camera
-from .health import HealthThresholds
+from .health import HealthThresholds, WARN
 
 #: Frame counters reported as ``frames_<key>``.
 FRAME_COUNTERS = ('received', 'processed', 'rejected', 'dropped_superseded',
@@ -17,12 +17,16 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def camera_status(node_name: str, camera: Camera, thresholds: HealthThresholds,
-                  segmenter: Any, single: bool) -> DiagnosticStatus:
+                  segmenter: Any, single: bool, grid_pose_source: str = '') -> DiagnosticStatus:
     """
-    Return one camera's status: rates, latency, timings, counters, device and model.
+    Return one camera's status: rates, latency, timings, counters, device, model and grid.
 
     ``single``: the node has one unnamed camera; its status keeps the name
-    '<node>: segmentation' (else '<node>: segmentation <camera>').
+    '<node>: segmentation' (else '<node>: segmentation <camera>'). The grid's
+    keys: ``grid_pose_source`` ('tf' or 'parameters'), ``grid_status`` (why
+    the last frame got no grid, else 'ok'; such a problem makes the level
+    WARN), ``grid_build_ms`` (the last pixel-to-cell map build),
+    ``grid_published`` and ``grid_skipped_<reason>`` counters.
     """
     snapshot = camera.stats.snapshot(thresholds)
     values: Dict[str, str] = {
@@ -43,18 +47,32 @@ def camera_status(node_name: str, camera: Camera, thresholds: HealthThresholds,
         values[f'frames_{key}'] = str(snapshot.totals.get(key, 0))
     for reason, count in sorted(snapshot.rejected.items()):
         values[f'rejected_{reason}'] = str(count)
+    level, message = snapshot.level, snapshot.message
+    problem = camera.grid.problem
+    values['grid_pose_source'] = grid_pose_source
+    values['grid_status'] = problem or 'ok'
+    values['grid_build_ms'] = _fmt(camera.grid.build_ms)
+    values['grid_published'] = str(snapshot.totals.get('grid_published', 0))
+    for key, count in sorted(snapshot.totals.items()):
+        if key.startswith('grid_skipped_'):
+            values[key] = str(count)
+    if problem:
+        level = max(level, WARN)
+        grid_message = f'no drivable grid: {problem}'
+        message = grid_message if message == 'ok' else f'{message}; {grid_message}'
     suffix = '' if single else f' {camera.label}'
     return DiagnosticStatus(
-        level=bytes([snapshot.level]), name=f'{node_name}: segmentation{suffix}',
-        message=snapshot.message, hardware_id=str(segmenter.device),
+        level=bytes([level]), name=f'{node_name}: segmentation{suffix}',
+        message=message, hardware_id=str(segmenter.device),
         values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
 
 def diagnostic_array(node_name: str, cameras: Sequence[Camera], thresholds: HealthThresholds,
-                     segmenter: Any, stamp: Any) -> DiagnosticArray:
+                     segmenter: Any, stamp: Any, grid_pose_source: str = '') -> DiagnosticArray:
     """Return the DiagnosticArray of all cameras, stamped ``stamp``."""
     single = len(cameras) == 1 and not cameras[0].name
     array = DiagnosticArray(status=[
-        camera_status(node_name, camera, thresholds, segmenter, single) for camera in cameras])
+        camera_status(node_name, camera, thresholds, segmenter, single, grid_pose_source)
+        for camera in cameras])
     array.header.stamp = stamp
     return array

@@ -50,8 +50,12 @@ class StopOnSignal:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def main(args: Optional[List[str]] = None) -> int:
-    """Run the segmentation node until SIGINT / SIGTERM; see its ``run`` for exit codes."""
+def main(args: Optional[List[str]] = None, lifecycle: bool = False) -> int:
+    """
+    Run the segmentation node until SIGINT / SIGTERM; see its ``run`` for exit codes.
+
+    ``lifecycle``: the managed node (executable ``segmentation_lifecycle_node``).
+    """
     stop_on_signal = StopOnSignal()
     stop_on_signal.install()
     try:
@@ -59,7 +63,7 @@ def main(args: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while importing torch and rclpy
         stop_on_signal.ignore_from_now()
         return 0
-    return run(args, stop_on_signal)
+    return run(args, stop_on_signal, lifecycle=lifecycle)
 
 
 if __name__ == '__main__':

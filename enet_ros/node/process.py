@@ -1,15 +1,18 @@
 """
 The node's process: rclpy start-up, the executor on a helper thread, inference on this one.
 
-Exit codes (README): 0 after SIGINT / SIGTERM, 1 if the executor failed, 2 for
-bad configuration (parameters, model file, ROS arguments), 3 after
+Exit codes (README): 0 after SIGINT / SIGTERM (and after the lifecycle node's
+shutdown transition), 1 if the executor failed, 2 for bad configuration
+(parameters, model file, ROS arguments; the lifecycle node instead fails its
+configure transition and stays unconfigured), 3 after
 ``max_consecutive_failures`` failed frames with ``exit_on_failure``. The
-entry point is :func:`enet_ros.node.main.main`, which installs the signal
-handlers before this module's heavy imports (torch, rclpy).
+entry points are :func:`enet_ros.node.main.main` and
+:func:`enet_ros.node.lifecycle_main.main`, which install the signal handlers
+before this module's heavy imports (torch, rclpy).
 """
 
 import threading
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import rclpy
 from rclpy.exceptions import ParameterException
@@ -18,15 +21,17 @@ from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.signals import SignalHandlerOptions
 
 from .config import ConfigError
+from .lifecycle_node import SegmentationLifecycleNode
 from .main import StopOnSignal
 from .segmentation_node import NODE_NAME, SegmentationNode
 
 EXIT_OK, EXIT_EXECUTOR_FAILED, EXIT_CONFIG_ERROR, EXIT_FAILED_FRAMES = 0, 1, 2, 3
 SPIN_JOIN_TIMEOUT_S = 10.0
 RCLError = rclpy_implementation.RCLError
+AnyNode = Union[SegmentationNode, SegmentationLifecycleNode]
 
 
-def _spin(executor: SingleThreadedExecutor, node: SegmentationNode) -> None:
+def _spin(executor: SingleThreadedExecutor, node: AnyNode) -> None:
     """Run the executor; if it fails, stop inference too so the process exits."""
     try:
         executor.spin()
@@ -40,8 +45,12 @@ def _spin(executor: SingleThreadedExecutor, node: SegmentationNode) -> None:
         node.stop()
 
 
-def run(args: Optional[List[str]], stop_on_signal: StopOnSignal) -> int:
-    """Run the node until ``stop_on_signal`` fires or it fails; return the exit code."""
+def run(args: Optional[List[str]], stop_on_signal: StopOnSignal, lifecycle: bool = False) -> int:
+    """
+    Run the node until ``stop_on_signal`` fires or it fails; return the exit code.
+
+    ``lifecycle``: run the managed node (it also ends after its shutdown transition).
+    """
     node = None
     executor = None
     spinner = None
@@ -51,9 +60,10 @@ def run(args: Optional[List[str]], stop_on_signal: StopOnSignal) -> int:
             rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         except RCLError as error:  # e.g. a --params-file that is missing or not YAML
             raise ConfigError(f'invalid ROS arguments: {error}') from None
-        node = SegmentationNode()
+        node = SegmentationLifecycleNode() if lifecycle else SegmentationNode()
         # One executor thread: a multi-threaded executor's Python threads competed with
         # inference for the GIL (p99 latency under overload 3-15x higher, test_node_robustness).
+        # A model swap builds on its own thread; the TF listener spins its own.
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor, node), name='ros-executor',
@@ -79,7 +89,7 @@ def run(args: Optional[List[str]], stop_on_signal: StopOnSignal) -> int:
     return code
 
 
-def _shut_down(node: Optional[SegmentationNode], executor: Optional[SingleThreadedExecutor],
+def _shut_down(node: Optional[AnyNode], executor: Optional[SingleThreadedExecutor],
                spinner: Optional[threading.Thread], code: int) -> int:
     """
     End the spin, then tear the executor and the node down; return the exit code.

@@ -1,0 +1,47 @@
+"""What the node derives from its model and run-time settings, swapped as one object."""
+
+from typing import Dict, Optional
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile
+
+from .config import qos_profile, RuntimeSettings
+from .health import HealthThresholds
+from .. import masks
+from ..ground_grid import CameraPose
+from ..segmenter import Segmenter
+
+#: Label id for pixels voided by min_confidence when the model file has no void id.
+DEFAULT_VOID_ID = 255
+
+
+class NodeState:
+    """The model and everything derived from it and the run-time settings, swapped as one."""
+
+    def __init__(self, segmenter: Segmenter, settings: RuntimeSettings):
+        self.segmenter = segmenter
+        self.settings = settings
+        metadata = segmenter.metadata
+        self.void_id = DEFAULT_VOID_ID if metadata.void_id is None else metadata.void_id
+        self.renderer = masks.OutputRenderer(
+            metadata.colors, (metadata.class_names.index(n) for n in settings.drivable_classes),
+            settings.overlay_alpha)
+        self.min_interval_s = 1.0 / settings.max_rate_hz if settings.max_rate_hz > 0 else 0.0
+        self.thresholds = HealthThresholds(settings.stale_input_s, settings.latency_warn_ms,
+                                           settings.max_consecutive_failures)
+        self.grid_spec = settings.grid.spec()
+        self.poses: Dict[str, Optional[CameraPose]] = {
+            name: values.pose(settings.grid.ground_z)
+            for name, values in settings.camera_poses.items()}
+
+
+def grid_qos(reliability: str) -> QoSProfile:
+    """
+    Return the QoS of ~/drivable_grid: the newest grid, transient local, ``reliability``.
+
+    Transient local matches both volatile subscribers and the transient-local
+    ones that map consumers use (RViz's Map display, nav2's static layer).
+    """
+    qos = qos_profile(reliability, 1)
+    qos.history = HistoryPolicy.KEEP_LAST
+    qos.durability = DurabilityPolicy.TRANSIENT_LOCAL
+    return qos

@@ -1,0 +1,401 @@
+"""
+The drivable grid's ROS pieces without a node process.
+
+CameraInfo parsing, the reusable OccupancyGrid (header and info), the pose
+from parameters, the grid_* / camera_pose.* validation, the per-camera
+projection cache, the diagnostics keys, and the TF pose source against a
+stand-in ``tf2_ros`` module (this environment has no tf2_ros wheel; the
+stand-in has the real module's names and signatures).
+"""
+
+import math
+import sys
+import types
+
+from enet_ros.ground_grid import (CameraIntrinsics, CameraPose, GridSpec, GroundProjection,
+                                  quaternion_to_matrix)
+from enet_ros.node import grid as node_grid
+from enet_ros.node.cameras import Camera
+from enet_ros.node.config import (ConfigError, GRID_OUTPUT, grid_settings, OUTPUTS,
+                                  PARAMETERS, pose_parameter, pose_values, PoseValues,
+                                  runtime_settings)
+from enet_ros.node.diagnostics import camera_status
+from enet_ros.node.grid import (CameraGrid, fill_grid_info, GridBuffer, GridUnavailable,
+                                intrinsics_from_camera_info, resolve_pose_source)
+from enet_ros.node.health import HealthThresholds, OK, WARN
+import numpy as np
+import pytest
+
+K = [400.0, 0.0, 239.5, 0.0, 410.0, 179.5, 0.0, 0.0, 1.0]
+D = [-0.2, 0.05, 0.001, -0.002, 0.01]
+P = [380.0, 0.0, 240.0, 0.0, 0.0, 385.0, 180.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def camera_info(**fields):
+    """Return a 480x360 plumb_bob sensor_msgs/CameraInfo; ``fields`` override."""
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo(width=480, height=360, distortion_model='plumb_bob')
+    msg.k, msg.d, msg.p = K, D, P
+    for name, value in fields.items():
+        setattr(msg, name, value)
+    return msg
+
+
+def grid_values(**changes):
+    """Return the grid_* parameter defaults with ``changes``."""
+    values = {name: default for name, (default, _) in PARAMETERS.items()
+              if name.startswith('grid_')}
+    values.update(changes)
+    return values
+
+
+# ----------------------------------------------------------------- CameraInfo
+
+
+def test_camera_info_k_and_plumb_bob():
+    """K gives fx, fy, cx, cy and skew; D and the model are kept."""
+    intrinsics = intrinsics_from_camera_info(camera_info())
+    assert (intrinsics.width, intrinsics.height) == (480, 360)
+    assert (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy) == (400, 410, 239.5,
+                                                                            179.5)
+    assert intrinsics.distortion_model == 'plumb_bob' and intrinsics.d == tuple(D)
+
+
+def test_camera_info_rectified_uses_p_and_no_distortion():
+    """For a rectified image the left 3x3 of P is the camera matrix, D is ignored."""
+    intrinsics = intrinsics_from_camera_info(camera_info(), rectified=True)
+    assert (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy) == (380, 385, 240, 180)
+    assert not intrinsics.has_distortion
+
+
+@pytest.mark.parametrize('fields, reason, text', [
+    ({'k': [0.0] * 9}, 'invalid_camera_info', 'focal lengths must be positive'),
+    ({'distortion_model': 'equidistant'}, 'invalid_camera_info', 'unsupported distortion'),
+    ({'binning_x': 2}, 'camera_info_unsupported', 'binning 2x0'),
+    ({'width': 0}, 'invalid_camera_info', 'size must be positive'),
+])
+def test_camera_info_refused_with_a_reason(fields, reason, text):
+    """Uncalibrated, unknown distortion, binned or empty: refused, with a counter key."""
+    with pytest.raises(GridUnavailable, match=text) as caught:
+        intrinsics_from_camera_info(camera_info(**fields))
+    assert caught.value.reason == reason
+
+
+def test_camera_info_region_of_interest():
+    """A full-image ROI is fine; a partial one is refused."""
+    msg = camera_info()
+    msg.roi.width, msg.roi.height = 480, 360
+    intrinsics_from_camera_info(msg)
+    msg.roi.x_offset, msg.roi.width = 10, 200
+    with pytest.raises(GridUnavailable, match='region of interest') as caught:
+        intrinsics_from_camera_info(msg)
+    assert caught.value.reason == 'camera_info_unsupported'
+
+
+# ----------------------------------------------------------------- the message
+
+
+def test_grid_info_and_header():
+    """Info: resolution, size, origin at the ground, no rotation; header: stamp and frame."""
+    from builtin_interfaces.msg import Time
+
+    spec = GridSpec(resolution=0.25, width=40, height=30, origin_x=-1.5, origin_y=-3.75)
+    buffer = GridBuffer()
+    view = buffer.view(spec, ground_z=-0.3)
+    assert view.shape == (30, 40) and view.dtype == np.int8
+    view[:] = 100
+    view[2, 5] = -1
+    msg = buffer.stamp(Time(sec=12, nanosec=345), 'base_link')
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (12, 345)
+    assert msg.header.frame_id == 'base_link'
+    assert msg.info.map_load_time.sec == 12
+    info = msg.info
+    assert info.resolution == pytest.approx(0.25)
+    assert (info.width, info.height) == (40, 30)
+    position, orientation = info.origin.position, info.origin.orientation
+    assert (position.x, position.y, position.z) == (-1.5, -3.75, -0.3)
+    assert (orientation.x, orientation.y, orientation.z, orientation.w) == (0, 0, 0, 1)
+    data = np.asarray(msg.data, dtype=np.int8).reshape(30, 40)  # written in place
+    assert data[2, 5] == -1 and (data == 100).sum() == 30 * 40 - 1
+
+
+def test_grid_buffer_reuses_its_array_until_the_layout_changes():
+    """The same spec gives the same array; another spec a new one with the new info."""
+    spec = GridSpec(resolution=0.1, width=20, height=10, origin_x=0.0, origin_y=-0.5)
+    buffer = GridBuffer()
+    first = buffer.view(spec, 0.0)
+    assert buffer.view(spec, 0.0) is first
+    other = buffer.view(GridSpec(0.1, 30, 10, 0.0, -0.5), 0.0)
+    assert other.shape == (10, 30) and buffer.msg.info.width == 30
+    assert len(buffer.msg.data) == 300
+
+
+def test_fill_grid_info_matches_the_core_layout():
+    """A cell's centre from info equals GridSpec.cell_centres."""
+    from nav_msgs.msg import MapMetaData
+
+    spec = GridSpec(resolution=0.5, width=7, height=5, origin_x=2.0, origin_y=-1.0)
+    info = MapMetaData()
+    fill_grid_info(info, spec, 0.0)
+    xs, ys = spec.cell_centres()
+    assert xs[3, 4] == info.origin.position.x + (4 + 0.5) * info.resolution
+    assert ys[3, 4] == info.origin.position.y + (3 + 0.5) * info.resolution
+
+
+# ----------------------------------------------------------------- pose and settings
+
+
+def test_pose_parameter_names():
+    """The unnamed camera: camera_pose.<field>; a named one: camera_pose.<name>.<field>."""
+    assert pose_parameter('', 'pitch') == 'camera_pose.pitch'
+    assert pose_parameter('front', 'height') == 'camera_pose.front.height'
+
+
+def test_pose_from_parameters_is_the_cores():
+    """PoseValues.pose is CameraPose.from_parameters with the height above grid_ground_z."""
+    values = PoseValues(height=1.4, roll=0.01, pitch=0.12, yaw=-0.3, x=1.8, y=0.2)
+    pose = values.pose(ground_z=-0.35)
+    expected = CameraPose.from_parameters(1.05, roll=0.01, pitch=0.12, yaw=-0.3, x=1.8, y=0.2)
+    np.testing.assert_allclose(pose.matrix(), expected.matrix())
+    # Looking down: the optical axis (z) points forward and below the horizon.
+    axis = pose.rotation[:, 2]
+    assert axis[2] < 0 and axis[0] > 0
+    assert PoseValues(height=0.0, pitch=0.1).pose() is None
+
+
+def test_pose_values_from_parameter_values():
+    """Read per camera; a negative height or a non-finite angle is refused by name."""
+    values = {'camera_pose.front.height': 1.2, 'camera_pose.front.pitch': 0.1}
+    assert pose_values(values, 'front') == PoseValues(height=1.2, pitch=0.1)
+    with pytest.raises(ConfigError, match='camera_pose.front.height'):
+        pose_values({'camera_pose.front.height': -1.0}, 'front')
+    with pytest.raises(ConfigError, match='camera_pose.yaw'):
+        pose_values({'camera_pose.height': 1.0, 'camera_pose.yaw': math.nan}, '')
+
+
+@pytest.mark.parametrize('changes, name', [
+    ({'grid_frame': ' '}, 'grid_frame'),
+    ({'grid_resolution': 0.0}, 'grid_resolution'),
+    ({'grid_range': -1.0}, 'grid_range'),
+    ({'grid_width': 0}, 'grid_width'),
+    ({'grid_origin_y': math.inf}, 'grid_origin_y'),
+])
+def test_grid_settings_refused_by_name(changes, name):
+    """Each invalid grid_* value names its parameter."""
+    with pytest.raises(ConfigError, match=f'parameter {name}'):
+        grid_settings(grid_values(**changes))
+
+
+def test_grid_settings_defaults_and_spec():
+    """The defaults: base_link, 0.1 m cells, 30 m ahead, 20 m across centred, 25 m range."""
+    settings = grid_settings(grid_values())
+    assert settings.frame == 'base_link'
+    assert settings.spec() == GridSpec(resolution=0.1, width=300, height=200, origin_x=0.0,
+                                       origin_y=-10.0, grid_range=25.0)
+
+
+def test_runtime_settings_know_the_grid_output_and_poses():
+    """The publish parameter takes drivable_grid (a default); poses are read per camera."""
+    assert GRID_OUTPUT in OUTPUTS and GRID_OUTPUT in PARAMETERS['publish'][0]
+    values = {name: default for name, (default, d) in PARAMETERS.items()}
+    values.update({'drivable_classes': ['Road'], 'publish': ['labels', 'drivable_grid'],
+                   'camera_pose.left.height': 1.0})
+    settings = runtime_settings(values, ['Sky', 'Road'], ('left', 'right'))
+    assert settings.publish == ('labels', 'drivable_grid')
+    assert settings.camera_poses['left'] == PoseValues(height=1.0)
+    assert not settings.camera_poses['right'].is_set
+    assert settings.grid.frame == 'base_link'
+
+
+# ----------------------------------------------------------------- per-camera cache
+
+
+def test_camera_grid_without_camera_info():
+    """No CameraInfo yet: GridUnavailable('no_camera_info')."""
+    with pytest.raises(GridUnavailable) as caught:
+        CameraGrid().intrinsics(rectified=False)
+    assert caught.value.reason == 'no_camera_info'
+
+
+def test_camera_grid_parses_each_camera_info_once_and_keeps_equal_intrinsics():
+    """An equal CameraInfo keeps the same intrinsics object (and its undistortion table)."""
+    grid = CameraGrid()
+    grid.on_camera_info(camera_info())
+    first = grid.intrinsics(False)
+    grid.on_camera_info(camera_info())
+    assert grid.intrinsics(False) is first
+    assert grid.intrinsics(True) != first  # rectified: another camera matrix
+    grid.on_camera_info(camera_info(k=[0.0] * 9))
+    with pytest.raises(GridUnavailable):
+        grid.intrinsics(False)
+
+
+def test_projection_rebuilt_only_when_an_input_changes():
+    """Same intrinsics, pose and grid: the same map; any change: a new one."""
+    grid = CameraGrid()
+    intrinsics = CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)
+    pose = CameraPose.from_parameters(1.5, pitch=0.3)
+    spec = GridSpec(0.2, 50, 40, 0.0, -4.0, 10.0)
+    first, built = grid.projection_for(intrinsics, pose, spec, 0.0)
+    assert built and isinstance(first, GroundProjection) and grid.build_ms is not None
+    same, built = grid.projection_for(CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5),
+                                      CameraPose.from_parameters(1.5, pitch=0.3), spec, 0.0)
+    assert same is first and not built
+    for args in [(intrinsics, CameraPose.from_parameters(1.5, pitch=0.31), spec, 0.0),
+                 (intrinsics, pose, GridSpec(0.2, 50, 40, 0.0, -4.0, 12.0), 0.0),
+                 (CameraIntrinsics(64, 48, 55.0, 55.0, 31.5, 23.5), pose, spec, 0.0),
+                 (intrinsics, pose, spec, 0.1)]:
+        rebuilt, built = grid.projection_for(*args)
+        assert built and rebuilt is not first
+        first = rebuilt
+
+
+def test_projection_below_the_ground_is_a_pose_problem():
+    """A camera at or below the ground (e.g. a wrong TF): GridUnavailable, not a crash."""
+    with pytest.raises(GridUnavailable) as caught:
+        CameraGrid().projection_for(CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5),
+                                    CameraPose.from_parameters(0.5), GridSpec(0.2, 5, 5, 0, 0),
+                                    1.0)
+    assert caught.value.reason == 'bad_pose'
+
+
+# ----------------------------------------------------------------- pose source
+
+
+def test_pose_source_resolution(monkeypatch):
+    """auto: TF where tf2_ros imports, else parameters; 'tf' without tf2_ros is an error."""
+    monkeypatch.setattr(node_grid, 'tf_importable', lambda: False)
+    assert resolve_pose_source('auto') == 'parameters'
+    assert resolve_pose_source('parameters') == 'parameters'
+    with pytest.raises(ConfigError, match='grid_pose_source'):
+        resolve_pose_source('tf')
+    monkeypatch.setattr(node_grid, 'tf_importable', lambda: True)
+    assert resolve_pose_source('auto') == 'tf'
+    assert resolve_pose_source('parameters') == 'parameters'
+
+
+class _FakeTf:
+    """A stand-in tf2_ros: Buffer, TransformListener and TransformException as in tf2_ros."""
+
+    def __init__(self):
+        fake = self
+
+        class TransformException(Exception):
+            pass
+
+        class Buffer:
+            def __init__(self, cache_time=None, node=None):
+                fake.buffer = self
+                self.calls = []
+                self.transform = None
+
+            def lookup_transform(self, target_frame, source_frame, time, timeout=None):
+                self.calls.append((target_frame, source_frame, time))
+                if self.transform is None:
+                    raise TransformException(f'"{source_frame}" passed to lookupTransform '
+                                             'does not exist')
+                return self.transform
+
+        class TransformListener:
+            def __init__(self, buffer, node, *, spin_thread=False, qos=None, static_qos=None):
+                fake.listener = self
+                self.buffer, self.node, self.spin_thread = buffer, node, spin_thread
+                self.unregistered = False
+
+            def unregister(self):
+                self.unregistered = True
+
+        self.modules = {'tf2_ros': types.ModuleType('tf2_ros'),
+                        'tf2_ros.buffer': types.ModuleType('tf2_ros.buffer'),
+                        'tf2_ros.transform_listener': types.ModuleType(
+                            'tf2_ros.transform_listener')}
+        self.modules['tf2_ros'].TransformException = TransformException
+        self.modules['tf2_ros'].Buffer = Buffer
+        self.modules['tf2_ros'].TransformListener = TransformListener
+        self.modules['tf2_ros.buffer'].Buffer = Buffer
+        self.modules['tf2_ros.transform_listener'].TransformListener = TransformListener
+
+
+@pytest.fixture
+def fake_tf(monkeypatch):
+    """Install the stand-in tf2_ros in sys.modules for one test."""
+    fake = _FakeTf()
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return fake
+
+
+def test_tf_pose_source(fake_tf):
+    """Listener on the node without its own thread; newest transform grid <- optical frame."""
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.time import Time
+
+    node = object()
+    source = node_grid.TfPoseSource(node)
+    assert fake_tf.listener.node is node and fake_tf.listener.buffer is fake_tf.buffer
+    assert fake_tf.listener.spin_thread is False
+    with pytest.raises(GridUnavailable, match='no transform base_link <- cam_optical') as caught:
+        source.lookup('base_link', 'cam_optical')
+    assert caught.value.reason == 'no_pose'
+    transform = TransformStamped()
+    transform.transform.translation.x, transform.transform.translation.z = 1.8, 1.4
+    q = (-0.6, 0.6, -0.37, 0.37)  # optical frame looking forward and down
+    (transform.transform.rotation.x, transform.transform.rotation.y,
+     transform.transform.rotation.z, transform.transform.rotation.w) = q
+    fake_tf.buffer.transform = transform
+    pose = source.lookup('base_link', 'cam_optical')
+    target, frame, time = fake_tf.buffer.calls[-1]
+    assert (target, frame) == ('base_link', 'cam_optical')
+    assert isinstance(time, Time) and time.nanoseconds == 0  # the newest transform
+    np.testing.assert_allclose(pose.translation, [1.8, 0.0, 1.4])
+    np.testing.assert_allclose(pose.rotation, quaternion_to_matrix(*q))
+    with pytest.raises(GridUnavailable, match='no frame_id'):
+        source.lookup('base_link', '')
+    source.close()
+    assert fake_tf.listener.unregistered
+
+
+# ----------------------------------------------------------------- diagnostics
+
+
+class _Segmenter:
+    device = 'cpu'
+    precision = 'fp32'
+    model_path = '/m.safetensors'
+
+    class metadata:
+        class_names = ('Sky', 'Road')
+
+
+def _values(status):
+    return {kv.key: kv.value for kv in status.values}
+
+
+def test_diagnostics_grid_keys_and_warning():
+    """grid_pose_source, grid_status, counters; a grid problem makes the status WARN."""
+    camera = Camera('front')
+    camera.stats.received()
+    status = camera_status('/n', camera, HealthThresholds(), _Segmenter, False, 'parameters')
+    values = _values(status)
+    assert values['grid_pose_source'] == 'parameters'
+    assert values['grid_status'] == 'ok' and values['grid_published'] == '0'
+    assert status.level == bytes([OK])
+    camera.stats.count('grid_skipped_camera_info_size_mismatch')
+    camera.grid.problem = 'camera_info is 640x480 but the image is 320x240'
+    status = camera_status('/n', camera, HealthThresholds(), _Segmenter, False, 'tf')
+    values = _values(status)
+    assert values['grid_skipped_camera_info_size_mismatch'] == '1'
+    assert values['grid_status'].startswith('camera_info is 640x480')
+    assert status.level == bytes([WARN])
+    assert status.message == 'no drivable grid: camera_info is 640x480 but the image is 320x240'
+
+
+def test_grid_qos_is_transient_local():
+    """The grid matches volatile and transient-local (map) subscribers."""
+    from enet_ros.node.segmentation_node import grid_qos
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    qos = grid_qos('reliable')
+    assert qos.durability == DurabilityPolicy.TRANSIENT_LOCAL and qos.depth == 1
+    assert qos.reliability == ReliabilityPolicy.RELIABLE
