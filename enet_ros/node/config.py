@@ -9,6 +9,9 @@ validated before they apply. ``model_path`` changes at run time too (see
 The drivable grid's layout (``grid_*``) and the cameras' poses
 (``camera_pose.*``, one set per camera, see :func:`pose_parameter`) are
 live too: the next frame uses them (the pixel-to-cell map is rebuilt then).
+
+(Over 350 lines: the declaration of every parameter, with its description and
+range, is one table in one place, with the checks that go with it.)
 """
 
 from dataclasses import dataclass
