@@ -21,8 +21,11 @@ This module is a facade. The work lives in :mod:`enet_ros.inference`:
   - ``eager``: ``optimize=False``, the model as trained, NCHW, no
     compilation, no graphs; the reference the other paths are tested against.
   - ``compiled_cpu``: the CPU with ``optimize=True`` (default): BatchNorm
-    folded, channels_last, ``torch.compile`` (inductor; falls back to the
-    folded eager network if compilation fails). ``torch_compile=False`` runs
+    folded, channels_last, ``torch.compile`` (inductor) with the weights
+    frozen into the compiled code (``freezing``), bf16 where the CPU has it
+    and ``precision='auto'`` picks it (see
+    :func:`~enet_ros.inference.config.resolve_precision`); falls back to the
+    folded eager network if compilation fails. ``torch_compile=False`` runs
     the folded channels_last network eagerly instead.
   - ``cuda_graphs``: CUDA with ``optimize=True`` (default): BatchNorm folded,
     fp16 (``precision='auto'``), cuDNN autotuning, the whole per-frame device
@@ -38,6 +41,7 @@ to 100x on small inputs); ``OMP_WAIT_POLICY=PASSIVE`` in the environment of
 the process (set before it starts) or a single thread avoids that.
 """
 
+import functools
 import logging
 from typing import Optional, Sequence, Tuple, Union
 
@@ -46,9 +50,10 @@ import torch
 from torch import nn
 
 from .inference.compiled_cpu import CompiledCpuPath
-from .inference.config import (check_input_size, compile_enabled, COMPILE_ENV, DEVICE_CHOICES,
-                               FrameSize, parse_frame_sizes, PRECISIONS, resolve_device,
-                               resolve_precision, SegmenterConfigError)
+from .inference.config import (check_input_size, compile_enabled, COMPILE_ENV,
+                               cpu_supports_bf16, DEVICE_CHOICES, FrameSize, freezing_enabled,
+                               INDEX_FREE_DEFAULT, parse_frame_sizes, precision_name, PRECISIONS,
+                               resolve_device, resolve_precision, SegmenterConfigError)
 from .inference.cuda_graphs import CudaGraphPath, enable_cudnn_autotuning
 from .inference.eager import EagerPath
 from .inference.frames import (argmax_classes, FramePipeline, labels_from_logits,
@@ -57,12 +62,19 @@ from .inference.network import NonFiniteWeightsError, prepare_network
 from .model_file import load_model_file, LoadedModel, ModelMetadata
 
 __all__ = [
-    'argmax_classes', 'COMPILE_ENV', 'DEVICE_CHOICES', 'labels_from_logits',
+    'argmax_classes', 'COMPILE_ENV', 'cpu_supports_bf16', 'DEVICE_CHOICES', 'labels_from_logits',
     'normalization_constants', 'normalize', 'NonFiniteWeightsError', 'PRECISIONS',
     'resolve_device', 'resolve_precision', 'Segmentation', 'Segmenter', 'SegmenterConfigError',
 ]
 
 LOGGER = logging.getLogger(__name__)
+
+
+def _fp32_network(model: LoadedModel, device: torch.device, channels_last: bool,
+                  index_free: bool) -> nn.Module:
+    """Build the folded fp32 network (the compiled CPU path's fallback when bf16 was auto)."""
+    return prepare_network(model, device, torch.float32, fold=True, channels_last=channels_last,
+                           index_free=index_free).network
 
 
 class Segmenter:
@@ -83,8 +95,21 @@ class Segmenter:
       (``max_graphs`` is raised to hold them all). Needs ``warmup=True``; a
       malformed size raises :class:`SegmenterConfigError`.
     * ``optimize``: the fast path for the device (default) or the eager reference.
+    * ``precision``: ``auto`` (fp16 on CUDA; on the CPU fp32, or bf16 where
+      :data:`~enet_ros.inference.config.AUTO_CPU_BF16` is on, the CPU has bf16
+      and the network is compiled), ``fp32``, ``fp16`` (CUDA only), ``bf16``
+      (CPUs with AVX-512 BF16 or AMX only; elsewhere
+      :class:`SegmenterConfigError`).
     * ``torch_compile``: ``torch.compile`` the CPU network when optimising (``None``:
       yes unless the environment sets ``ENET_ROS_COMPILE=0``).
+    * ``freezing``: with ``torch.compile``, freeze the weights into the compiled
+      code (inductor weight prepacking; see
+      :mod:`~enet_ros.inference.compiled_cpu`). ``None``: yes unless the
+      environment sets ``ENET_ROS_FREEZE=0``.
+    * ``index_free``: pool and unpool with masks instead of indices
+      (:func:`enet_ros.model.set_index_free`; the same labels). ``None``:
+      the path's default (``INDEX_FREE_DEFAULT`` on the compiled CPU path,
+      off elsewhere).
     * ``channels_last``: memory format of activations (``None``: on the CPU
       when optimising, never on CUDA).
     * ``cuda_graphs``: capture the per-frame CUDA work when optimising on CUDA.
@@ -108,12 +133,15 @@ class Segmenter:
                  optimize: bool = True, torch_compile: Optional[bool] = None,
                  channels_last: Optional[bool] = None, cuda_graphs: bool = True,
                  max_graphs: int = 4, cudnn_benchmark: Optional[bool] = None,
-                 warmup_sizes: Optional[Sequence[FrameSize]] = None):
+                 warmup_sizes: Optional[Sequence[FrameSize]] = None,
+                 freezing: Optional[bool] = None, index_free: Optional[bool] = None):
         self.device, note = resolve_device(device)
         if note:
             LOGGER.warning(note)
         self.fallback_note = note
-        self.dtype = resolve_precision(precision, self.device)
+        on_cuda = self.device.type == 'cuda'
+        compiled_cpu = bool(optimize) and not on_cuda and compile_enabled(torch_compile)
+        dtype = resolve_precision(precision, self.device, compiled=compiled_cpu)
         self.metadata: ModelMetadata = model.metadata
         self.model_path = model.path
         self.input_size = check_input_size(input_size or model.metadata.input_size)
@@ -123,13 +151,15 @@ class Segmenter:
         if max_graphs < 1:
             raise SegmenterConfigError(f'max_graphs must be at least 1, got {max_graphs}')
         self.optimized = bool(optimize)
-        on_cuda = self.device.type == 'cuda'
+        if index_free is None:
+            index_free = INDEX_FREE_DEFAULT and compiled_cpu
         if channels_last is None:
             channels_last = self.optimized and not on_cuda
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        prepared = prepare_network(model, self.device, self.dtype, fold=self.optimized,
-                                   channels_last=bool(channels_last))
-        pipeline = FramePipeline(model.metadata, self.input_size, self.device, self.dtype,
+        prepared = prepare_network(model, self.device, dtype, fold=self.optimized,
+                                   channels_last=bool(channels_last),
+                                   index_free=bool(index_free))
+        pipeline = FramePipeline(model.metadata, self.input_size, self.device, dtype,
                                  self.memory_format)
         notes = list(prepared.notes)
         if on_cuda and (self.optimized or cudnn_benchmark):
@@ -142,8 +172,14 @@ class Segmenter:
                                       max_graphs=max(max_graphs, 2 * len(sizes)))
         elif on_cuda:
             self.path = EagerPath(prepared.network, pipeline, 'optimised', notes)
-        elif compile_enabled(torch_compile):
-            self.path = CompiledCpuPath(prepared.network, pipeline, notes)
+        elif compiled_cpu:
+            fallback = None
+            if dtype == torch.bfloat16 and precision.strip().lower() == 'auto':
+                # Eager bf16 is slower than eager fp32: if compiling fails, run fp32.
+                fallback = functools.partial(_fp32_network, model, self.device,
+                                             bool(channels_last), bool(index_free))
+            self.path = CompiledCpuPath(prepared.network, pipeline, notes,
+                                        freezing=freezing_enabled(freezing), fallback=fallback)
         else:
             self.path = EagerPath(prepared.network, pipeline, 'optimised',
                                   notes + ['torch.compile off'])
@@ -166,9 +202,14 @@ class Segmenter:
         return self.metadata.num_classes
 
     @property
+    def dtype(self) -> torch.dtype:
+        """Return the network's dtype: float32, float16 or bfloat16."""
+        return self.path.pipeline.dtype
+
+    @property
     def precision(self) -> str:
-        """``fp16`` or ``fp32``."""
-        return 'fp16' if self.dtype == torch.float16 else 'fp32'
+        """``fp16``, ``bf16`` or ``fp32``."""
+        return precision_name(self.dtype)
 
     @property
     def compiled(self) -> bool:

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Tuple
 
 from enet_ros import segmenter as segmenter_module
+from enet_ros.inference.config import FREEZE_ENV
 from enet_ros.inference.cuda_graphs import CapturedFrame
 from enet_ros.inference.fold import count_batchnorms, fold_enet, fold_sequential
 from enet_ros.inference.graph_cache import GraphCache
 from enet_ros.model import ENet, RegularBottleneck
 from enet_ros.model_file import load_model_file
 from enet_ros.segmenter import argmax_classes, COMPILE_ENV, labels_from_logits, Segmenter
-from model_files import label_agreement
+from model_files import label_agreement, write_random_model
 import numpy as np
 import pytest
 import torch
@@ -252,23 +253,68 @@ def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, core_lo
     assert label_agreement(fast.segment(image).labels, eager.segment(image).labels) >= AGREEMENT
 
 
+def test_freezing_default_and_env_switch(loaded, monkeypatch):
+    """Frozen weights by default on the compiled path; ENET_ROS_FREEZE=0 or freezing=False off."""
+    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True,
+                     warmup=False)
+    assert fast.path.freezing and 'frozen weights' in fast.describe()
+    off = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True,
+                    warmup=False, freezing=False)
+    assert not off.path.freezing and 'frozen' not in off.describe()
+    monkeypatch.setenv(FREEZE_ENV, '0')
+    env_off = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True,
+                        warmup=False)
+    assert not env_off.path.freezing
+
+
 @pytest.mark.slow
-def test_compiled_cpu_path_agrees_with_eager_fp32(loaded, eager):
+@pytest.mark.parametrize('freezing', [True, False])
+def test_compiled_cpu_path_agrees_with_eager_fp32(loaded, eager, freezing):
     """
     torch.compile (inductor) path: compiles, runs compiled and agrees with eager fp32.
 
     Tiny network input to keep compilation short (it is still 10-40 s on 2 cores).
     """
-    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True)
+    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True,
+                     precision='fp32', freezing=freezing)
     assert fast.compiled, fast.describe()
     assert 'torch.compile' in fast.describe() and 'failed' not in fast.describe()
     assert 'not yet run' not in fast.describe()
+    assert ('frozen weights' in fast.describe()) == freezing
     for image in _images():
         got = fast.segment(image, with_confidence=True)
         expected = eager.segment(image, with_confidence=True)
         assert label_agreement(got.labels, expected.labels) >= AGREEMENT
         _assert_confidence_close(got.confidence, expected.confidence)
     assert fast.compiled  # still compiled: no fallback happened on the way
+
+
+@pytest.mark.slow
+def test_frozen_paths_keep_their_own_weights(tmp_path: Path):
+    """
+    Two frozen Segmenters of one size, different weights: each gives its own model's labels.
+
+    Frozen compiled code holds the weights, so it must not be shared between
+    Segmenters (each has a code object of its own), and inductor's process-wide
+    ``freezing`` flag is left as it was.
+    """
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.freezing
+    segmenters, references = [], []
+    for seed in (1, 2):
+        loaded_seed = load_model_file(write_random_model(tmp_path / f'{seed}.safetensors',
+                                                         seed=seed, input_size=NET_SIZE))
+        segmenters.append(Segmenter(loaded_seed, device='cpu', precision='fp32',
+                                    torch_compile=True, freezing=True))
+        references.append(Segmenter(loaded_seed, device='cpu', optimize=False, warmup=False))
+    assert inductor_config.freezing == before
+    image = _images()[0]
+    labels = [s.segment(image).labels for s in segmenters]
+    assert not np.array_equal(labels[0], labels[1])  # the two models differ
+    for got, reference in zip(labels, references):
+        assert label_agreement(got, reference.segment(image).labels) >= AGREEMENT
+    assert all(s.compiled for s in segmenters)
 
 
 # --- the bounded CUDA graph cache (logic only; CUDA tests are in test_gpu.py) ----------

@@ -70,8 +70,11 @@ def test_labels_at_input_resolution(segmenter: Segmenter, reference_net: torch.n
     assert result.labels.max() < segmenter.num_classes
     assert result.confidence is None
     reference = _reference_labels(segmenter, reference_net, image)
-    # Same computation, other order: allow a rare flip where two logits nearly tie.
-    assert np.count_nonzero(result.labels != reference) <= max(1, result.labels.size // 1000)
+    # Same computation, other order: allow a rare flip where two logits nearly tie. In bf16
+    # (the default on CPUs with bf16) the random model's close logits flip on 2-5 % of the
+    # pixels; the trained model's agreement is checked on CamVid in test_bf16.py.
+    allowed = 1000 if segmenter.precision == 'fp32' else 10
+    assert np.count_nonzero(result.labels != reference) <= max(1, result.labels.size // allowed)
 
 
 def test_random_model_gives_varied_labels(segmenter: Segmenter):
@@ -163,10 +166,12 @@ def test_cuda_without_cuda(random_model_file: Path, device: str):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is available on this machine')
 def test_auto_falls_back_to_cpu(random_model_file: Path):
-    """Fall back from device auto to fp32 on the CPU without CUDA, and say so."""
+    """Fall back from device auto to the CPU's precision without CUDA, and say so."""
     segmenter = Segmenter.from_file(str(random_model_file), device='auto', input_size=NET_SIZE,
                                     warmup=False)
-    assert segmenter.device.type == 'cpu' and segmenter.dtype == torch.float32
+    cpu = torch.device('cpu')
+    assert segmenter.device.type == 'cpu'
+    assert segmenter.dtype == resolve_precision('auto', cpu, compiled=segmenter.compiled)
     assert 'CUDA is not available' in segmenter.fallback_note
 
 
@@ -178,7 +183,7 @@ def test_bogus_device(device: str):
 
 
 def test_precision_choices():
-    """fp16 on the CPU is refused, auto is fp32 there, unknown names are errors."""
+    """fp16 on the CPU is refused, auto is fp32 there uncompiled, unknown names are errors."""
     cpu = torch.device('cpu')
     with pytest.raises(SegmenterConfigError, match='fp16'):
         resolve_precision('fp16', cpu)
@@ -187,6 +192,8 @@ def test_precision_choices():
     assert resolve_precision('auto', cpu) == torch.float32
     assert resolve_precision('FP32', cpu) == torch.float32
     assert resolve_precision('auto', torch.device('cuda', 0)) == torch.float16
+    with pytest.raises(SegmenterConfigError, match='bf16 is for the CPU'):
+        resolve_precision('bf16', torch.device('cuda', 0))
 
 
 def test_fp16_on_cpu_rejected_at_construction(random_model_file: Path):

@@ -11,9 +11,16 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 
 DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
-PRECISIONS = ('auto', 'fp16', 'fp32')
+PRECISIONS = ('auto', 'fp16', 'fp32', 'bf16')
+#: ``precision='auto'`` on a CPU with bf16 (:func:`cpu_supports_bf16`) and a compiled network.
+#: Chosen from measurements: see the README's Performance section and ``bench/bf16_gate.py``.
+AUTO_CPU_BF16 = True
+#: Index-free pooling (:func:`enet_ros.model.set_index_free`) on the compiled CPU path by default.
+INDEX_FREE_DEFAULT = False
 #: Environment variable: ``0`` turns ``torch.compile`` off where ``torch_compile`` is None.
 COMPILE_ENV = 'ENET_ROS_COMPILE'
+#: Environment variable: ``0`` turns inductor weight freezing off where ``freezing`` is None.
+FREEZE_ENV = 'ENET_ROS_FREEZE'
 
 #: A camera frame size: ``(width, height)`` or the text ``'WIDTHxHEIGHT'``.
 FrameSize = Union[Sequence[int], str]
@@ -34,7 +41,7 @@ def resolve_device(choice: str) -> Tuple[torch.device, Optional[str]]:
         if torch.cuda.is_available():
             return torch.device('cuda', torch.cuda.current_device()), None
         return (torch.device('cpu'),
-                'device auto: CUDA is not available, running on the CPU in fp32')
+                'device auto: CUDA is not available, running on the CPU')
     if choice == 'cpu':
         return torch.device('cpu'), None
     if choice == 'cuda' or choice.startswith('cuda:'):
@@ -53,16 +60,61 @@ def resolve_device(choice: str) -> Tuple[torch.device, Optional[str]]:
     raise SegmenterConfigError(f"device '{choice}' is not one of {', '.join(DEVICE_CHOICES)}")
 
 
-def resolve_precision(choice: str, device: torch.device) -> torch.dtype:
-    """``auto`` is fp16 on CUDA and fp32 on the CPU; fp16 on the CPU is refused."""
+def cpu_supports_bf16() -> bool:
+    """
+    Whether this CPU runs bf16 convolutions natively (oneDNN with AVX-512 BF16 or AMX).
+
+    Without those instructions oneDNN emulates bf16, slower than fp32, so
+    ``precision='bf16'`` is refused there.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    for probe in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'):
+        check = getattr(torch.cpu, probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except RuntimeError:  # pragma: no cover - a build without the CPU probes
+            continue
+    return False
+
+
+def resolve_precision(choice: str, device: torch.device, compiled: bool = False) -> torch.dtype:
+    """
+    Map a precision choice to the network's dtype on ``device``.
+
+    ``auto``: fp16 on CUDA; on the CPU bf16 where :data:`AUTO_CPU_BF16` says so,
+    the CPU has bf16 (:func:`cpu_supports_bf16`) and the network is
+    ``compiled`` (eager bf16 is slower than fp32), else fp32. ``fp16`` is
+    CUDA only, ``bf16`` CPU only and needs a CPU with bf16: both refused
+    elsewhere with :class:`SegmenterConfigError`.
+    """
     choice = choice.strip().lower()
     if choice not in PRECISIONS:
         raise SegmenterConfigError(f"precision '{choice}' is not one of {', '.join(PRECISIONS)}")
+    on_cuda = device.type == 'cuda'
     if choice == 'auto':
-        return torch.float16 if device.type == 'cuda' else torch.float32
-    if choice == 'fp16' and device.type != 'cuda':
-        raise SegmenterConfigError('precision fp16 needs a CUDA device; the CPU runs fp32')
+        if on_cuda:
+            return torch.float16
+        if AUTO_CPU_BF16 and compiled and cpu_supports_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if choice == 'fp16' and not on_cuda:
+        raise SegmenterConfigError('precision fp16 needs a CUDA device; the CPU runs fp32 or bf16')
+    if choice == 'bf16':
+        if on_cuda:
+            raise SegmenterConfigError('precision bf16 is for the CPU; CUDA runs fp16 or fp32')
+        if not cpu_supports_bf16():
+            raise SegmenterConfigError(
+                'precision bf16 needs a CPU with AVX-512 BF16 or AMX instructions and a '
+                'PyTorch with oneDNN; this one has neither (use fp32 or auto)')
+        return torch.bfloat16
     return torch.float16 if choice == 'fp16' else torch.float32
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """``fp16``, ``bf16`` or ``fp32`` for a network dtype."""
+    return {torch.float16: 'fp16', torch.bfloat16: 'bf16'}.get(dtype, 'fp32')
 
 
 def check_input_size(size: Sequence[int]) -> Tuple[int, int]:
@@ -103,6 +155,13 @@ def parse_frame_sizes(sizes: Optional[Iterable[FrameSize]]) -> List[Tuple[int, i
         if size not in parsed:
             parsed.append(size)
     return parsed
+
+
+def freezing_enabled(choice: Optional[bool]) -> bool:
+    """``freezing`` option: True / False, or None for the ``ENET_ROS_FREEZE`` default (on)."""
+    if choice is not None:
+        return bool(choice)
+    return os.environ.get(FREEZE_ENV, '1').strip().lower() not in ('0', 'false', 'no', 'off')
 
 
 def compile_enabled(choice: Optional[bool]) -> bool:

@@ -1,9 +1,11 @@
 """
 The network an execution path runs: built from the model file, folded, cast and laid out.
 
-:func:`prepare_network` builds the eval-mode ENet, folds its BatchNorms when
-asked (:mod:`enet_ros.inference.fold`), casts it to the precision, moves it
-to the device and sets the activations' memory format.
+:func:`prepare_network` builds the eval-mode ENet, switches it to index-free
+pooling when asked (:func:`enet_ros.model.set_index_free`), folds its
+BatchNorms when asked (:mod:`enet_ros.inference.fold`), casts it to the
+precision (fp32, fp16 or bf16), moves it to the device and sets the
+activations' memory format.
 
 Precision guard. Before the cast every layer's weights are checked:
 
@@ -28,6 +30,7 @@ from torch import nn
 
 from .config import SegmenterConfigError
 from .fold import fold_enet
+from ..model import set_index_free
 from ..model_file import LoadedModel
 
 LOGGER = logging.getLogger(__name__)
@@ -125,10 +128,13 @@ class PreparedNetwork:
 
 
 def prepare_network(model: LoadedModel, device: torch.device, dtype: torch.dtype,
-                    fold: bool, channels_last: bool) -> PreparedNetwork:
-    """Build, optionally fold, cast (guarded), move and lay out the eval-mode network."""
+                    fold: bool, channels_last: bool, index_free: bool = False) -> PreparedNetwork:
+    """Build, optionally make index-free and fold, cast (guarded), move and lay out the network."""
     network = model.build()
     notes = []
+    if index_free:
+        set_index_free(network)
+        notes.append('index-free pooling')
     if fold:
         network = fold_enet(network)
         notes.append('BatchNorm folded')
@@ -136,6 +142,7 @@ def prepare_network(model: LoadedModel, device: torch.device, dtype: torch.dtype
     network = network.to(device)
     if float32_layers:
         notes.append(f'{len(float32_layers)} layer(s) in fp32')
+
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     network = network.to(memory_format=memory_format)
     if channels_last:
