@@ -9,13 +9,25 @@ preprocessed input. Modes run round-robin in blocks of ``--block`` frames, so
 load from other processes hits every mode alike and the ratios between modes
 come from the same run.
 
-Modes:
+Modes (``--modes`` picks some; ``--list-modes`` names them):
 
 * ``baseline fp32``: the unoptimised model as trained (plain ENet forward,
   ``torch.argmax(dim=1)``) with the Segmenter's pre- and post-processing. The
   reference of the CPU target (optimised >= 1.8x faster).
 * ``eager fp32``, ``eager fp16``: ``Segmenter(optimize=False)``.
-* ``optimised fp32`` (CPU): folded BatchNorm, channels_last, torch.compile.
+* CPU, folded BatchNorm, channels_last, torch.compile: ``compiled fp32`` (the
+  default before bf16 and freezing; the "x prev" column is relative to it),
+  ``frozen fp32`` (inductor weight freezing), ``compiled bf16``, ``frozen
+  bf16`` (bf16 modes only on CPUs with bf16), each also ``... index-free``
+  (masks instead of max-pool indices), and ``default`` (``Segmenter()`` as it
+  ships: ``precision='auto'`` and the path's defaults).
+* CPU peers, where installed: ``onnxruntime fp32 index-free`` and
+  ``onnxruntime fp32 indices`` (the export as is, ScatterND), ``opencv fp32
+  index-free`` (``cv2.dnn``): ENet folded and exported to ONNX, with the
+  Segmenter's pre- and post-processing around the runtime's forward. They
+  are interleaved with the torch modes; ONNX Runtime's threads do not
+  spin-wait between runs unless ``--ort-spin`` (spinning threads would take
+  the cores from the next mode's).
 * ``captured fp16`` (CUDA): folded BatchNorm, fp16, cuDNN autotuning, CUDA graphs.
 
 Results do not depend on the weights; by default a seeded random model is
@@ -25,6 +37,12 @@ robot whose camera is larger than the network input.
 
 Example (enet_ros installed, e.g. ``pip install -e .``):
 ``python bench/bench_segmenter.py --device cpu --sizes 480x360 --frames 50``.
+
+Forward columns: GFLOP/s counts 2 FLOPs a multiply-accumulate of the
+convolutions (torch's FLOP counter on the network at that input size) and
+"% peak" divides by ``--peak-gflops`` (default 233: the fp32 FMA peak of the
+2-core machine these tables come from, 2 cores x 32 FLOP/cycle x 3.64 GHz; bf16
+modes are measured against the same fp32 figure).
 """
 
 import argparse
@@ -37,12 +55,49 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from enet_ros.inference.frames import FramePipeline
 from enet_ros.labels import CAMVID_11
 from enet_ros.model import ENet
 from enet_ros.model_file import load_model_file, LoadedModel, ModelMetadata
-from enet_ros.segmenter import Segmenter
+from enet_ros.segmenter import cpu_supports_bf16, Segmenter
 import numpy as np
 import torch
+
+#: CPU modes run through the Segmenter: name -> Segmenter options.
+CPU_SEGMENTER_MODES = {
+    'baseline fp32': {'precision': 'fp32', 'optimize': False},
+    'eager fp32': {'precision': 'fp32', 'optimize': False},
+    'compiled fp32': {'precision': 'fp32', 'freezing': False, 'index_free': False},
+    'frozen fp32': {'precision': 'fp32', 'freezing': True, 'index_free': False},
+    'frozen fp32 index-free': {'precision': 'fp32', 'freezing': True, 'index_free': True},
+    'compiled bf16': {'precision': 'bf16', 'freezing': False, 'index_free': False},
+    'frozen bf16': {'precision': 'bf16', 'freezing': True, 'index_free': False},
+    'frozen bf16 index-free': {'precision': 'bf16', 'freezing': True, 'index_free': True},
+    'default': {},
+}
+#: CPU peers: name -> (runtime, index-free export).
+CPU_PEER_MODES = {
+    'onnxruntime fp32 index-free': ('onnxruntime', True),
+    'onnxruntime fp32 indices': ('onnxruntime', False),
+    'opencv fp32 index-free': ('opencv', True),
+}
+CUDA_MODES = {
+    'eager fp32': {'precision': 'fp32', 'optimize': False},
+    'eager fp16': {'precision': 'fp16', 'optimize': False},
+    'captured fp16': {'precision': 'fp16', 'optimize': True},
+}
+#: The "x prev" column: speed-up over this mode (the CPU default before this change).
+PREVIOUS_DEFAULT = 'compiled fp32'
+
+
+def _onnx_peers():
+    """Import ``bench/onnx_peers.py``, the benchmark's helper next to this file."""
+    folder = str(Path(__file__).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import onnx_peers
+    return onnx_peers
+
 
 DEFAULT_SIZES = '480x360,1024x512,1280x720,1920x1080'
 
@@ -68,6 +123,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='comma-separated subset of the modes (default: all for the device)')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch.set_num_threads for the CPU (default: torch default)')
+    parser.add_argument('--peak-gflops', type=float, default=233.0,
+                        help='fp32 peak GFLOP/s of the machine for the "% peak" column '
+                             '(default 233: 2 cores x 32 FLOP/cycle x 3.64 GHz)')
+    parser.add_argument('--ort-spin', action='store_true',
+                        help="let ONNX Runtime's threads spin-wait between runs (default off)")
+    parser.add_argument('--list-modes', action='store_true', help='print the modes and exit')
     parser.add_argument('--json', default=None, help='also write the results here')
     return parser
 
@@ -102,6 +163,9 @@ def machine_info(device: torch.device) -> Dict[str, object]:
         pass
     info = {'cpu': cpu, 'cores': os.cpu_count(), 'torch': torch.__version__,
             'torch_threads': torch.get_num_threads(), 'python': platform.python_version(),
+            'cpu_bf16': cpu_supports_bf16(),
+            'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', '(unset)'),
+            'onnxruntime': _onnx_peers().onnxruntime_version(),
             'load_average_start': os.getloadavg()}
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
@@ -113,10 +177,10 @@ def machine_info(device: torch.device) -> Dict[str, object]:
 class Mode:
     """One way of running frames: a segment callable, a forward callable, and their timings."""
 
-    def __init__(self, name: str, segmenter: Segmenter, frame: Callable[[], object],
+    def __init__(self, name: str, path: str, frame: Callable[[], object],
                  forward: Callable[[], object], device: torch.device, cudnn_benchmark: bool):
         self.name = name
-        self.segmenter = segmenter
+        self.path = path
         self.frame = frame
         self.forward = forward
         self.device = device
@@ -147,23 +211,25 @@ class Mode:
                 cpu.append((time.process_time() - start_cpu) * 1e3)
 
 
+def mode_names(device: torch.device) -> List[str]:
+    """All modes for ``device``, in table order (bf16 modes only where the CPU has bf16)."""
+    if device.type == 'cuda':
+        return list(CUDA_MODES)
+    names = [name for name, options in CPU_SEGMENTER_MODES.items()
+             if options.get('precision') != 'bf16' or cpu_supports_bf16()]
+    return names + list(CPU_PEER_MODES)
+
+
 def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int, int],
-                net_size: Tuple[int, int], wanted: Optional[List[str]]) -> List[Mode]:
+                net_size: Tuple[int, int], wanted: Optional[List[str]],
+                args: argparse.Namespace) -> List[Mode]:
     """Build the modes for ``device``, measuring each one's peak GPU memory on its own."""
     width, height = frame_size
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     on_cuda = device.type == 'cuda'
-    if on_cuda:
-        specs = [('eager fp32', {'precision': 'fp32', 'optimize': False}),
-                 ('eager fp16', {'precision': 'fp16', 'optimize': False}),
-                 ('captured fp16', {'precision': 'fp16', 'optimize': True})]
-    else:
-        specs = [('baseline fp32', {'precision': 'fp32', 'optimize': False}),
-                 ('eager fp32', {'precision': 'fp32', 'optimize': False}),
-                 ('optimised fp32', {'precision': 'fp32', 'optimize': True})]
     modes = []
-    for name, options in specs:
+    for name in mode_names(device):
         if wanted and name not in wanted:
             continue
         if on_cuda:
@@ -172,20 +238,29 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
-        segmenter = Segmenter(loaded, device=str(device), input_size=net_size, warmup=True,
-                              **options)
-        setup = time.perf_counter() - start
-        network_input = segmenter.preprocess(image)
-        if name == 'baseline fp32':
-            frame, forward = _baseline(segmenter, image, network_input)
-        elif name == 'captured fp16':
-            frame = (lambda s=segmenter: s.segment(image))
-            forward = _captured_forward(segmenter, network_input)
+        if name in CPU_PEER_MODES and not on_cuda:
+            built = _peer(name, loaded, net_size, image, args)
+            if built is None:
+                continue
+            path, frame, forward = built
+            optimize = False
         else:
-            frame = (lambda s=segmenter: s.segment(image))
-            forward = (lambda s=segmenter, x=network_input: s.logits(x))
-        mode = Mode(name, segmenter, frame, forward, device,
-                    cudnn_benchmark=bool(options['optimize']))
+            options = (CUDA_MODES if on_cuda else CPU_SEGMENTER_MODES)[name]
+            segmenter = Segmenter(loaded, device=str(device), input_size=net_size, warmup=True,
+                                  **options)
+            network_input = segmenter.preprocess(image)
+            path = f'{segmenter.precision} {segmenter.execution_path}'
+            optimize = options.get('optimize', True)
+            if name == 'baseline fp32':
+                frame, forward = _baseline(segmenter, image, network_input)
+            elif name == 'captured fp16':
+                frame = (lambda s=segmenter: s.segment(image))
+                forward = _captured_forward(segmenter, network_input)
+            else:
+                frame = (lambda s=segmenter: s.segment(image))
+                forward = (lambda s=segmenter, x=network_input: s.logits(x))
+        setup = time.perf_counter() - start
+        mode = Mode(name, path, frame, forward, device, cudnn_benchmark=bool(optimize))
         mode.setup_s = setup
         for _ in range(3):
             frame()
@@ -194,8 +269,50 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
             torch.cuda.synchronize(device)
             mode.peak_mib = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
         modes.append(mode)
-        print(f'  {name}: ready in {setup:.1f} s ({segmenter.execution_path})', flush=True)
+        print(f'  {name}: ready in {setup:.1f} s ({path})', flush=True)
     return modes
+
+
+def _peer(name: str, loaded: LoadedModel, net_size: Tuple[int, int], image: np.ndarray,
+          args: argparse.Namespace):
+    """Build a peer runtime mode: (path text, frame, forward), or None where not installed."""
+    runtime, index_free = CPU_PEER_MODES[name]
+    onnx_peers = _onnx_peers()
+    try:
+        if runtime == 'onnxruntime':
+            import onnxruntime
+            version = onnxruntime.__version__
+        else:
+            import cv2
+            version = cv2.__version__
+    except ImportError:
+        print(f'  {name}: skipped, {runtime} is not installed', flush=True)
+        return None
+    onnx_path = onnx_peers.export_dir() / f'enet_{"index_free" if index_free else "indices"}.onnx'
+    threads = torch.get_num_threads()
+    try:
+        onnx_peers.export_onnx(loaded, net_size, onnx_path, index_free)
+        if runtime == 'onnxruntime':
+            run = onnx_peers.onnxruntime_forward(onnx_path, threads, args.ort_spin)
+            path = (f'ONNX Runtime {version}, {threads} threads, '
+                    f'spinning {"on" if args.ort_spin else "off"}')
+        else:
+            run = onnx_peers.opencv_forward(onnx_path, threads)
+            path = f'OpenCV DNN {version}, {threads} threads'
+    except Exception as error:  # an exporter or runtime that cannot take the graph
+        lines = str(error).strip().splitlines()
+        print(f'  {name}: skipped, {type(error).__name__}: {lines[0][:200] if lines else ""}',
+              flush=True)
+        return None
+    pipeline = FramePipeline(loaded.metadata, net_size, torch.device('cpu'), torch.float32)
+    network_input = pipeline.preprocess(image)
+    export = 'index-free export' if index_free else 'export as is'
+
+    @torch.inference_mode()
+    def frame():
+        return pipeline.segment(image, run)
+
+    return f'{path}, folded fp32, {export}', frame, (lambda: run(network_input))
 
 
 def _baseline(segmenter: Segmenter, image: np.ndarray, network_input: torch.Tensor):
@@ -244,7 +361,7 @@ def run_size(loaded_for: Callable[[Tuple[int, int]], LoadedModel], device: torch
     print(f'{frame_size[0]}x{frame_size[1]} frames, network input {net_size[0]}x{net_size[1]}:',
           flush=True)
     wanted = [m.strip() for m in args.modes.split(',')] if args.modes else None
-    modes = build_modes(loaded_for(net_size), device, frame_size, net_size, wanted)
+    modes = build_modes(loaded_for(net_size), device, frame_size, net_size, wanted, args)
     for mode in modes:
         mode.time(mode.frame, args.warmup, [])
         mode.time(mode.forward, max(1, args.warmup // 2), [])
@@ -261,10 +378,28 @@ def run_size(loaded_for: Callable[[Tuple[int, int]], LoadedModel], device: torch
                           mode.forward_ms)
         done += args.block
     reference = modes[0]
+    previous = next((mode for mode in modes if mode.name == PREVIOUS_DEFAULT), None)
+    gflop = forward_gflop(loaded_for(net_size), net_size)
     rows = []
     for mode in modes:
-        rows.append(summarise(mode, reference, frame_size, net_size))
+        row = summarise(mode, reference, frame_size, net_size)
+        row['previous_default_speedup'] = (_median(previous.frame_ms) / row['median_ms']
+                                           if previous else float('nan'))
+        row['forward_gflops'] = gflop / row['forward_median_ms'] * 1e3
+        row['forward_peak_percent'] = 100 * row['forward_gflops'] / args.peak_gflops
+        rows.append(row)
     return rows
+
+
+def forward_gflop(loaded: LoadedModel, net_size: Tuple[int, int]) -> float:
+    """GFLOP of one forward at ``net_size`` (2 per multiply-accumulate), torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    width, height = net_size
+    network = loaded.build()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        network(torch.zeros(1, 3, height, width))
+    return counter.get_total_flops() / 1e9
 
 
 def _median(values: List[float]) -> float:
@@ -279,7 +414,7 @@ def summarise(mode: Mode, reference: Mode, frame_size, net_size) -> Dict[str, ob
         'frame': f'{frame_size[0]}x{frame_size[1]}',
         'network': f'{net_size[0]}x{net_size[1]}',
         'mode': mode.name,
-        'path': mode.segmenter.execution_path,
+        'path': mode.path,
         'frames': len(mode.frame_ms),
         'median_ms': median,
         'p90_ms': float(np.percentile(mode.frame_ms, 90)) if mode.frame_ms else float('nan'),
@@ -298,18 +433,39 @@ def summarise(mode: Mode, reference: Mode, frame_size, net_size) -> Dict[str, ob
 
 def format_table(rows: List[Dict[str, object]]) -> str:
     """Plain-text table of the rows."""
-    header = (f'{"frame":>10} {"network":>10} {"mode":<15} {"median ms":>10} {"p90 ms":>8} '
-              f'{"fps":>7} {"cpu ms":>8} {"fwd ms":>8} {"fwd p90":>8} {"GPU MiB":>8} '
-              f'{"x ref":>6} {"fwd x":>6} {"setup s":>8}')
+    width = max([len('mode')] + [len(str(row['mode'])) for row in rows])
+    header = (f'{"frame":>10} {"network":>10} {"mode":<{width}} {"median ms":>10} {"p90 ms":>8} '
+              f'{"fps":>7} {"cpu ms":>8} {"fwd ms":>8} {"fwd p90":>8} {"GFLOP/s":>8} '
+              f'{"% peak":>7} {"GPU MiB":>8} {"x ref":>6} {"fwd x":>6} {"x prev":>7} '
+              f'{"setup s":>8}')
     lines = [header, '-' * len(header)]
     for row in rows:
         peak = '-' if row['peak_gpu_mib'] is None else f'{row["peak_gpu_mib"]:.0f}'
         lines.append(
-            f'{row["frame"]:>10} {row["network"]:>10} {row["mode"]:<15} '
+            f'{row["frame"]:>10} {row["network"]:>10} {row["mode"]:<{width}} '
             f'{row["median_ms"]:>10.1f} {row["p90_ms"]:>8.1f} {row["fps"]:>7.1f} '
             f'{row["cpu_ms"]:>8.1f} {row["forward_median_ms"]:>8.1f} '
-            f'{row["forward_p90_ms"]:>8.1f} {peak:>8} {row["speedup"]:>6.2f} '
-            f'{row["forward_speedup"]:>6.2f} {row["setup_s"]:>8.1f}')
+            f'{row["forward_p90_ms"]:>8.1f} {row["forward_gflops"]:>8.1f} '
+            f'{row["forward_peak_percent"]:>7.1f} {peak:>8} {row["speedup"]:>6.2f} '
+            f'{row["forward_speedup"]:>6.2f} {row["previous_default_speedup"]:>7.2f} '
+            f'{row["setup_s"]:>8.1f}')
+    return '\n'.join(lines)
+
+
+def format_markdown(rows: List[Dict[str, object]]) -> str:
+    """Format the rows as a Markdown table (for the README)."""
+    lines = ['| frame = network | mode | median ms | p90 ms | frames/s | CPU ms | forward ms | '
+             'GFLOP/s | % peak | x ref (frame / forward) | x prev | set-up s |',
+             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for row in rows:
+        size = (row['frame'] if row['frame'] == row['network']
+                else f'{row["frame"]} -> {row["network"]}')
+        lines.append(
+            f'| {size} | {row["mode"]} | {row["median_ms"]:.1f} | {row["p90_ms"]:.1f} | '
+            f'{row["fps"]:.1f} | {row["cpu_ms"]:.1f} | {row["forward_median_ms"]:.1f} | '
+            f'{row["forward_gflops"]:.0f} | {row["forward_peak_percent"]:.0f} | '
+            f'{row["speedup"]:.2f} / {row["forward_speedup"]:.2f} | '
+            f'{row["previous_default_speedup"]:.2f} | {row["setup_s"]:.1f} |')
     return '\n'.join(lines)
 
 
@@ -321,6 +477,9 @@ def main(args: argparse.Namespace) -> int:
                       warmup=False, optimize=False)
     device = probe.device
     del probe
+    if args.list_modes:
+        print('\n'.join(mode_names(device)))
+        return 0
     info = machine_info(device)
     print(' '.join(f'{k}={v}' for k, v in info.items()), flush=True)
     fixed = parse_size(args.input_size) if args.input_size else None
@@ -344,8 +503,12 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(' '.join(f'{k}={v}' for k, v in info.items()))
     print(f'{args.frames} timed frames per mode and size, round-robin blocks of {args.block}; '
-          f'"x ref" = median speed-up over the first mode of each size, same run')
+          f'"x ref" = median speed-up over the first mode of each size, "x prev" over '
+          f'"{PREVIOUS_DEFAULT}" (the CPU default before bf16 and freezing), same run; '
+          f'% peak = forward GFLOP/s / {args.peak_gflops:g}')
     print(format_table(rows))
+    print()
+    print(format_markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({'machine': info, 'args': vars(args),
                                                'rows': rows}, indent=2))

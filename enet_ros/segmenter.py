@@ -21,9 +21,9 @@ This module is a facade. The work lives in :mod:`enet_ros.inference`:
   - ``eager``: ``optimize=False``, the model as trained, NCHW, no
     compilation, no graphs; the reference the other paths are tested against.
   - ``compiled_cpu``: the CPU with ``optimize=True`` (default): BatchNorm
-    folded, channels_last, ``torch.compile`` (inductor) with the weights
-    frozen into the compiled code (``freezing``), bf16 where the CPU has it
-    and ``precision='auto'`` picks it (see
+    folded, channels_last, ``torch.compile`` (inductor), bf16 where the CPU
+    has it and ``precision='auto'`` picks it, then with the weights frozen
+    into the compiled code (``freezing``) (see
     :func:`~enet_ros.inference.config.resolve_precision`); falls back to the
     folded eager network if compilation fails. ``torch_compile=False`` runs
     the folded channels_last network eagerly instead.
@@ -104,8 +104,9 @@ class Segmenter:
       yes unless the environment sets ``ENET_ROS_COMPILE=0``).
     * ``freezing``: with ``torch.compile``, freeze the weights into the compiled
       code (inductor weight prepacking; see
-      :mod:`~enet_ros.inference.compiled_cpu`). ``None``: yes unless the
-      environment sets ``ENET_ROS_FREEZE=0``.
+      :mod:`~enet_ros.inference.compiled_cpu`). ``None``: in bf16 yes, in fp32
+      no (measured), unless the environment sets ``ENET_ROS_FREEZE`` (``0``
+      never, ``1`` always).
     * ``index_free``: pool and unpool with masks instead of indices
       (:func:`enet_ros.model.set_index_free`; the same labels). ``None``:
       the path's default (``INDEX_FREE_DEFAULT`` on the compiled CPU path,
@@ -179,7 +180,8 @@ class Segmenter:
                 fallback = functools.partial(_fp32_network, model, self.device,
                                              bool(channels_last), bool(index_free))
             self.path = CompiledCpuPath(prepared.network, pipeline, notes,
-                                        freezing=freezing_enabled(freezing), fallback=fallback)
+                                        freezing=freezing_enabled(freezing, dtype),
+                                        fallback=fallback)
         else:
             self.path = EagerPath(prepared.network, pipeline, 'optimised',
                                   notes + ['torch.compile off'])

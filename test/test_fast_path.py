@@ -23,7 +23,8 @@ from enet_ros.inference.fold import count_batchnorms, fold_enet, fold_sequential
 from enet_ros.inference.graph_cache import GraphCache
 from enet_ros.model import ENet, RegularBottleneck
 from enet_ros.model_file import load_model_file
-from enet_ros.segmenter import argmax_classes, COMPILE_ENV, labels_from_logits, Segmenter
+from enet_ros.segmenter import (argmax_classes, COMPILE_ENV, cpu_supports_bf16,
+                                labels_from_logits, Segmenter)
 from model_files import label_agreement, write_random_model
 import numpy as np
 import pytest
@@ -254,17 +255,23 @@ def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, core_lo
 
 
 def test_freezing_default_and_env_switch(loaded, monkeypatch):
-    """Frozen weights by default on the compiled path; ENET_ROS_FREEZE=0 or freezing=False off."""
-    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True,
-                     warmup=False)
-    assert fast.path.freezing and 'frozen weights' in fast.describe()
-    off = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True,
-                    warmup=False, freezing=False)
-    assert not off.path.freezing and 'frozen' not in off.describe()
+    """Frozen weights by default in bf16 only; freezing= and ENET_ROS_FREEZE decide otherwise."""
+    monkeypatch.delenv(FREEZE_ENV, raising=False)
+    options = {'device': 'cpu', 'input_size': NET_SIZE, 'torch_compile': True,
+               'warmup': False}
+    fp32 = Segmenter(loaded, precision='fp32', **options)
+    assert not fp32.path.freezing and 'frozen' not in fp32.describe()
+    on = Segmenter(loaded, precision='fp32', freezing=True, **options)
+    assert on.path.freezing and 'frozen weights' in on.describe()
+    monkeypatch.setenv(FREEZE_ENV, '1')
+    assert Segmenter(loaded, precision='fp32', **options).path.freezing
+    assert not Segmenter(loaded, precision='fp32', freezing=False, **options).path.freezing
     monkeypatch.setenv(FREEZE_ENV, '0')
-    env_off = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True,
-                        warmup=False)
-    assert not env_off.path.freezing
+    assert not Segmenter(loaded, precision='fp32', **options).path.freezing
+    if cpu_supports_bf16():
+        assert not Segmenter(loaded, precision='bf16', **options).path.freezing
+        monkeypatch.delenv(FREEZE_ENV)
+        assert Segmenter(loaded, precision='bf16', **options).path.freezing
 
 
 @pytest.mark.slow

@@ -1,0 +1,93 @@
+"""
+Peer runtimes for the benchmark: ENet exported to ONNX, run by ONNX Runtime or OpenCV DNN.
+
+Not part of the package: the Segmenter runs PyTorch only. These exist to
+measure whether another runtime would be faster on this CPU. The export is of
+the folded fp32 network (:func:`enet_ros.inference.fold.fold_enet`), either
+index-free (:func:`enet_ros.model.set_index_free`; the TorchScript exporter,
+whose graph both runtimes load) or as is (max-unpool becomes ScatterND; only
+the torch.export-based exporter manages it, and only ONNX Runtime loads it).
+
+A peer's forward takes the Segmenter pipeline's 1x3xhxw fp32 input and
+returns 1xCxhxw fp32 logits as a torch tensor, so frames go through the same
+pre- and post-processing as the Segmenter's.
+"""
+
+import contextlib
+import io
+from pathlib import Path
+import tempfile
+from typing import Callable, Optional, Tuple
+import warnings
+
+from enet_ros.inference.fold import fold_enet
+from enet_ros.model import set_index_free
+from enet_ros.model_file import LoadedModel
+import torch
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def export_onnx(loaded: LoadedModel, net_size: Tuple[int, int], path: Path,
+                index_free: bool) -> Path:
+    """Export the folded fp32 network for a ``(width, height)`` input to ``path``."""
+    network = set_index_free(fold_enet(loaded.build()), index_free)
+    width, height = net_size
+    example = (torch.zeros(1, 3, height, width),)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter('ignore')
+        torch.onnx.export(network, example, str(path), input_names=['input'],
+                          output_names=['logits'], dynamo=not index_free,
+                          **({} if not index_free else {'opset_version': 17}))
+    return path
+
+
+def onnxruntime_version() -> Optional[str]:
+    """Return the installed onnxruntime's version, or None."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
+def onnxruntime_forward(path: Path, threads: int, spinning: bool) -> Forward:
+    """Build an ONNX Runtime CPU session; ``spinning``: its threads spin-wait between runs."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry('session.intra_op.allow_spinning', '1' if spinning else '0')
+    session = onnxruntime.InferenceSession(str(path), options,
+                                           providers=['CPUExecutionProvider'])
+
+    def forward(network_input: torch.Tensor) -> torch.Tensor:
+        array = network_input.float().contiguous().numpy()
+        return torch.from_numpy(session.run(None, {'input': array})[0])
+
+    return forward
+
+
+def opencv_forward(path: Path, threads: int) -> Forward:
+    """Build an OpenCV DNN network (CPU, default backend) from the ONNX file."""
+    import cv2
+
+    cv2.setNumThreads(threads)
+    network = cv2.dnn.readNetFromONNX(str(path))
+
+    def forward(network_input: torch.Tensor) -> torch.Tensor:
+        network.setInput(network_input.float().contiguous().numpy())
+        return torch.from_numpy(network.forward())
+
+    return forward
+
+
+_KEEP = []
+
+
+def export_dir() -> Path:
+    """Return a temporary folder for the exported files (removed at exit)."""
+    folder = tempfile.TemporaryDirectory(prefix='enet_onnx_')
+    _KEEP.append(folder)
+    return Path(folder.name)
