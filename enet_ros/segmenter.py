@@ -21,11 +21,12 @@ This module is a facade. The work lives in :mod:`enet_ros.inference`:
   - ``eager``: ``optimize=False``, the model as trained, NCHW, no
     compilation, no graphs; the reference the other paths are tested against.
   - ``compiled_cpu``: the CPU with ``optimize=True`` (default): BatchNorm
-    folded, channels_last, ``torch.compile`` (inductor), bf16 where the CPU
-    has it and ``precision='auto'`` picks it, then with the weights frozen
-    into the compiled code (``freezing``) (see
-    :func:`~enet_ros.inference.config.resolve_precision`); falls back to the
-    folded eager network if compilation fails. ``torch_compile=False`` runs
+    folded, channels_last, ``torch.compile`` (inductor); bf16 where the CPU
+    has it (``precision='auto'``, see
+    :func:`~enet_ros.inference.config.resolve_precision`), and then with the
+    weights frozen into the compiled code (``freezing``); falls back to the
+    folded eager network (fp32 where bf16 was only chosen for compiling) if
+    compilation fails. ``torch_compile=False`` runs
     the folded channels_last network eagerly instead.
   - ``cuda_graphs``: CUDA with ``optimize=True`` (default): BatchNorm folded,
     fp16 (``precision='auto'``), cuDNN autotuning, the whole per-frame device
