@@ -179,8 +179,9 @@ def test_evaluate_cli_prints_table(run_a: Path, tree: Path, tmp_path: Path, caps
     """Print per-class rows and the summary; the mIoU is the one recorded in training."""
     model = run_a / 'best.safetensors'
     report = tmp_path / 'scores.json'
+    # Training scores val in fp32; 'auto' would be bf16 on a CPU with bf16 (the node's choice).
     assert main(['evaluate', '--model', str(model), '--data', str(tree), '--split', 'val',
-                 '--device', 'cpu', '--json', str(report)]) == 0
+                 '--device', 'cpu', '--precision', 'fp32', '--json', str(report)]) == 0
     text = capsys.readouterr().out
     assert 'val: 2 images' in text
     for name in ('Sky', 'Building', 'Road', 'Bicyclist', 'mIoU', 'class-average accuracy',
