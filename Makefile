@@ -47,7 +47,7 @@ demo: venv
 	$(BIN)/python scripts/demo.py --data $(DATA) --out demo_output
 
 bench: venv
-	$(BIN)/python bench/bench_segmenter.py
+	$(BIN)/python bench/bench_segmenter.py --sizes 480x360,1280x720 --frames 100 --json bench_segmenter.json
 
 clean:
 	rm -rf $(VENV) $(VENV_JAZZY) demo_output .pytest_cache

@@ -15,6 +15,8 @@ Modes (``--modes`` picks some; ``--list-modes`` names them):
   ``torch.argmax(dim=1)``) with the Segmenter's pre- and post-processing. The
   reference of the CPU target (optimised >= 1.8x faster).
 * ``eager fp32``, ``eager fp16``: ``Segmenter(optimize=False)``.
+* ``uncompiled fp32``, ``uncompiled bf16``: ``torch_compile=False``, the
+  folded channels_last network run eagerly (the path when compiling fails).
 * CPU, folded BatchNorm, channels_last, torch.compile: ``compiled fp32`` (the
   default before bf16 and freezing; the "x prev" column is relative to it),
   ``frozen fp32`` (inductor weight freezing), ``compiled bf16``, ``frozen
@@ -67,6 +69,8 @@ import torch
 CPU_SEGMENTER_MODES = {
     'baseline fp32': {'precision': 'fp32', 'optimize': False},
     'eager fp32': {'precision': 'fp32', 'optimize': False},
+    'uncompiled fp32': {'precision': 'fp32', 'torch_compile': False, 'index_free': False},
+    'uncompiled bf16': {'precision': 'bf16', 'torch_compile': False, 'index_free': False},
     'compiled fp32': {'precision': 'fp32', 'freezing': False, 'index_free': False},
     'frozen fp32': {'precision': 'fp32', 'freezing': True, 'index_free': False},
     'frozen fp32 index-free': {'precision': 'fp32', 'freezing': True, 'index_free': True},

@@ -21,10 +21,10 @@ This module is a facade. The work lives in :mod:`enet_ros.inference`:
   - ``eager``: ``optimize=False``, the model as trained, NCHW, no
     compilation, no graphs; the reference the other paths are tested against.
   - ``compiled_cpu``: the CPU with ``optimize=True`` (default): BatchNorm
-    folded, channels_last, ``torch.compile`` (inductor), bf16 where the CPU
-    has it and ``precision='auto'`` picks it, then with the weights frozen
-    into the compiled code (``freezing``) (see
-    :func:`~enet_ros.inference.config.resolve_precision`); falls back to the
+    folded, channels_last, ``torch.compile`` (inductor); bf16 where the CPU
+    has it (``precision='auto'``, see
+    :func:`~enet_ros.inference.config.resolve_precision`), and then with the
+    weights frozen into the compiled code (``freezing``); falls back to the
     folded eager network if compilation fails. ``torch_compile=False`` runs
     the folded channels_last network eagerly instead.
   - ``cuda_graphs``: CUDA with ``optimize=True`` (default): BatchNorm folded,
@@ -41,7 +41,6 @@ to 100x on small inputs); ``OMP_WAIT_POLICY=PASSIVE`` in the environment of
 the process (set before it starts) or a single thread avoids that.
 """
 
-import functools
 import logging
 from typing import Optional, Sequence, Tuple, Union
 
@@ -70,13 +69,6 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 
-def _fp32_network(model: LoadedModel, device: torch.device, channels_last: bool,
-                  index_free: bool) -> nn.Module:
-    """Build the folded fp32 network (the compiled CPU path's fallback when bf16 was auto)."""
-    return prepare_network(model, device, torch.float32, fold=True, channels_last=channels_last,
-                           index_free=index_free).network
-
-
 class Segmenter:
     """
     ENet inference from uint8 images to label maps; see the module docstring.
@@ -97,7 +89,7 @@ class Segmenter:
     * ``optimize``: the fast path for the device (default) or the eager reference.
     * ``precision``: ``auto`` (fp16 on CUDA; on the CPU fp32, or bf16 where
       :data:`~enet_ros.inference.config.AUTO_CPU_BF16` is on, the CPU has bf16
-      and the network is compiled), ``fp32``, ``fp16`` (CUDA only), ``bf16``
+      and ``optimize`` is on), ``fp32``, ``fp16`` (CUDA only), ``bf16``
       (CPUs with AVX-512 BF16 or AMX only; elsewhere
       :class:`SegmenterConfigError`).
     * ``torch_compile``: ``torch.compile`` the CPU network when optimising (``None``:
@@ -142,7 +134,7 @@ class Segmenter:
         self.fallback_note = note
         on_cuda = self.device.type == 'cuda'
         compiled_cpu = bool(optimize) and not on_cuda and compile_enabled(torch_compile)
-        dtype = resolve_precision(precision, self.device, compiled=compiled_cpu)
+        dtype = resolve_precision(precision, self.device, optimized=bool(optimize))
         self.metadata: ModelMetadata = model.metadata
         self.model_path = model.path
         self.input_size = check_input_size(input_size or model.metadata.input_size)
@@ -174,14 +166,8 @@ class Segmenter:
         elif on_cuda:
             self.path = EagerPath(prepared.network, pipeline, 'optimised', notes)
         elif compiled_cpu:
-            fallback = None
-            if dtype == torch.bfloat16 and precision.strip().lower() == 'auto':
-                # Eager bf16 is slower than eager fp32: if compiling fails, run fp32.
-                fallback = functools.partial(_fp32_network, model, self.device,
-                                             bool(channels_last), bool(index_free))
             self.path = CompiledCpuPath(prepared.network, pipeline, notes,
-                                        freezing=freezing_enabled(freezing, dtype),
-                                        fallback=fallback)
+                                        freezing=freezing_enabled(freezing, dtype))
         else:
             self.path = EagerPath(prepared.network, pipeline, 'optimised',
                                   notes + ['torch.compile off'])

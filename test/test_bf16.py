@@ -49,22 +49,22 @@ def test_bf16_refused_on_a_cpu_without_it(loaded, monkeypatch):
         resolve_precision('bf16', cpu)
     with pytest.raises(SegmenterConfigError, match='bf16'):
         Segmenter(loaded, device='cpu', precision='bf16', input_size=NET_SIZE, warmup=False)
-    assert resolve_precision('auto', cpu, compiled=True) == torch.float32
+    assert resolve_precision('auto', cpu, optimized=True) == torch.float32
     segmenter = Segmenter(loaded, device='cpu', input_size=NET_SIZE, warmup=False)
     assert segmenter.precision == 'fp32'
 
 
-def test_auto_is_bf16_only_for_the_compiled_path(monkeypatch):
-    """Pick bf16 for auto only where the CPU has it, the policy is on, and the network compiles."""
+def test_auto_is_bf16_only_for_optimised_paths(monkeypatch):
+    """Pick bf16 for auto only where the CPU has it, the policy is on, and optimize is on."""
     cpu = torch.device('cpu')
     monkeypatch.setattr(config_module, 'cpu_supports_bf16', lambda: True)
-    assert resolve_precision('auto', cpu, compiled=False) == torch.float32
+    assert resolve_precision('auto', cpu, optimized=False) == torch.float32
     expected = torch.bfloat16 if config_module.AUTO_CPU_BF16 else torch.float32
-    assert resolve_precision('auto', cpu, compiled=True) == expected
+    assert resolve_precision('auto', cpu, optimized=True) == expected
     assert resolve_precision('bf16', cpu) == torch.bfloat16
-    assert resolve_precision('fp32', cpu, compiled=True) == torch.float32
+    assert resolve_precision('fp32', cpu, optimized=True) == torch.float32
     monkeypatch.setattr(config_module, 'AUTO_CPU_BF16', False)
-    assert resolve_precision('auto', cpu, compiled=True) == torch.float32
+    assert resolve_precision('auto', cpu, optimized=True) == torch.float32
 
 
 @needs_bf16
@@ -87,8 +87,18 @@ def test_bf16_eager_path_runs_and_reports_bf16(loaded):
 
 
 @needs_bf16
-def test_auto_bf16_falls_back_to_fp32_when_compilation_fails(loaded, monkeypatch, core_logs):
-    """Run fp32 eagerly when compiling fails where auto chose bf16 for the compiled path."""
+def test_auto_is_bf16_on_the_optimised_paths_and_fp32_for_the_reference(loaded, monkeypatch):
+    """Pick bf16 for auto compiled or not (both faster than fp32); the reference stays fp32."""
+    monkeypatch.setattr(config_module, 'AUTO_CPU_BF16', True)
+    options = {'device': 'cpu', 'input_size': NET_SIZE, 'warmup': False}
+    assert Segmenter(loaded, torch_compile=True, **options).precision == 'bf16'
+    assert Segmenter(loaded, torch_compile=False, **options).precision == 'bf16'
+    assert Segmenter(loaded, optimize=False, **options).precision == 'fp32'
+
+
+@needs_bf16
+def test_bf16_compile_failure_falls_back_to_eager_bf16(loaded, monkeypatch, core_logs):
+    """If compiling fails, the folded network runs eagerly, still in bf16."""
     from enet_ros import segmenter as segmenter_module
 
     def failing_compile(function, **kwargs):
@@ -96,23 +106,17 @@ def test_auto_bf16_falls_back_to_fp32_when_compilation_fails(loaded, monkeypatch
             raise RuntimeError('no C++ compiler (simulated)')
         return run
 
-    monkeypatch.setattr(config_module, 'AUTO_CPU_BF16', True)
     monkeypatch.setattr(segmenter_module.torch, 'compile', failing_compile)
     with core_logs.at_level('WARNING'):
-        segmenter = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True)
-    assert not segmenter.compiled
-    assert segmenter.precision == 'fp32'
-    assert 'torch.compile failed, fp32' in segmenter.describe()
-    assert all(p.dtype == torch.float32 for p in segmenter.network.parameters())
-    reference = Segmenter(loaded, device='cpu', precision='fp32', input_size=NET_SIZE,
+        segmenter = Segmenter(loaded, device='cpu', precision='bf16', input_size=NET_SIZE,
+                              torch_compile=True)
+    assert not segmenter.compiled and 'torch.compile failed' in segmenter.describe()
+    assert segmenter.precision == 'bf16'
+    reference = Segmenter(loaded, device='cpu', precision='bf16', input_size=NET_SIZE,
                           torch_compile=False, warmup=False)
     image = _images()[0]
     np.testing.assert_array_equal(segmenter.segment(image).labels,
                                   reference.segment(image).labels)
-    # An explicit bf16 stays bf16 (the caller asked for it).
-    explicit = Segmenter(loaded, device='cpu', precision='bf16', input_size=NET_SIZE,
-                         torch_compile=True)
-    assert not explicit.compiled and explicit.precision == 'bf16'
 
 
 @needs_bf16

@@ -163,7 +163,8 @@ def test_labels_from_logits_equal_for_nchw_channels_last_and_ties():
 
 def test_optimised_eager_cpu_path_agrees_with_eager_fp32(loaded, eager):
     """Folded channels_last network (compile off): labels agree on generated inputs."""
-    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False)
+    fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False,
+                     precision='fp32')
     assert not fast.compiled
     assert 'BatchNorm folded' in fast.describe() and 'channels_last' in fast.describe()
     assert 'torch.compile off' in fast.describe()
@@ -179,7 +180,7 @@ def test_optimised_eager_cpu_path_agrees_with_eager_fp32(loaded, eager):
 def test_optimised_path_accepts_views_and_negative_strides(loaded, eager):
     """A cropped view and a channel-reversed view (negative stride) both work."""
     fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False,
-                     warmup=False)
+                     precision='fp32', warmup=False)
     image = _images()[0]
     padded = np.zeros((80, 120, 3), dtype=np.uint8)
     padded[5:69, 7:103] = image
@@ -193,7 +194,7 @@ def test_optimised_path_accepts_views_and_negative_strides(loaded, eager):
 def test_preprocess_shape_and_logits(loaded, eager):
     """Preprocess gives 1x3xhxw (channels_last when optimised); logits are 1xCxhxw."""
     fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False,
-                     warmup=False)
+                     precision='fp32', warmup=False)
     image = _images()[2]
     x = fast.preprocess(image)
     assert x.shape == (1, 3, NET_SIZE[1], NET_SIZE[0]) and x.dtype == torch.float32
@@ -209,7 +210,7 @@ def test_preprocess_shape_and_logits(loaded, eager):
 def test_device_label_resize_matches_host_resize(loaded):
     """The on-device label resize (what CUDA graphs capture) equals the CPU's numpy resize."""
     fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=False,
-                     warmup=False)
+                     precision='fp32', warmup=False)
     for image in _images():
         expected = fast.segment(image, bgr=True, with_confidence=True)
         with torch.inference_mode():
@@ -246,7 +247,8 @@ def test_compile_failure_falls_back_to_eager(loaded, eager, monkeypatch, core_lo
 
     monkeypatch.setattr(segmenter_module.torch, 'compile', failing_compile)
     with core_logs.at_level('WARNING'):
-        fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True)
+        fast = Segmenter(loaded, device='cpu', input_size=NET_SIZE, torch_compile=True,
+                         precision='fp32')
     assert not fast.compiled
     assert 'torch.compile failed' in fast.describe()
     assert 'no C++ compiler (simulated)' in core_logs.text

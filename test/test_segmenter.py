@@ -171,7 +171,7 @@ def test_auto_falls_back_to_cpu(random_model_file: Path):
                                     warmup=False)
     cpu = torch.device('cpu')
     assert segmenter.device.type == 'cpu'
-    assert segmenter.dtype == resolve_precision('auto', cpu, compiled=segmenter.compiled)
+    assert segmenter.dtype == resolve_precision('auto', cpu, optimized=True)
     assert 'CUDA is not available' in segmenter.fallback_note
 
 
@@ -183,7 +183,7 @@ def test_bogus_device(device: str):
 
 
 def test_precision_choices():
-    """fp16 on the CPU is refused, auto is fp32 there uncompiled, unknown names are errors."""
+    """fp16 on the CPU is refused, auto is fp32 there unoptimised, unknown names are errors."""
     cpu = torch.device('cpu')
     with pytest.raises(SegmenterConfigError, match='fp16'):
         resolve_precision('fp16', cpu)

@@ -32,16 +32,13 @@ frozen code.
 Compilation needs a C++ compiler. If the first compiled call fails, a
 warning is logged and the folded network runs eagerly from then on; a
 failure after a compiled call succeeded (a recompilation for a new layout) is
-raised. Where the precision was bf16 only because the path compiles
-(``precision='auto'``; eager bf16 is slower than eager fp32), the Segmenter
-passes a ``fallback`` that builds the fp32 network, and the eager fallback
-runs that in fp32 instead. The switch replaces :meth:`CompiledCpuPath.forward` once, so frames
+raised. The switch replaces :meth:`CompiledCpuPath.forward` once, so frames
 do not check which one runs.
 """
 
 import logging
 import threading
-from typing import Callable, Optional, Sequence, Set, Tuple
+from typing import Callable, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -97,10 +94,9 @@ class CompiledCpuPath(EagerPath):
     """Run the network compiled by ``torch.compile``, falling back to eager if that fails."""
 
     def __init__(self, network: nn.Module, pipeline: FramePipeline, notes: Sequence[str] = (),
-                 freezing: bool = False, fallback: Optional[Callable[[], nn.Module]] = None):
+                 freezing: bool = False):
         super().__init__(network, pipeline, 'optimised', notes)
         self.freezing = bool(freezing)
-        self._fallback = fallback
         self._compiled_network = (FrozenCompiled(network) if self.freezing
                                   else torch.compile(network, dynamic=False))
         self._state = 'torch.compile (not yet run)'
@@ -120,13 +116,6 @@ class CompiledCpuPath(EagerPath):
                            type(error).__name__, _first_line(error))
             self._compiled_network = None
             self._state = 'torch.compile failed'
-            if self._fallback is not None:
-                self.network = self._fallback()
-                self.pipeline.dtype = torch.float32
-                self._state = 'torch.compile failed, fp32'
-                LOGGER.warning('running ENet in fp32: bf16 was chosen for the compiled path '
-                               '(precision auto) and is slower than fp32 uncompiled')
-                network_input = network_input.float()
             self.forward = self.network
             return self.network(network_input)
         self._state = 'torch.compile'

@@ -12,15 +12,14 @@ import torch
 
 DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
 PRECISIONS = ('auto', 'fp16', 'fp32', 'bf16')
-#: ``precision='auto'`` on a CPU with bf16 (:func:`cpu_supports_bf16`) and a compiled network.
+#: ``precision='auto'`` on a CPU with bf16 (:func:`cpu_supports_bf16`) and an optimised network.
 #: Chosen from measurements: see the README's Performance section and ``bench/bf16_gate.py``.
 AUTO_CPU_BF16 = True
 #: Index-free pooling (:func:`enet_ros.model.set_index_free`) on the compiled CPU path by default.
 INDEX_FREE_DEFAULT = False
 #: Environment variable: ``0`` turns ``torch.compile`` off where ``torch_compile`` is None.
 COMPILE_ENV = 'ENET_ROS_COMPILE'
-#: Environment variable for ``freezing=None``: ``1`` freezes weights in any precision,
-#: ``0`` in none.
+#: Environment variable for ``freezing=None``: ``1`` freezes in every precision, ``0`` in none.
 FREEZE_ENV = 'ENET_ROS_FREEZE'
 #: Precisions whose compiled CPU network is frozen by default (measured faster only in bf16).
 FREEZE_BY_DEFAULT = (torch.bfloat16,)
@@ -82,15 +81,15 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
-def resolve_precision(choice: str, device: torch.device, compiled: bool = False) -> torch.dtype:
+def resolve_precision(choice: str, device: torch.device, optimized: bool = False) -> torch.dtype:
     """
     Map a precision choice to the network's dtype on ``device``.
 
     ``auto``: fp16 on CUDA; on the CPU bf16 where :data:`AUTO_CPU_BF16` says so,
     the CPU has bf16 (:func:`cpu_supports_bf16`) and the network is
-    ``compiled`` (eager bf16 is slower than fp32), else fp32. ``fp16`` is
-    CUDA only, ``bf16`` CPU only and needs a CPU with bf16: both refused
-    elsewhere with :class:`SegmenterConfigError`.
+    ``optimized`` (the eager reference, ``optimize=False``, stays the model as
+    trained), else fp32. ``fp16`` is CUDA only, ``bf16`` CPU only and needs a
+    CPU with bf16: both refused elsewhere with :class:`SegmenterConfigError`.
     """
     choice = choice.strip().lower()
     if choice not in PRECISIONS:
@@ -99,7 +98,7 @@ def resolve_precision(choice: str, device: torch.device, compiled: bool = False)
     if choice == 'auto':
         if on_cuda:
             return torch.float16
-        if AUTO_CPU_BF16 and compiled and cpu_supports_bf16():
+        if AUTO_CPU_BF16 and optimized and cpu_supports_bf16():
             return torch.bfloat16
         return torch.float32
     if choice == 'fp16' and not on_cuda:

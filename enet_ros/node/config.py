@@ -169,9 +169,8 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
     'device': ('auto', _descriptor(
         "'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'", True, STRING)),
     'precision': ('auto', _descriptor(
-        "'auto' (fp16 on CUDA; on the CPU bf16 where it has AVX-512 BF16 or AMX and "
-        "torch_compile is on, else fp32), 'fp16' (CUDA only), 'bf16' (CPUs with bf16 only) "
-        "or 'fp32'", True, STRING)),
+        "'auto' (fp16 on CUDA; on the CPU bf16 where it has AVX-512 BF16 or AMX, else "
+        "fp32), 'fp16' (CUDA only), 'bf16' (CPUs with bf16 only) or 'fp32'", True, STRING)),
     'network_width': (0, _descriptor(
         "network input width override, multiple of 8; 0 = the model file's", True, INT,
         int_range=(0, 4096, 8))),
