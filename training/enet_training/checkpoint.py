@@ -2,8 +2,9 @@
 Checkpoint (save, resume) and best model file of a training run.
 
 ``checkpoint.pth`` is torchvision's dict (model, optimizer, lr_scheduler,
-epoch, args as plain data) plus the AMP scaler, the best val mIoU and the
-per-epoch history. It is written atomically every epoch and read with
+epoch, args as plain data) plus the AMP scaler, the best val mIoU, the
+per-epoch history and, with ``--ema``, the weight average (``ema``: the
+state of its ``AveragedModel``). It is written atomically every epoch and read with
 ``weights_only=True`` (tensors and plain data: nothing in the file runs).
 ``best.safetensors`` is a model file the node loads, with its val scores.
 """
@@ -12,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from enet_ros.labels import ClassTable
 from enet_ros.metrics import Scores
@@ -65,32 +66,68 @@ def resume_path(resume: str, out: Path) -> Optional[Path]:
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler,
                     scaler: torch.amp.GradScaler, state: TrainingState,
-                    args: argparse.Namespace) -> None:
-    """Write the checkpoint of ``state.epoch`` epochs atomically."""
-    atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                 'lr_scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
-                 'epoch': state.epoch, 'best_miou': state.best_miou, 'history': state.history,
-                 'args': plain_args(args)}, path)
+                    args: argparse.Namespace, ema: Optional[nn.Module] = None) -> None:
+    """Write the checkpoint of ``state.epoch`` epochs atomically (with ``ema``'s state if any)."""
+    checkpoint = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                  'lr_scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
+                  'epoch': state.epoch, 'best_miou': state.best_miou, 'history': state.history,
+                  'args': plain_args(args)}
+    if ema is not None:
+        checkpoint['ema'] = ema.state_dict()
+    atomic_save(checkpoint, path)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    scaler: torch.amp.GradScaler) -> TrainingState:
-    """Load a checkpoint into the model, optimizer, scheduler and scaler; return its state."""
+                    scaler: torch.amp.GradScaler, ema: Optional[nn.Module] = None,
+                    log: Callable[[str], None] = print) -> TrainingState:
+    """
+    Load a checkpoint into the model, optimizer, scheduler and scaler; return its state.
+
+    ``ema`` (the run's weight average, if on) gets the checkpoint's average;
+    from a checkpoint without one it starts afresh from the next step's
+    weights, which ``log`` reports.
+    """
     # weights_only: a checkpoint holds tensors and plain data, nothing that runs code.
     saved = torch.load(path, map_location='cpu', weights_only=True)
     model.load_state_dict(saved['model'])
     optimizer.load_state_dict(saved['optimizer'])
     scheduler.load_state_dict(saved['lr_scheduler'])
     scaler.load_state_dict(saved['scaler'])
+    if ema is not None:
+        if 'ema' in saved:
+            ema.load_state_dict(saved['ema'])
+        else:
+            log(f'{path} holds no weight average (trained without --ema): the average '
+                'starts from the weights after the next step')
     return TrainingState(saved['epoch'], saved['best_miou'], saved['history'])
+
+
+def checkpoint_enet_weights(saved: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """
+    Return the ENet weights a loaded checkpoint dict stands for.
+
+    Those of the weight average when the run kept one (``--ema``): the
+    weights its validation scored; else the model's.
+    """
+    if 'ema' in saved:
+        prefix, state = 'module.enet.', saved['ema']
+    else:
+        prefix, state = 'enet.', saved['model']
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def save_best_model(path: Path, weights: Dict[str, torch.Tensor], table: ClassTable,
                     input_size: Tuple[int, int], scores: Scores, epoch: int,
-                    args: argparse.Namespace) -> None:
-    """Write ENet ``weights`` as a model file recording the epoch, arguments and val scores."""
+                    args: argparse.Namespace,
+                    extra: Optional[Dict[str, Any]] = None) -> None:
+    """
+    Write ENet ``weights`` as a model file recording the epoch, arguments and val scores.
+
+    ``extra`` (plain data: per-sequence and held-out scores) joins the training record.
+    """
     metadata = ModelMetadata.from_class_table(
         table, input_size, val_miou=round(scores.mean_iou, 6),
-        training={'epoch': epoch, 'args': plain_args(args), 'val': scores.as_dict(table.names)})
+        training={'epoch': epoch, 'args': plain_args(args), 'val': scores.as_dict(table.names),
+                  **(extra or {})})
     save_model_file(path, weights, metadata)

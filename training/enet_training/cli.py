@@ -61,16 +61,18 @@ def _export(args: argparse.Namespace) -> int:
         else:
             shutil.copyfile(source, args.out)
     else:
+        from .checkpoint import checkpoint_enet_weights
         from .run import DEFAULT_INPUT_SIZE
         from enet_ros.labels import CLASS_TABLES
         try:
             # weights_only: tensors and plain data only, so no code in the file runs.
             state = torch.load(source, map_location='cpu', weights_only=True)
-            saved, model_state, epoch = state['args'], state['model'], state['epoch']
+            saved, epoch = state['args'], state['epoch']
             table = CLASS_TABLES[saved['dataset']]
+            # The weight average's with --ema (what validation scored), else the model's.
+            weights = checkpoint_enet_weights(state)
         except Exception as error:  # torch.load raises many types for foreign files
             raise ModelFileError(source, f'is not an enet-train checkpoint ({error!r})') from None
-        weights = {k[len('enet.'):]: v for k, v in model_state.items() if k.startswith('enet.')}
         # The checkpoint holds the last epoch's weights: record their own val score, if any.
         val_miou = (state.get('history') or [{}])[-1].get('val_miou')
         metadata = ModelMetadata.from_class_table(

@@ -8,7 +8,7 @@ neither a class nor void raises :class:`DatasetError` naming the file.
 """
 
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 from enet_ros.labels import (CAMVID_11, CITYSCAPES_19, cityscapes_id_to_train_id,
@@ -102,6 +102,52 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             image, label = self.transform(image, label)
         return image, label
+
+
+def sequence_name(image_path: Path) -> str:
+    """
+    Return the sequence (drive) of a frame: its file name up to the first '_'.
+
+    CamVid names start with the sequence (``0016E5_07959.png``), Cityscapes
+    names with the city (``aachen_000000_000019_leftImg8bit.png``).
+    """
+    return Path(image_path).name.split('_', 1)[0]
+
+
+def subset(dataset: SegmentationDataset, indices: Sequence[int],
+           transform: Optional[Transform] = None) -> SegmentationDataset:
+    """Return the samples ``indices`` of ``dataset`` (same table and label map) as a dataset."""
+    return SegmentationDataset([dataset.pairs[i] for i in indices], dataset.table, transform,
+                               dataset.label_map, dataset.raw_ids)
+
+
+def hold_out(dataset: SegmentationDataset, prefixes: Sequence[str]
+             ) -> Tuple[SegmentationDataset, Dict[str, SegmentationDataset]]:
+    """
+    Split off the frames whose file names start with each of ``prefixes``.
+
+    Return the rest (with ``dataset``'s transform) and {prefix: its frames,
+    untransformed}. A prefix that matches no frame, or prefixes that match
+    every frame, raise :class:`DatasetError`.
+    """
+    names = [Path(image).name for image, _ in dataset.pairs]
+    held: Dict[str, SegmentationDataset] = {}
+    taken = set()
+    for prefix in prefixes:
+        if not prefix:
+            raise DatasetError('a held-out sequence prefix must not be empty')
+        indices = [i for i, name in enumerate(names) if name.startswith(prefix)]
+        if not indices:
+            found = sorted({sequence_name(name) for name in names})
+            raise DatasetError(f"held-out sequence '{prefix}' matches no frame of the "
+                               f"{len(names)} training frames (sequences: {', '.join(found)})")
+        held[prefix] = subset(dataset, indices)
+        taken.update(indices)
+    if len(taken) == len(names):
+        raise DatasetError(f'held-out sequences {list(prefixes)} match all {len(names)} '
+                           'training frames: nothing is left to train on')
+    rest = [i for i in range(len(names)) if i not in taken]
+    return subset(dataset, rest, dataset.transform), held
 
 
 def _images_in(folder: Path) -> List[Path]:

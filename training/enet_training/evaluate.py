@@ -1,12 +1,38 @@
 """Evaluate a model on a dataset split through the node's Segmenter."""
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
-from enet_ros.metrics import ConfusionMatrix, Scores
+from enet_ros.metrics import ConfusionMatrix, Scores, scores_from_matrix
 from enet_ros.segmenter import Segmenter
 import numpy as np
 
-from .datasets import SegmentationDataset
+from .datasets import SegmentationDataset, sequence_name
+
+
+def evaluate_sequences(segmenter: Segmenter, dataset: SegmentationDataset,
+                       progress: Optional[Callable[[int, int], None]] = None
+                       ) -> Tuple[Scores, Dict[str, Scores]]:
+    """
+    Score ``dataset`` as a whole and per sequence (:func:`~.datasets.sequence_name`).
+
+    Return the whole split's scores and {sequence: scores}, sorted by name;
+    the whole is the sum of the sequences' confusion matrices, so it equals
+    :func:`evaluate_segmenter`'s.
+    """
+    table = dataset.table
+    matrices: Dict[str, ConfusionMatrix] = {}
+    for index in range(len(dataset)):
+        image, label = dataset.load(index)
+        sequence = sequence_name(dataset.pairs[index][0])
+        if sequence not in matrices:
+            matrices[sequence] = ConfusionMatrix(table.num_classes, table.void_id)
+        matrices[sequence].update(segmenter.segment(image).labels, label)
+        if progress is not None:
+            progress(index + 1, len(dataset))
+    total = np.zeros((table.num_classes, table.num_classes), dtype=np.int64)
+    for matrix in matrices.values():
+        total += matrix.matrix
+    return scores_from_matrix(total), {s: matrices[s].scores() for s in sorted(matrices)}
 
 
 def evaluate_segmenter(segmenter: Segmenter, dataset: SegmentationDataset,
@@ -16,14 +42,7 @@ def evaluate_segmenter(segmenter: Segmenter, dataset: SegmentationDataset,
 
     The labels come from :meth:`Segmenter.segment`, the same path the node uses.
     """
-    table = dataset.table
-    matrix = ConfusionMatrix(table.num_classes, table.void_id)
-    for index in range(len(dataset)):
-        image, label = dataset.load(index)
-        matrix.update(segmenter.segment(image).labels, label)
-        if progress is not None:
-            progress(index + 1, len(dataset))
-    return matrix.scores()
+    return evaluate_sequences(segmenter, dataset, progress)[0]
 
 
 def format_scores(scores: Scores, class_names) -> str:

@@ -1,5 +1,5 @@
 """
-Set-up of a training run: datasets, loss, model, optimizer, loader and resumed state.
+Set-up of a training run: datasets, loss, model, weight average, optimizer, loader, state.
 
 :func:`setup_run` builds everything :func:`enet_training.train.train` needs
 from its arguments, in an order that keeps runs reproducible: the initial
@@ -8,9 +8,9 @@ alike and a resumed run continues like the unbroken one.
 """
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import random
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 from enet_ros.labels import ClassTable
 from enet_ros.model_file import load_model_file, ModelMetadata
@@ -18,12 +18,14 @@ from enet_ros.segmenter import normalization_constants
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from .checkpoint import load_checkpoint, resume_path, TrainingState
-from .class_weights import cached_enet_weights
-from .datasets import make_dataset, SegmentationDataset
+from .class_weights import cached_enet_weights, cached_median_weights
+from .datasets import hold_out, make_dataset, SegmentationDataset
 from .distributed import DistributedEnv, RunLog
+from .losses import OhemCrossEntropyLoss
 from .model import TrainingModel
 from .transforms import collate, TrainTransform
 
@@ -63,6 +65,20 @@ class Run:
     sampler_generator: torch.Generator
     step: StepOptions
     state: TrainingState
+    #: ``--ema``: the average of ``model`` (weights and BatchNorm buffers), else None.
+    ema: Optional[AveragedModel] = None
+    #: ``--holdout-sequence``: {prefix: the training frames it held out}, scored each validation.
+    holdout_sets: Dict[str, SegmentationDataset] = field(default_factory=dict)
+
+    def validation_model(self) -> TrainingModel:
+        """Return the model whose weights validation scores and keeps: the EMA with ``--ema``."""
+        return self.model if self.ema is None else self.ema.module
+
+
+#: The recipe flags whose value a resumed run compares with the checkpoint's, with the value
+#: a checkpoint written before the flag existed stands for.
+RECIPE_DEFAULTS = {'color_jitter': [0.0, 0.0, 0.0], 'rotate': 0.0, 'class_weighting': 'enet',
+                   'ema': 0.0, 'loss': 'ce', 'ohem_keep': 0.25, 'holdout_sequence': []}
 
 
 def seed_everything(seed: int) -> None:
@@ -113,6 +129,19 @@ def use_amp(args: argparse.Namespace, device: torch.device) -> bool:
     return device.type == 'cuda' and args.amp != 'off'
 
 
+def check_recipe(args: argparse.Namespace) -> None:
+    """Refuse recipe flags out of range: jitter in [0, 1], rotation, EMA decay, OHEM fraction."""
+    if len(args.color_jitter) != 3 or not all(0 <= x <= 1 for x in args.color_jitter):
+        raise SystemExit(f'--color-jitter {" ".join(map(str, args.color_jitter))}: brightness, '
+                         'contrast and saturation ranges must be in [0, 1]')
+    if not 0 <= args.rotate <= 180:
+        raise SystemExit(f'--rotate {args.rotate}: degrees must be in [0, 180]')
+    if not 0 <= args.ema < 1:
+        raise SystemExit(f'--ema {args.ema}: the decay must be in [0, 1) (0: off)')
+    if not 0 < args.ohem_keep <= 1:
+        raise SystemExit(f'--ohem-keep {args.ohem_keep}: the fraction must be in (0, 1]')
+
+
 def make_datasets(args: argparse.Namespace, input_size: Tuple[int, int],
                   crop: Tuple[int, int]) -> Tuple[SegmentationDataset, SegmentationDataset]:
     """Return the training split (augmented) and the validation split (untransformed)."""
@@ -120,21 +149,60 @@ def make_datasets(args: argparse.Namespace, input_size: Tuple[int, int],
     val_set = make_dataset(args.dataset, args.data, args.val_split)
     # Frames are brought to the network's scale first (the scale the Segmenter runs at).
     train_set.transform = TrainTransform(crop, train_set.table.void_id, tuple(args.scale),
-                                         flip=not args.no_flip, input_size=input_size)
+                                         flip=not args.no_flip, input_size=input_size,
+                                         color_jitter=tuple(args.color_jitter),
+                                         rotate=args.rotate)
     return train_set, val_set
+
+
+def training_class_weights(args: argparse.Namespace, train_set: SegmentationDataset) -> np.ndarray:
+    """Return the ``--class-weighting`` weights of the training frames (cached in the run)."""
+    if args.class_weighting == 'enet':
+        return cached_enet_weights(train_set, args.out, args.weight_c)
+    if args.class_weighting == 'median':
+        return cached_median_weights(train_set, args.out)
+    return np.ones(train_set.table.num_classes)
 
 
 def make_criterion(args: argparse.Namespace, train_set: SegmentationDataset,
                    device: torch.device, log: RunLog) -> nn.Module:
-    """Cross entropy ignoring void, with ENet's class weights unless ``--class-weighting none``."""
+    """
+    Return the ``--loss``: cross entropy ignoring void, or its OHEM form; class-weighted.
+
+    The weights are ENet's unless ``--class-weighting`` says median or none.
+    """
     table = train_set.table
-    if args.class_weighting == 'enet':
-        weights = cached_enet_weights(train_set, args.out, args.weight_c)
-    else:
-        weights = np.ones(table.num_classes)
+    weights = training_class_weights(args, train_set)
     log('class weights: ' + ', '.join(f'{n} {w:.2f}' for n, w in zip(table.names, weights)))
-    return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32),
-                               ignore_index=table.void_id).to(device)
+    weight = torch.tensor(weights, dtype=torch.float32)
+    if args.loss == 'ohem':
+        return OhemCrossEntropyLoss(weight, table.void_id, args.ohem_keep).to(device)
+    return nn.CrossEntropyLoss(weight=weight, ignore_index=table.void_id).to(device)
+
+
+def make_ema(args: argparse.Namespace, model: nn.Module) -> Optional[AveragedModel]:
+    """
+    ``--ema`` DECAY > 0: torch's exponential moving average of ``model``, else None.
+
+    Weights and BatchNorm buffers (``use_buffers``) are averaged; the first
+    update copies the model, each later one moves the average by
+    ``1 - DECAY`` towards it (``get_ema_multi_avg_fn``).
+    """
+    if not args.ema:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+
+
+def recipe_changes(args: argparse.Namespace, saved_args: Dict[str, object]) -> Dict[str, Tuple]:
+    """Return {flag: (checkpoint's value, this run's)} for the recipe flags that differ."""
+    changes = {}
+    for key, default in RECIPE_DEFAULTS.items():
+        now = getattr(args, key)
+        now = list(now) if isinstance(now, (list, tuple)) else now
+        before = saved_args.get(key, default)
+        if before != now:
+            changes['--' + key.replace('_', '-')] = (before, now)
+    return changes
 
 
 def make_model(args: argparse.Namespace, num_classes: int, device: torch.device,
@@ -187,28 +255,40 @@ def wrap_distributed(model: nn.Module, env: DistributedEnv) -> nn.Module:
 
 def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
     """Build a run from the arguments of ``enet-train train``, resuming if asked."""
+    check_recipe(args)
     amp = use_amp(args, env.device)
     if env.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
     log = RunLog(args.out / 'train.log' if env.is_main else None)
     input_size, crop = network_sizes(args)
     train_set, val_set = make_datasets(args, input_size, crop)
+    holdout_sets: Dict[str, SegmentationDataset] = {}
+    if args.holdout_sequence:
+        train_set, holdout_sets = hold_out(train_set, args.holdout_sequence)
+        log('held out of training: ' + ', '.join(f'{p} ({len(d)} frames)'
+                                                 for p, d in holdout_sets.items())
+            + f'; {len(train_set)} frames train')
     table = train_set.table
     criterion = make_criterion(args, train_set, env.device, log)
     memory_format = (torch.channels_last if args.memory_format == 'channels_last'
                      else torch.contiguous_format)
     model = make_model(args, table.num_classes, env.device, memory_format)
+    ema = make_ema(args, model)
     optimizer, scheduler = make_optimizer(args, model)
     scaler = torch.amp.GradScaler('cuda', enabled=amp)
     state = TrainingState()
     checkpoint = resume_path(args.resume, args.out)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler, ema, log)
         log(f'resumed from {checkpoint} at epoch {state.epoch}')
+        saved_args = torch.load(checkpoint, map_location='cpu', weights_only=True)['args']
+        for flag, (before, now) in recipe_changes(args, saved_args).items():
+            log(f'note: resumed with {flag} {now}; the checkpoint was trained with {before}')
     loader, sampler, generator = make_loader(args, train_set, env)
     metadata = ModelMetadata.from_class_table(table, input_size)
     mean, inv_std = normalization_constants(metadata, env.device)
     iterations = min(len(loader), args.max_iterations) if args.max_iterations else len(loader)
     step = StepOptions(env.device, amp, memory_format, mean, inv_std, iterations)
     return Run(args, env, log, table, metadata, val_set, model, wrap_distributed(model, env),
-               criterion, optimizer, scheduler, scaler, loader, sampler, generator, step, state)
+               criterion, optimizer, scheduler, scaler, loader, sampler, generator, step, state,
+               ema, holdout_sets)

@@ -17,19 +17,20 @@ import json
 import math
 from pathlib import Path
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from enet_ros.metrics import Scores
 from enet_ros.model_file import LoadedModel, ModelMetadata
 from enet_ros.segmenter import normalize, Segmenter
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from .checkpoint import BEST_MODEL_NAME, CHECKPOINT_NAME, save_best_model, save_checkpoint
 from .datasets import SegmentationDataset
 from .distributed import cleanup_distributed, init_distributed, RunLog
-from .evaluate import evaluate_segmenter, format_scores
+from .evaluate import evaluate_segmenter, evaluate_sequences, format_scores
 from .run import DEFAULT_INPUT_SIZE, Run, seed_epoch, setup_run, StepOptions
 
 __all__ = ['add_train_arguments', 'BEST_MODEL_NAME', 'CHECKPOINT_NAME', 'DEFAULT_INPUT_SIZE',
@@ -52,9 +53,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help='step: x lr-gamma every lr-step epochs (paper); poly: (1-t)^0.9')
     parser.add_argument('--lr-step', type=int, default=100)
     parser.add_argument('--lr-gamma', type=float, default=0.1)
-    parser.add_argument('--class-weighting', choices=('enet', 'none'), default='enet',
-                        help='enet: w = 1/ln(c + p) from the training labels')
+    parser.add_argument('--class-weighting', choices=('enet', 'median', 'none'),
+                        default='enet',
+                        help='enet: w = 1/ln(c + p) from the training labels; median: '
+                             'median-frequency balancing, w = median(f)/f with f the pixels '
+                             'of the class over all pixels of the images it appears in')
     parser.add_argument('--weight-c', type=float, default=1.02)
+    parser.add_argument('--loss', choices=('ce', 'ohem'), default='ce',
+                        help='ce: class-weighted cross entropy over the labelled pixels; ohem: '
+                             'the same averaged over only the hardest --ohem-keep of them')
+    parser.add_argument('--ohem-keep', type=float, default=0.25, metavar='FRACTION',
+                        help="--loss ohem: fraction of the batch's labelled pixels, those "
+                             'of highest loss, that the loss averages (at least one pixel)')
     parser.add_argument('--encoder-epochs', type=int, default=0,
                         help='two-stage schedule: train the encoder alone against 1/8 labels '
                              'for this many epochs first (0: end-to-end only)')
@@ -69,6 +79,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              'factor, then cropped (1 1 and the default crop: whole frames at '
                              'the input size)')
     parser.add_argument('--no-flip', action='store_true', help='no horizontal flips')
+    parser.add_argument('--rotate', type=float, default=0.0, metavar='DEG',
+                        help='random rotation in [-DEG, DEG] degrees about the centre before '
+                             'the crop (bilinear, black border; labels nearest, void border)')
+    parser.add_argument('--color-jitter', type=float, nargs=3, default=(0.0, 0.0, 0.0),
+                        metavar=('B', 'C', 'S'),
+                        help='random brightness, contrast and saturation factors in '
+                             '[1-B, 1+B], [1-C, 1+C], [1-S, 1+S] (0: off)')
+    parser.add_argument('--ema', type=float, default=0.0, metavar='DECAY',
+                        help='keep an exponential moving average of the weights and BatchNorm '
+                             'buffers (torch AveragedModel), updated every step; validation, '
+                             'the best model and export use it (0: off; e.g. 0.999)')
+    parser.add_argument('--holdout-sequence', action='append', default=[], metavar='PREFIX',
+                        help='leave the training frames whose names start with PREFIX out of '
+                             "training and score them each validation as 'holdout:PREFIX' "
+                             '(repeatable)')
     parser.add_argument('--amp', choices=('auto', 'on', 'off'), default='auto',
                         help='fp16 mixed precision (auto: on for CUDA)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N')
@@ -115,8 +140,13 @@ class Progress:
 
 def train_step(network: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, images: torch.Tensor, labels: torch.Tensor,
-               options: StepOptions, encoder_only: bool) -> torch.Tensor:
-    """One optimiser step on a uint8 image batch and its labels; return the loss."""
+               options: StepOptions, encoder_only: bool,
+               ema: Optional[AveragedModel] = None) -> torch.Tensor:
+    """
+    One optimiser step on a uint8 image batch and its labels; return the loss.
+
+    ``ema``, an average of ``network``'s weights, is updated after the step.
+    """
     images = images.to(options.device, non_blocking=True).contiguous(
         memory_format=options.memory_format)
     labels = labels.to(options.device, non_blocking=True)
@@ -129,21 +159,23 @@ def train_step(network: nn.Module, criterion: nn.Module, optimizer: torch.optim.
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
+    if ema is not None:
+        ema.update_parameters(network)
     return loss.detach()
 
 
 def train_one_epoch(network: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, loader: DataLoader, epoch: int,
                     options: StepOptions, progress: Progress,
-                    encoder_only: bool = False) -> float:
-    """Train ``options.iterations`` steps of ``epoch``; return the mean loss."""
+                    encoder_only: bool = False, ema: Optional[AveragedModel] = None) -> float:
+    """Train ``options.iterations`` steps of ``epoch`` (updating ``ema``); return the mean loss."""
     network.train()
     total = 0.0
     for step, (images, labels) in enumerate(loader):
         if step >= options.iterations:
             break
         loss = float(train_step(network, criterion, optimizer, scaler, images, labels, options,
-                                encoder_only))
+                                encoder_only, ema))
         if not math.isfinite(loss):
             raise SystemExit(f'loss became {loss} at epoch {epoch} step {step}')
         total += loss
@@ -160,20 +192,52 @@ def evaluate(weights: Dict[str, torch.Tensor], metadata: ModelMetadata,
     fp32 on the training device, each image at its own size: the number the
     node would measure with these weights saved as a model file.
     """
-    segmenter = Segmenter(LoadedModel(name, metadata, weights), device=str(device),
-                          precision='fp32', warmup=False)
-    return evaluate_segmenter(segmenter, dataset)
+    return evaluate_segmenter(training_segmenter(weights, metadata, device, name), dataset)
+
+
+def training_segmenter(weights: Dict[str, torch.Tensor], metadata: ModelMetadata,
+                       device: torch.device, name: str = '<training>') -> Segmenter:
+    """Return the node's Segmenter for ENet ``weights``: fp32 on ``device``, no warm-up."""
+    return Segmenter(LoadedModel(name, metadata, weights), device=str(device),
+                     precision='fp32', warmup=False)
+
+
+def _plain(value: float) -> Optional[float]:
+    """Return ``value`` as a float for JSON records; NaN (no score) as None."""
+    return None if math.isnan(value) else float(value)
+
+
+#: History keys with per-class detail: kept in the checkpoint, left out of the epoch log line.
+DETAIL_KEYS = ('holdout_class_iou',)
 
 
 def validate(run: Run, epoch: int, record: Dict[str, Any]) -> None:
-    """Score the weights after ``epoch``; keep them as the best model file if they lead."""
-    weights = {k: v.detach().cpu() for k, v in run.model.enet.state_dict().items()}
-    scores = evaluate(weights, run.metadata, run.val_set, run.env.device, f'<epoch {epoch + 1}>')
+    """
+    Score the weights after ``epoch``; keep them as the best model file if they lead.
+
+    The weights are the average with ``--ema``. ``record`` gets the val mIoU,
+    the val mIoU per sequence and, per held-out sequence, its mIoU and
+    per-class IoU. The best model is chosen on the val mIoU alone.
+    """
+    enet = run.validation_model().enet
+    weights = {k: v.detach().cpu() for k, v in enet.state_dict().items()}
+    segmenter = training_segmenter(weights, run.metadata, run.env.device, f'<epoch {epoch + 1}>')
+    scores, sequences = evaluate_sequences(segmenter, run.val_set)
     record['val_miou'] = scores.mean_iou
+    record['val_sequence_miou'] = {name: _plain(s.mean_iou) for name, s in sequences.items()}
+    if run.holdout_sets:
+        record['holdout_miou'], record['holdout_class_iou'] = {}, {}
+    for prefix, dataset in run.holdout_sets.items():
+        held = evaluate_segmenter(segmenter, dataset)
+        record['holdout_miou'][f'holdout:{prefix}'] = _plain(held.mean_iou)
+        record['holdout_class_iou'][f'holdout:{prefix}'] = \
+            held.as_dict(run.table.names)['per_class_iou']
     if scores.mean_iou > run.state.best_miou:
         run.state.best_miou = scores.mean_iou
+        extra = {k: record[k] for k in ('val_sequence_miou', 'holdout_miou', 'holdout_class_iou')
+                 if k in record}
         save_best_model(run.args.out / BEST_MODEL_NAME, weights, run.table,
-                        run.metadata.input_size, scores, epoch + 1, run.args)
+                        run.metadata.input_size, scores, epoch + 1, run.args, extra)
         run.log(format_scores(scores, run.table.names))
 
 
@@ -184,7 +248,7 @@ def run_epoch(run: Run, epoch: int, progress: Progress) -> None:
     encoder_only = epoch < args.encoder_epochs
     start = time.time()
     loss = train_one_epoch(run.network, run.criterion, run.optimizer, run.scaler, run.loader,
-                           epoch, run.step, progress, encoder_only)
+                           epoch, run.step, progress, encoder_only, run.ema)
     run.scheduler.step()
     record = {'epoch': epoch + 1, 'stage': 'encoder' if encoder_only else 'full',
               'loss': loss, 'seconds': round(time.time() - start, 1)}
@@ -194,9 +258,9 @@ def run_epoch(run: Run, epoch: int, progress: Progress) -> None:
     run.state.history.append(record)
     run.state.epoch = epoch + 1
     if run.env.is_main:
-        run.log(json.dumps(record))
+        run.log(json.dumps({k: v for k, v in record.items() if k not in DETAIL_KEYS}))
         save_checkpoint(args.out / CHECKPOINT_NAME, run.model, run.optimizer, run.scheduler,
-                        run.scaler, run.state, args)
+                        run.scaler, run.state, args, run.ema)
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:

@@ -97,6 +97,15 @@ def test_run_writes_checkpoint_and_best_model(run_a: Path):
     log = (run_a / 'train.log').read_text()
     assert log.startswith('class weights: Sky ')
     assert not list(run_a.glob('*.tmp'))
+    # The recipe options are off by default: no weight average, nothing held out.
+    assert 'ema' not in state and state['args']['ema'] == 0.0
+    assert state['args']['holdout_sequence'] == [] and state['args']['loss'] == 'ce'
+    for record in state['history']:
+        assert 'holdout_miou' not in record
+        # The val split is one sequence: one per-sequence entry, the whole split's score.
+        assert record['val_sequence_miou'] == {'0001TP': record['val_miou']}
+    assert best.metadata.training['val_sequence_miou'] == \
+        state['history'][best.metadata.training['epoch'] - 1]['val_sequence_miou']
 
 
 def test_same_seed_same_run(run_a: Path, run_b: Path):

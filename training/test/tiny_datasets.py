@@ -1,7 +1,7 @@
 """Test helper: tiny CamVid and Cityscapes trees in the official layouts."""
 
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
 
 import cv2
 from enet_ros.labels import CAMVID_11
@@ -53,11 +53,13 @@ def scene(seed: int, size: Tuple[int, int] = TINY_SIZE,
 
 
 def make_camvid_tree(root: Path, counts: Dict[str, int], size: Tuple[int, int] = TINY_SIZE,
-                     jpeg_every: int = 0) -> Path:
+                     jpeg_every: int = 0, sequences: Sequence[str] = ('0001TP',)) -> Path:
     """
     Build a CamVid tree: ``<split>/`` frames and ``<split>annot/`` PNG labels.
 
-    With ``jpeg_every`` n, every n-th frame is a JPEG instead of a PNG.
+    With ``jpeg_every`` n, every n-th frame is a JPEG instead of a PNG. Frame
+    ``index`` of a split is named ``<sequence>_<index>`` with the sequences
+    taken in turn (``0001TP_000000``, ... with the default one).
     """
     seed = 0
     for split, count in counts.items():
@@ -65,7 +67,7 @@ def make_camvid_tree(root: Path, counts: Dict[str, int], size: Tuple[int, int] =
             image, label = scene(seed, size)
             seed += 1
             suffix = '.jpg' if jpeg_every and index % jpeg_every == 0 else '.png'
-            name = f'0001TP_{index:06d}'
+            name = f'{sequences[index % len(sequences)]}_{index:06d}'
             write_rgb(root / split / f'{name}{suffix}', image)
             write_gray(root / f'{split}annot' / f'{name}.png', label)
     return root
