@@ -25,7 +25,9 @@ Modes (``--modes`` picks some; ``--list-modes`` names them):
   ships: ``precision='auto'`` and the path's defaults).
 * CPU peers, where installed: ``onnxruntime fp32 index-free`` and
   ``onnxruntime fp32 indices`` (the export as is, ScatterND), ``opencv fp32
-  index-free`` (``cv2.dnn``): ENet folded and exported to ONNX, with the
+  index-free`` (``cv2.dnn``), ``openvino fp32 index-free`` and ``openvino bf16
+  index-free`` (its CPU plugin, latency hint, bf16 through its inference
+  precision hint): ENet folded and exported to ONNX, with the
   Segmenter's pre- and post-processing around the runtime's forward. They
   are interleaved with the torch modes; ONNX Runtime's threads do not
   spin-wait between runs unless ``--ort-spin`` (spinning threads would take
@@ -84,6 +86,8 @@ CPU_PEER_MODES = {
     'onnxruntime fp32 index-free': ('onnxruntime', True),
     'onnxruntime fp32 indices': ('onnxruntime', False),
     'opencv fp32 index-free': ('opencv', True),
+    'openvino fp32 index-free': ('openvino', True),
+    'openvino bf16 index-free': ('openvino', True),
 }
 CUDA_MODES = {
     'eager fp32': {'precision': 'fp32', 'optimize': False},
@@ -170,6 +174,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
             'cpu_bf16': cpu_supports_bf16(),
             'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', '(unset)'),
             'onnxruntime': _onnx_peers().onnxruntime_version(),
+            'openvino': _onnx_peers().openvino_version(),
             'load_average_start': os.getloadavg()}
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
@@ -286,6 +291,9 @@ def _peer(name: str, loaded: LoadedModel, net_size: Tuple[int, int], image: np.n
         if runtime == 'onnxruntime':
             import onnxruntime
             version = onnxruntime.__version__
+        elif runtime == 'openvino':
+            import openvino
+            version = openvino.__version__.split('-')[0]
         else:
             import cv2
             version = cv2.__version__
@@ -300,6 +308,10 @@ def _peer(name: str, loaded: LoadedModel, net_size: Tuple[int, int], image: np.n
             run = onnx_peers.onnxruntime_forward(onnx_path, threads, args.ort_spin)
             path = (f'ONNX Runtime {version}, {threads} threads, '
                     f'spinning {"on" if args.ort_spin else "off"}')
+        elif runtime == 'openvino':
+            precision = name.split()[1]
+            run = onnx_peers.openvino_forward(onnx_path, threads, precision)
+            path = f'OpenVINO {version}, {precision} inference hint, {threads} threads'
         else:
             run = onnx_peers.opencv_forward(onnx_path, threads)
             path = f'OpenCV DNN {version}, {threads} threads'
@@ -477,6 +489,11 @@ def main(args: argparse.Namespace) -> int:
     """Run the benchmark and print the table (and write JSON with ``--json``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Every compiled mode keeps its own ENet alive, and dynamo caches all of them under the
+    # one code object of ENet.forward: past its default limit of 8 entries later modes would
+    # silently run eagerly. Raise it, and make hitting it an error rather than a wrong row.
+    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     probe = Segmenter(random_model((64, 48)), device=args.device, input_size=(64, 48),
                       warmup=False, optimize=False)
     device = probe.device

@@ -1,11 +1,11 @@
 """
-Peer runtimes for the benchmark: ENet exported to ONNX, run by ONNX Runtime or OpenCV DNN.
+Peer runtimes for the benchmark: ENet exported to ONNX, run by ONNX Runtime, OpenCV or OpenVINO.
 
 Not part of the package: the Segmenter runs PyTorch only. These exist to
 measure whether another runtime would be faster on this CPU. The export is of
 the folded fp32 network (:func:`enet_ros.inference.fold.fold_enet`), either
 index-free (:func:`enet_ros.model.set_index_free`; the TorchScript exporter,
-whose graph both runtimes load) or as is (max-unpool becomes ScatterND; only
+whose graph every runtime loads) or as is (max-unpool becomes ScatterND; only
 the torch.export-based exporter manages it, and only ONNX Runtime loads it).
 
 A peer's forward takes the Segmenter pipeline's 1x3xhxw fp32 input and
@@ -79,6 +79,37 @@ def opencv_forward(path: Path, threads: int) -> Forward:
     def forward(network_input: torch.Tensor) -> torch.Tensor:
         network.setInput(network_input.float().contiguous().numpy())
         return torch.from_numpy(network.forward())
+
+    return forward
+
+
+def openvino_version() -> Optional[str]:
+    """Return the installed openvino's version, or None."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
+
+
+def openvino_forward(path: Path, threads: int, precision: str) -> Forward:
+    """
+    Compile the ONNX file for OpenVINO's CPU plugin, latency hint, ``precision`` 'fp32' or 'bf16'.
+
+    OpenVINO's bf16 is its ``INFERENCE_PRECISION_HINT``: weights and activations in
+    bf16 inside the plugin, fp32 in and out.
+    """
+    import openvino
+
+    core = openvino.Core()
+    config = {'INFERENCE_NUM_THREADS': threads, 'PERFORMANCE_HINT': 'LATENCY',
+              'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32'}
+    compiled = core.compile_model(str(path), 'CPU', config)
+    request = compiled.create_infer_request()
+
+    def forward(network_input: torch.Tensor) -> torch.Tensor:
+        array = network_input.float().contiguous().numpy()
+        return torch.from_numpy(request.infer({0: array})[0].copy())
 
     return forward
 
