@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 import shutil
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from enet_ros.model_file import load_model_file, ModelFileError, ModelMetadata, save_model_file
-from enet_ros.segmenter import Segmenter, SegmenterConfigError
+from enet_ros.segmenter import cpu_supports_bf16, Segmenter, SegmenterConfigError
 import torch
 
 from .datasets import DatasetError, make_dataset
@@ -84,7 +84,45 @@ def _export(args: argparse.Namespace) -> int:
     loaded = load_model_file(args.out)
     print(f"exported '{args.out}': {loaded.metadata.num_classes} classes, val mIoU "
           f'{loaded.metadata.val_miou}')
+    if args.score is not None:
+        scores = deployed_scores(args.out, args.score, args.score_split)
+        metadata = dataclasses.replace(
+            loaded.metadata, training={**loaded.metadata.training, 'deployed_scores': scores})
+        save_model_file(args.out, loaded.state_dict, metadata)
     return 0
+
+
+def deployed_precisions() -> List[Tuple[str, str]]:
+    """Return the (device, precision) pairs the node would run a model at on this machine."""
+    pairs = [('cpu', 'fp32')]
+    if cpu_supports_bf16():
+        pairs.append(('cpu', 'bf16'))
+    if torch.cuda.is_available():
+        pairs.append(('cuda', 'fp16'))
+    return pairs
+
+
+def deployed_scores(model_path: Path, data: Path, split: str) -> Dict[str, Any]:
+    """
+    Score a model file on ``split`` as the node runs it, at each of :func:`deployed_precisions`.
+
+    The Segmenter's default path for the device (compiled on the CPU, CUDA
+    graphs on CUDA) at that precision; returns the record kept in the file's
+    training metadata: the split, its frame count, and per ``'device
+    precision'`` the mIoU, global accuracy and per-class IoU.
+    """
+    record: Dict[str, Any] = {'split': split, 'results': {}}
+    for device, precision in deployed_precisions():
+        segmenter = Segmenter.from_file(str(model_path), device=device, precision=precision)
+        dataset = make_dataset(segmenter.metadata.dataset, data, split)
+        scores = evaluate_segmenter(segmenter, dataset)
+        summary = scores.as_dict(segmenter.metadata.class_names)
+        record['frames'] = len(dataset)
+        record['results'][f'{device} {precision}'] = {
+            key: summary[key] for key in ('mean_iou', 'global_accuracy', 'per_class_iou')}
+        print(f'{split} at {device} {precision} ({segmenter.execution_path}): mIoU '
+              f'{100 * scores.mean_iou:.2f}')
+    return record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('--record', type=Path,
                         help='JSON object merged into the training record in the file '
                              '(command, machine, wall time: what the run itself cannot know)')
+    export.add_argument('--score', type=Path, metavar='DATA',
+                        help='dataset root: score the exported file on --score-split as the '
+                             'node runs it, at each precision it would run at on this machine '
+                             '(CPU fp32, CPU bf16 where the CPU has it, CUDA fp16 where there '
+                             'is CUDA), and record that in the file')
+    export.add_argument('--score-split', default='val')
     export.set_defaults(func=_export)
     return parser
 

@@ -196,13 +196,26 @@ def cityscapes_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
     return pairs
 
 
+def split_names(split: str) -> List[str]:
+    """Return the splits of ``split``: one name, or several joined by '+' (``train+val``)."""
+    names = [part.strip() for part in split.split('+')]
+    if not all(names):
+        raise DatasetError(f"split '{split}': expected a name or names joined by '+', "
+                           "e.g. 'train' or 'train+val'")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"split '{split}' names a split twice")
+    return names
+
+
 def make_dataset(name: str, root: Path, split: str,
                  transform: Optional[Transform] = None) -> SegmentationDataset:
-    """Return the ``camvid`` or ``cityscapes`` split at ``root``."""
+    """Return the ``camvid`` or ``cityscapes`` split at ``root`` (``a+b``: both, in order)."""
     if name == 'camvid':
-        return SegmentationDataset(camvid_pairs(root, split), CAMVID_11, transform)
-    if name == 'cityscapes':
-        return SegmentationDataset(cityscapes_pairs(root, split), CITYSCAPES_19, transform,
-                                   label_map=cityscapes_id_to_train_id(),
-                                   raw_ids=CITYSCAPES_LABEL_IDS)
-    raise DatasetError(f"unknown dataset '{name}' (camvid or cityscapes)")
+        pairs_of, table, extra = camvid_pairs, CAMVID_11, {}
+    elif name == 'cityscapes':
+        pairs_of, table = cityscapes_pairs, CITYSCAPES_19
+        extra = {'label_map': cityscapes_id_to_train_id(), 'raw_ids': CITYSCAPES_LABEL_IDS}
+    else:
+        raise DatasetError(f"unknown dataset '{name}' (camvid or cityscapes)")
+    pairs = [pair for part in split_names(split) for pair in pairs_of(root, part)]
+    return SegmentationDataset(pairs, table, transform, **extra)

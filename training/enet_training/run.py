@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 
 from .checkpoint import load_checkpoint, resume_path, TrainingState
 from .class_weights import cached_enet_weights, cached_median_weights
-from .datasets import hold_out, make_dataset, SegmentationDataset
+from .datasets import hold_out, make_dataset, SegmentationDataset, split_names
 from .distributed import DistributedEnv, RunLog
 from .losses import OhemCrossEntropyLoss
 from .model import TrainingModel
@@ -262,12 +262,21 @@ def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
     log = RunLog(args.out / 'train.log' if env.is_main else None)
     input_size, crop = network_sizes(args)
     train_set, val_set = make_datasets(args, input_size, crop)
+    shared = set(split_names(args.train_split)) & set(split_names(args.val_split))
+    if shared:
+        # A final model trained on train+val: validation is then no measure of accuracy.
+        log(f"note: the validation split {'+'.join(sorted(shared))} is also trained on "
+            f'(--train-split {args.train_split}): its scores are not held-out accuracy and '
+            'best.safetensors is chosen on seen data; for a fixed schedule export '
+            'checkpoint.pth (the last epoch)')
     holdout_sets: Dict[str, SegmentationDataset] = {}
     if args.holdout_sequence:
         train_set, holdout_sets = hold_out(train_set, args.holdout_sequence)
         log('held out of training: ' + ', '.join(f'{p} ({len(d)} frames)'
                                                  for p, d in holdout_sets.items())
             + f'; {len(train_set)} frames train')
+    log(f'training on {len(train_set)} frames ({args.train_split}), validating on '
+        f'{len(val_set)} ({args.val_split})')
     table = train_set.table
     criterion = make_criterion(args, train_set, env.device, log)
     memory_format = (torch.channels_last if args.memory_format == 'channels_last'

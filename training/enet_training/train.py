@@ -41,7 +41,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Add the flags of ``enet-train train`` to ``parser`` and return it."""
     parser.add_argument('--data', required=True, type=Path, help='dataset root folder')
     parser.add_argument('--dataset', default='camvid', choices=('camvid', 'cityscapes'))
-    parser.add_argument('--train-split', default='train')
+    parser.add_argument('--train-split', default='train',
+                        help="split(s) to train on; several joined by '+', e.g. train+val "
+                             'for a final model once the recipe is fixed')
     parser.add_argument('--val-split', default='val')
     parser.add_argument('--out', required=True, type=Path,
                         help='run folder: checkpoint, best model file, log')

@@ -163,3 +163,19 @@ def test_missing_files_and_folders(tmp_path: Path, camvid_tree: Path, cityscapes
     _expect('cannot read image', tmp_path / 'x.png', lambda: read_image(tmp_path / 'x.png'))
     with pytest.raises(DatasetError, match='unknown dataset'):
         make_dataset('kitti', camvid_tree, 'train')
+
+
+def test_joined_splits(camvid_tree: Path, cityscapes_tree: Path):
+    """'train+val' is both splits' frames in that order, for CamVid and Cityscapes alike."""
+    joined = make_dataset('camvid', camvid_tree, 'train+val')
+    assert joined.pairs == camvid_pairs(camvid_tree, 'train') + camvid_pairs(camvid_tree, 'val')
+    assert len(joined) == 6 and joined.table is CAMVID_11
+    cities = make_dataset('cityscapes', cityscapes_tree, 'val+train')
+    assert cities.pairs == (cityscapes_pairs(cityscapes_tree, 'val')
+                            + cityscapes_pairs(cityscapes_tree, 'train'))
+    assert cities.label_map is not None and cities.table is CITYSCAPES_19
+    for bad in ('train+', 'train+train', '+val'):
+        with pytest.raises(DatasetError, match='split'):
+            make_dataset('camvid', camvid_tree, bad)
+    with pytest.raises(DatasetError, match="'test'"):
+        make_dataset('camvid', camvid_tree, 'train+test')

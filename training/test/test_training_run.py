@@ -11,7 +11,7 @@ import sys
 from typing import Dict, List, Tuple
 
 from enet_ros.model_file import load_model_file
-from enet_ros.segmenter import Segmenter
+from enet_ros.segmenter import cpu_supports_bf16, Segmenter
 from enet_training.cli import main
 import numpy as np
 import pytest
@@ -217,6 +217,48 @@ def test_two_stage_training(tree: Path, tmp_path: Path):
     assert 'val_miou' not in history[0] and 0 <= history[1]['val_miou'] <= 1
     assert all(np.isfinite(r['loss']) for r in history)
     load_model_file(out / 'best.safetensors')
+
+
+def test_export_score_records_the_deployed_precisions(run_a: Path, tree: Path,
+                                                      tmp_path: Path, monkeypatch, capsys):
+    """``--score`` records val mIoU per precision the node runs; fp32 equals evaluate's."""
+    monkeypatch.setenv('ENET_ROS_COMPILE', '0')  # the same precisions, minus compile time
+    out = tmp_path / 'scored.safetensors'
+    assert main(['export', str(run_a / 'best.safetensors'), '--out', str(out),
+                 '--score', str(tree)]) == 0
+    printed = capsys.readouterr().out
+    record = load_model_file(out).metadata.training['deployed_scores']
+    expected = ['cpu fp32'] + (['cpu bf16'] if cpu_supports_bf16() else []) + (
+        ['cuda fp16'] if torch.cuda.is_available() else [])
+    assert record['split'] == 'val' and record['frames'] == 2
+    assert sorted(record['results']) == sorted(expected)
+    for name, result in record['results'].items():
+        assert 0 <= result['mean_iou'] <= 1 and set(result['per_class_iou']) >= {'Road', 'Sky'}
+        assert f'val at {name}' in printed
+    report = tmp_path / 'fp32.json'
+    assert main(['evaluate', '--model', str(out), '--data', str(tree), '--device', 'cpu',
+                 '--precision', 'fp32', '--json', str(report)]) == 0
+    fp32 = json.loads(report.read_text())['mean_iou']
+    assert record['results']['cpu fp32']['mean_iou'] == pytest.approx(fp32, abs=1e-9)
+    # The weights are the exported ones, unchanged by the rewrite that added the record.
+    best = load_model_file(run_a / 'best.safetensors')
+    scored = load_model_file(out)
+    assert all(torch.equal(scored.state_dict[k], v) for k, v in best.state_dict.items())
+    assert scored.metadata.val_miou == best.metadata.val_miou
+
+
+def test_training_on_train_plus_val_notes_the_shared_split(tree: Path, tmp_path: Path):
+    """``--train-split train+val`` trains on both; the log says val is no longer held out."""
+    out = tmp_path / 'final'
+    assert main(_train_argv(tree, out, '--epochs', '1', '--train-split', 'train+val')) == 0
+    log = (out / 'train.log').read_text()
+    assert 'note: the validation split val is also trained on' in log
+    plain = tmp_path / 'plain'
+    assert main(_train_argv(tree, plain, '--epochs', '1')) == 0
+    plain_log = (plain / 'train.log').read_text()
+    assert 'also trained on' not in plain_log
+    assert 'training on 10 frames (train+val), validating on 2 (val)' in log
+    assert 'training on 8 frames (train), validating on 2 (val)' in plain_log
 
 
 def test_batch_larger_than_split_refused(tree: Path, tmp_path: Path):
