@@ -95,7 +95,8 @@ def test_run_writes_checkpoint_and_best_model(run_a: Path):
     assert best.metadata.training['epoch'] == 1 + int(np.argmax(val_mious))
     assert len(list(run_a.glob('class_counts_*.json'))) == 1
     log = (run_a / 'train.log').read_text()
-    assert log.startswith('class weights: Sky ')
+    assert log.startswith('training on 8 frames (train), validating on 2 (val)\n'
+                          'class weights: Sky ')
     assert not list(run_a.glob('*.tmp'))
     # The recipe options are off by default: no weight average, nothing held out.
     assert 'ema' not in state and state['args']['ema'] == 0.0
