@@ -32,12 +32,12 @@ import os
 from pathlib import Path
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Dict
 
 from enet_ros.metrics import ConfusionMatrix
 from enet_ros.model_file import load_model_file
 from enet_ros.segmenter import cpu_supports_bf16, Segmenter
-import numpy as np
+from enet_training.datasets import camvid_pairs, DatasetError, read_image, read_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get('ENET_ROS_CAMVID', REPO_ROOT.parent / 'shared' / 'data' /
@@ -62,42 +62,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_pairs(root: Path, split: str) -> List[Tuple[Path, Path]]:
-    """(frame, label) paths of a CamVid split, the layout ``enet-train`` reads."""
-    frames = sorted((root / split).glob('*.png'))
-    pairs = [(frame, root / f'{split}annot' / frame.name) for frame in frames]
-    return [(frame, label) for frame, label in pairs if label.is_file()]
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Read an image as HxWx3 uint8 RGB (as ``enet_training.datasets.read_image``)."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SystemExit(f'cannot read {path}')
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_label(path: Path) -> np.ndarray:
-    """Read a single-channel uint8 label image."""
-    import cv2
-
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None or label.ndim != 2:
-        raise SystemExit(f'cannot read {path} as a single-channel label image')
-    return label
-
-
 def main(args: argparse.Namespace) -> int:
     """Score fp32 and bf16, compare, print the gate; return the exit code."""
     if not cpu_supports_bf16():
         print('this CPU has no bf16 (AVX-512 BF16 or AMX) or torch has no oneDNN: '
               'nothing to gate')
         return 2
-    pairs = read_pairs(Path(args.data), args.split)[:args.limit]
-    if not pairs:
-        print(f'no frames with labels in {Path(args.data) / args.split}')
+    try:
+        pairs = camvid_pairs(Path(args.data), args.split)[:args.limit]
+    except DatasetError as error:  # the reader enet-train evaluate uses, with its errors
+        print(error)
         return 2
     loaded = load_model_file(args.model)
     compile_option = False if args.no_compile else None
@@ -119,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     worst = {pair: (101.0, '') for pair in pairs_compared}
     total = 0
     for index, (frame_path, label_path) in enumerate(pairs):
-        image, truth = read_rgb(frame_path), read_label(label_path)
+        image, truth = read_image(frame_path), read_label(label_path)
         labels = {name: segmenter.segment(image).labels
                   for name, segmenter in segmenters.items()}
         for name, matrix in matrices.items():
