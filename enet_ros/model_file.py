@@ -17,7 +17,8 @@ void_id             ground-truth id ignored by metrics (or null); never predicte
 drivable_classes    default drivable class names, a subset of class_names
 mean, std           RGB normalisation on [0, 1] pixel values
 input_size          ``[width, height]`` of the network input, multiples of 8
-val_miou            measured validation mIoU in [0, 1], or null
+val_miou            held-out validation mIoU in [0, 1], or null (also null for a
+                    model trained on its validation split: see ``training``)
 training            free-form record of how the weights were made (optional)
 =================== ===========================================================
 
@@ -87,6 +88,21 @@ class ModelMetadata:
         """Return the class table view of this metadata."""
         return ClassTable(self.dataset, self.class_names, self.colors, self.void_id,
                           self.drivable_classes)
+
+    def seen_split_note(self, split: str) -> Optional[str]:
+        """
+        Return a warning when ``split`` was trained on (``--train-split train+val``), else None.
+
+        Scores on such a split measure seen data, not accuracy; the note names
+        the held-out score of the same recipe trained without it, when recorded.
+        """
+        if split not in (self.training.get('val_seen_in_training') or ()):
+            return None
+        held_out = (self.training.get('train_only_run') or {}).get('val_miou')
+        return (f"note: this model was trained on the '{split}' split too, so scores on it "
+                'are on seen frames, not held-out accuracy'
+                + (f' (the same recipe trained without it scored {100 * held_out:.2f} mIoU '
+                   f"on '{split}')" if isinstance(held_out, (int, float)) else ''))
 
     @classmethod
     def from_class_table(cls, table: ClassTable, input_size: Tuple[int, int],

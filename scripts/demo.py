@@ -27,6 +27,7 @@ from enet_ros.evaluation.bag_io import deserialize, open_bag, read_messages, sta
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.live_evaluate import live_evaluate, LiveError, LiveOptions
 from enet_ros.evaluation.report import format_table
+from enet_ros.model_file import load_model_file
 from enet_ros.node.dds import with_large_image_transport
 import numpy as np
 
@@ -100,6 +101,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     frames = write_output_pngs(recorded, args.out / 'frames', every=10)
     print(format_table(report))
+    note = load_model_file(args.model or None).metadata.seen_split_note(args.split)
+    if note:
+        print(f'demo: {note}')
     print(f'\ndemo: wrote {args.out}/: camvid_{args.split}/ (the replayed camera bag), '
           f'node_outputs/ (what the node published, MCAP), frames/ ({frames} frames as PNG), '
           'live.json (every figure), node.log')

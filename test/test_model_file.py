@@ -287,3 +287,16 @@ def test_metadata_json_round_trip():
     assert ModelMetadata.from_json(metadata.to_json()) == metadata
     no_void = replace(metadata, void_id=None)
     assert ModelMetadata.from_json(no_void.to_json()).void_id is None
+
+
+def test_seen_split_note_only_for_a_split_trained_on():
+    """A model trained on val warns about val scores and names its train-only run's score."""
+    plain = ModelMetadata.from_class_table(CAMVID_11, (480, 360), val_miou=0.55)
+    assert plain.seen_split_note('val') is None
+    seen = replace(plain, val_miou=None, training={'val_seen_in_training': ['val']})
+    assert "trained on the 'val' split too" in seen.seen_split_note('val')
+    assert 'scored' not in seen.seen_split_note('val')
+    assert seen.seen_split_note('test') is None
+    recorded = replace(seen, training={'val_seen_in_training': ['val'],
+                                       'train_only_run': {'val_miou': 0.641586}})
+    assert "scored 64.16 mIoU on 'val'" in recorded.seen_split_note('val')

@@ -11,6 +11,7 @@ state of its ``AveragedModel``). It is written atomically every epoch and read w
 
 import argparse
 from dataclasses import dataclass, field
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -20,6 +21,8 @@ from enet_ros.metrics import Scores
 from enet_ros.model_file import ModelMetadata, save_model_file
 import torch
 from torch import nn
+
+from .datasets import seen_splits
 
 CHECKPOINT_NAME = 'checkpoint.pth'
 BEST_MODEL_NAME = 'best.safetensors'
@@ -117,6 +120,23 @@ def checkpoint_enet_weights(saved: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def held_out_val_miou(val_miou: Optional[float], train_split: str, val_split: str
+                      ) -> Tuple[Optional[float], Dict[str, Any]]:
+    """
+    Split a validation mIoU into the model file's ``val_miou`` and training-record keys.
+
+    A model trained on its validation split too (``--train-split train+val``)
+    has no held-out val score: ``val_miou`` is then None and the score on the
+    seen split is recorded as ``seen_val_miou`` beside ``val_seen_in_training``.
+    """
+    seen = seen_splits(train_split, val_split)
+    if val_miou is None or not math.isfinite(val_miou):
+        return None, {'val_seen_in_training': seen} if seen else {}
+    if seen:
+        return None, {'val_seen_in_training': seen, 'seen_val_miou': round(val_miou, 6)}
+    return round(val_miou, 6), {}
+
+
 def save_best_model(path: Path, weights: Dict[str, torch.Tensor], table: ClassTable,
                     input_size: Tuple[int, int], scores: Scores, epoch: int,
                     args: argparse.Namespace,
@@ -126,8 +146,9 @@ def save_best_model(path: Path, weights: Dict[str, torch.Tensor], table: ClassTa
 
     ``extra`` (plain data: per-sequence and held-out scores) joins the training record.
     """
+    val_miou, seen = held_out_val_miou(scores.mean_iou, args.train_split, args.val_split)
     metadata = ModelMetadata.from_class_table(
-        table, input_size, val_miou=round(scores.mean_iou, 6),
+        table, input_size, val_miou=val_miou,
         training={'epoch': epoch, 'args': plain_args(args), 'val': scores.as_dict(table.names),
-                  **(extra or {})})
+                  **seen, **(extra or {})})
     save_model_file(path, weights, metadata)

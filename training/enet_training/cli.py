@@ -3,7 +3,6 @@
 import argparse
 import dataclasses
 import json
-import math
 from pathlib import Path
 import shutil
 import sys
@@ -27,6 +26,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     scores = evaluate_segmenter(segmenter, dataset)
     print(f'{segmenter.describe()}\n{args.split}: {len(dataset)} images')
     print(format_scores(scores, segmenter.metadata.class_names))
+    note = segmenter.metadata.seen_split_note(args.split)
+    if note:
+        print(note)
     if args.json:
         Path(args.json).write_text(json.dumps(scores.as_dict(segmenter.metadata.class_names),
                                               indent=2))
@@ -61,7 +63,7 @@ def _export(args: argparse.Namespace) -> int:
         else:
             shutil.copyfile(source, args.out)
     else:
-        from .checkpoint import checkpoint_enet_weights
+        from .checkpoint import checkpoint_enet_weights, held_out_val_miou
         from .run import DEFAULT_INPUT_SIZE
         from enet_ros.labels import CLASS_TABLES
         try:
@@ -73,17 +75,21 @@ def _export(args: argparse.Namespace) -> int:
             weights = checkpoint_enet_weights(state)
         except Exception as error:  # torch.load raises many types for foreign files
             raise ModelFileError(source, f'is not an enet-train checkpoint ({error!r})') from None
-        # The checkpoint holds the last epoch's weights: record their own val score, if any.
-        val_miou = (state.get('history') or [{}])[-1].get('val_miou')
+        # The checkpoint holds the last epoch's weights: record their own val score, if any
+        # (as seen_val_miou, not val_miou, when val was trained on).
+        val_miou, seen = held_out_val_miou(
+            (state.get('history') or [{}])[-1].get('val_miou'),
+            saved.get('train_split', 'train'), saved.get('val_split', 'val'))
         metadata = ModelMetadata.from_class_table(
             table, tuple(saved.get('input_size') or DEFAULT_INPUT_SIZE[saved['dataset']]),
-            val_miou=round(val_miou, 6) if val_miou is not None and math.isfinite(val_miou)
-            else None,
-            training={'epoch': epoch, 'args': saved, **record})
+            val_miou=val_miou, training={'epoch': epoch, 'args': saved, **seen, **record})
         save_model_file(args.out, weights, metadata)
     loaded = load_model_file(args.out)
-    print(f"exported '{args.out}': {loaded.metadata.num_classes} classes, val mIoU "
-          f'{loaded.metadata.val_miou}')
+    seen = loaded.metadata.training.get('val_seen_in_training')
+    score = (f'val mIoU {loaded.metadata.val_miou}' if not seen else
+             f"no held-out val mIoU ({'+'.join(seen)} trained on; seen-data mIoU "
+             f"{loaded.metadata.training.get('seen_val_miou')})")
+    print(f"exported '{args.out}': {loaded.metadata.num_classes} classes, {score}")
     if args.score is not None:
         scores = deployed_scores(args.out, args.score, args.score_split)
         metadata = dataclasses.replace(

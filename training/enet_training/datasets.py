@@ -207,6 +207,11 @@ def split_names(split: str) -> List[str]:
     return names
 
 
+def seen_splits(train_split: str, val_split: str) -> List[str]:
+    """Return the splits of ``val_split`` that ``train_split`` also trains on (sorted)."""
+    return sorted(set(split_names(train_split)) & set(split_names(val_split)))
+
+
 def make_dataset(name: str, root: Path, split: str,
                  transform: Optional[Transform] = None) -> SegmentationDataset:
     """Return the ``camvid`` or ``cityscapes`` split at ``root`` (``a+b``: both, in order)."""

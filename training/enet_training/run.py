@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 
 from .checkpoint import load_checkpoint, resume_path, TrainingState
 from .class_weights import cached_enet_weights, cached_median_weights
-from .datasets import hold_out, make_dataset, SegmentationDataset, split_names
+from .datasets import hold_out, make_dataset, seen_splits, SegmentationDataset
 from .distributed import DistributedEnv, RunLog
 from .losses import OhemCrossEntropyLoss
 from .model import TrainingModel
@@ -262,10 +262,10 @@ def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
     log = RunLog(args.out / 'train.log' if env.is_main else None)
     input_size, crop = network_sizes(args)
     train_set, val_set = make_datasets(args, input_size, crop)
-    shared = set(split_names(args.train_split)) & set(split_names(args.val_split))
+    shared = seen_splits(args.train_split, args.val_split)
     if shared:
         # A final model trained on train+val: validation is then no measure of accuracy.
-        log(f"note: the validation split {'+'.join(sorted(shared))} is also trained on "
+        log(f"note: the validation split {'+'.join(shared)} is also trained on "
             f'(--train-split {args.train_split}): its scores are not held-out accuracy and '
             'best.safetensors is chosen on seen data; for a fixed schedule export '
             'checkpoint.pth (the last epoch)')

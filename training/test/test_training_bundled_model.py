@@ -11,12 +11,25 @@ import pytest
 
 @pytest.mark.slow
 def test_bundled_model_scores_recorded_val_miou(camvid_root: Path):
-    """evaluate_segmenter on CamVid val reaches the file's val_miou minus 0.005."""
+    """
+    evaluate_segmenter on CamVid val reaches the file's recorded val score minus 0.005.
+
+    That is ``val_miou`` for a model trained on train only; a model trained on
+    train+val records no held-out score, so its seen-data score is checked
+    instead, and it must carry its train-only run's held-out val score.
+    """
     if not BUNDLED_MODEL.is_file():
         pytest.skip(f'no bundled model at {BUNDLED_MODEL} yet (added once training ends)')
     model = load_model_file(None)
-    recorded = model.metadata.val_miou
-    assert recorded is not None, 'the bundled model file records no val_miou'
+    training = model.metadata.training
+    if training.get('val_seen_in_training'):
+        assert model.metadata.val_miou is None
+        held_out = training['train_only_run']['val_miou']
+        assert 0.6 <= held_out <= 1, held_out
+        recorded = training['seen_val_miou']
+    else:
+        recorded = model.metadata.val_miou
+    assert recorded is not None, 'the bundled model file records no val score'
     assert model.metadata.dataset == 'camvid'
     segmenter = Segmenter(model, device='cpu', warmup=False)
     dataset = make_dataset('camvid', camvid_root, 'val')

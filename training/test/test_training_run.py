@@ -262,6 +262,25 @@ def test_training_on_train_plus_val_notes_the_shared_split(tree: Path, tmp_path:
     assert 'training on 8 frames (train), validating on 2 (val)' in plain_log
 
 
+def test_model_trained_on_val_records_no_held_out_val_miou(tree: Path, tmp_path: Path,
+                                                           capsys):
+    """Trained on train+val, best.safetensors and an exported checkpoint have val_miou null."""
+    out = tmp_path / 'final'
+    assert main(_train_argv(tree, out, '--epochs', '1', '--train-split', 'train+val')) == 0
+    seen_score = _history(out)[-1]['val_miou']
+    exported = tmp_path / 'final.safetensors'
+    assert main(['export', str(out / 'checkpoint.pth'), '--out', str(exported)]) == 0
+    assert 'no held-out val mIoU (val trained on; seen-data mIoU' in capsys.readouterr().out
+    for path in (out / 'best.safetensors', exported):
+        metadata = load_model_file(path).metadata
+        assert metadata.val_miou is None, path
+        assert metadata.training['val_seen_in_training'] == ['val'], path
+        assert metadata.training['seen_val_miou'] == pytest.approx(seen_score, abs=1e-6), path
+    assert main(['evaluate', '--model', str(exported), '--data', str(tree), '--split', 'val',
+                 '--device', 'cpu', '--precision', 'fp32']) == 0
+    assert "note: this model was trained on the 'val' split too" in capsys.readouterr().out
+
+
 def test_batch_larger_than_split_refused(tree: Path, tmp_path: Path):
     """A training split smaller than one batch is an error, not a silent empty run."""
     with pytest.raises(SystemExit, match='fewer than --batch-size 16'):
