@@ -19,6 +19,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from printed import wait_for_printed
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 #: What a clone holds besides the package's own files is left out of the copy.
@@ -90,15 +92,7 @@ class TerminalProcess:
 
     def wait_for_text(self, text: str, timeout: float = 120.0) -> None:
         """Wait until ``text`` is printed; fail with the log if the process ends first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f'{text!r} not printed (exit code {self.process.poll()}):\n'
-                             f'{self.log()}')
+        wait_for_printed(self.process, self.log, text, timeout)
 
     def press_ctrl_c(self, times: int = 2, interval_s: float = 0.3) -> None:
         """Send SIGINT to the whole process group ``times`` times, as Ctrl-C in a terminal."""

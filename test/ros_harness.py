@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional
 from enet_ros.evaluation import node_process
 from enet_ros.node.dds import PROFILE_VARIABLES
 import numpy as np
+from printed import wait_for_printed
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -47,14 +48,7 @@ class NodeProcess(node_process.NodeProcess):
 
     def wait_for_text(self, text: str, timeout: float = 90.0) -> None:
         """Wait until the node prints ``text``; fail with its log if it exits or times out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f'{text!r} not printed (exit code {self.exited()}):\n{self.log()}')
+        wait_for_printed(self.process, self.log, text, timeout)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
         """Send ``sig`` (escalating after ``timeout``) and return the exit code."""
