@@ -3,12 +3,21 @@
 import os
 from pathlib import Path
 import random
+import signal
 import sys
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / 'test'))
+
+# A terminal starts commands with SIGINT at its default. A test run started in the background
+# by a non-interactive shell (`make test &` in a script) inherits SIGINT ignored, and so would
+# every process the tests start: `ros2 launch` then ignores Ctrl-C while the node (which sets
+# its own handler) stops, and launch respawns it. Catching SIGINT here gives the children the
+# default again (a caught signal is reset on exec) and this run its KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope='session')
