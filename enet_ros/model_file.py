@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import json
 import os
 from pathlib import Path
-import tempfile
+import stat
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
@@ -223,10 +223,14 @@ def save_model_file(path: PathLike, model: Union[ENet, Mapping[str, torch.Tensor
     _check_weights(path, tensors, metadata.num_classes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix='.tmp', dir=path.parent)
-    os.close(fd)
+    tmp = str(path.with_name(f'.{path.name}.{os.getpid()}.tmp'))
     try:
+        # safetensors (like mkstemp) creates its file 0600, which would hide the model from
+        # other users: give it the mode that open() gives a new file under the umask.
+        open(tmp, 'wb').close()
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
         save_file(tensors, tmp, metadata={METADATA_KEY: metadata.to_json()})
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

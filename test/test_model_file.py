@@ -97,6 +97,16 @@ def test_save_state_dict_and_path_string(tmp_path: Path):
     assert loaded.state_dict['initial.bn.num_batches_tracked'].dtype == torch.int64
 
 
+def test_saved_file_mode_follows_the_umask(tmp_path: Path):
+    """The model file gets the mode any new file gets (not a temp file's 0600); no temp left."""
+    plain = tmp_path / 'plain.bin'
+    plain.write_bytes(b'')
+    path = save_model_file(tmp_path / 'm.safetensors', ENet(11),
+                           ModelMetadata.from_class_table(CAMVID_11, (480, 360)))
+    assert os.stat(path).st_mode == os.stat(plain).st_mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['m.safetensors', 'plain.bin']
+
+
 def test_save_refuses_mismatched_weights(tmp_path: Path):
     """Saving 19-class weights with 11-class metadata fails and writes nothing."""
     metadata = ModelMetadata.from_class_table(CAMVID_11, (480, 360))
