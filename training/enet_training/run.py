@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint, resume_path, TrainingState
 from .class_weights import cached_enet_weights, cached_median_weights
 from .datasets import hold_out, make_dataset, seen_splits, SegmentationDataset
 from .distributed import DistributedEnv, RunLog
-from .losses import OhemCrossEntropyLoss
+from .losses import CrossEntropyLovaszLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss
 from .model import TrainingModel
 from .transforms import collate, TrainTransform
 
@@ -167,16 +167,22 @@ def training_class_weights(args: argparse.Namespace, train_set: SegmentationData
 def make_criterion(args: argparse.Namespace, train_set: SegmentationDataset,
                    device: torch.device, log: RunLog) -> nn.Module:
     """
-    Return the ``--loss``: cross entropy ignoring void, or its OHEM form; class-weighted.
+    Return the ``--loss``, void ignored: cross entropy, its OHEM form, Lovasz-softmax or both.
 
-    The weights are ENet's unless ``--class-weighting`` says median or none.
+    Cross entropy is class-weighted, ENet's weights unless ``--class-weighting``
+    says median or none; Lovasz-softmax weighs each present class alike.
     """
     table = train_set.table
+    if args.loss == 'lovasz':
+        log('class weights: none (Lovasz-softmax weighs every class in the batch alike)')
+        return LovaszSoftmaxLoss(table.void_id).to(device)
     weights = training_class_weights(args, train_set)
     log('class weights: ' + ', '.join(f'{n} {w:.2f}' for n, w in zip(table.names, weights)))
     weight = torch.tensor(weights, dtype=torch.float32)
     if args.loss == 'ohem':
         return OhemCrossEntropyLoss(weight, table.void_id, args.ohem_keep).to(device)
+    if args.loss == 'ce+lovasz':
+        return CrossEntropyLovaszLoss(weight, table.void_id).to(device)
     return nn.CrossEntropyLoss(weight=weight, ignore_index=table.void_id).to(device)
 
 

@@ -61,9 +61,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              'median-frequency balancing, w = median(f)/f with f the pixels '
                              'of the class over all pixels of the images it appears in')
     parser.add_argument('--weight-c', type=float, default=1.02)
-    parser.add_argument('--loss', choices=('ce', 'ohem'), default='ce',
+    parser.add_argument('--loss', choices=('ce', 'ohem', 'lovasz', 'ce+lovasz'), default='ce',
                         help='ce: class-weighted cross entropy over the labelled pixels; ohem: '
-                             'the same averaged over only the hardest --ohem-keep of them')
+                             'the same averaged over only the hardest --ohem-keep of them; '
+                             'lovasz: Lovasz-softmax, a surrogate of 1 - IoU averaged over the '
+                             'classes in the batch; ce+lovasz: the sum of ce and lovasz')
     parser.add_argument('--ohem-keep', type=float, default=0.25, metavar='FRACTION',
                         help="--loss ohem: fraction of the batch's labelled pixels, those "
                              'of highest loss, that the loss averages (at least one pixel)')
