@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 import stat
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
+import uuid
 
 import torch
 
@@ -223,11 +224,11 @@ def save_model_file(path: PathLike, model: Union[ENet, Mapping[str, torch.Tensor
     _check_weights(path, tensors, metadata.num_classes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.with_name(f'.{path.name}.{os.getpid()}.tmp'))
+    tmp = str(path.with_name(f'.{path.name}.{uuid.uuid4().hex}.tmp'))
     try:
         # safetensors (like mkstemp) creates its file 0600, which would hide the model from
         # other users: give it the mode that open() gives a new file under the umask.
-        open(tmp, 'wb').close()
+        open(tmp, 'xb').close()
         mode = stat.S_IMODE(os.stat(tmp).st_mode)
         save_file(tensors, tmp, metadata={METADATA_KEY: metadata.to_json()})
         os.chmod(tmp, mode)
