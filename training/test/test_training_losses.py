@@ -10,11 +10,11 @@ from enet_training.cli import main
 from enet_training.losses import (CrossEntropyLovaszLoss, lovasz_jaccard_gradient,
                                   LovaszSoftmaxLoss)
 from enet_training.run import make_criterion
-from enet_training.train import add_train_arguments
 import pytest
 from tiny_datasets import make_camvid_tree
 import torch
 from torch import nn
+from train_flags import parse_train_flags
 
 VOID = 11
 
@@ -125,23 +125,17 @@ def test_cross_entropy_plus_lovasz_is_the_sum():
     torch.testing.assert_close(CrossEntropyLovaszLoss(weight, VOID)(logits, target), expected)
 
 
-def _parse(*argv: str) -> argparse.Namespace:
-    """Parse ``enet-train train`` flags after placeholder --data and --out."""
-    return add_train_arguments(argparse.ArgumentParser()).parse_args(
-        ['--data', 'unused', '--out', 'unused', *argv])
-
-
 def test_make_criterion_lovasz_needs_no_class_weights():
     """--loss lovasz builds the loss on the table's void id and logs that no weights apply."""
     logged = []
     train_set = argparse.Namespace(table=CAMVID_11)  # no frames: weights are never counted
-    loss = make_criterion(_parse('--loss', 'lovasz'), train_set, torch.device('cpu'),
+    loss = make_criterion(parse_train_flags('--loss', 'lovasz'), train_set, torch.device('cpu'),
                           logged.append)
     assert isinstance(loss, LovaszSoftmaxLoss) and loss.ignore_index == CAMVID_11.void_id
     assert logged == ['class weights: none (Lovasz-softmax weighs every class in the batch '
                       'alike)']
     with pytest.raises(SystemExit):
-        _parse('--loss', 'iou')
+        parse_train_flags('--loss', 'iou')
 
 
 @pytest.mark.parametrize('loss', ['lovasz', 'ce+lovasz'])

@@ -19,47 +19,43 @@ from enet_training.datasets import DatasetError, hold_out, make_dataset, sequenc
 from enet_training.evaluate import evaluate_segmenter, evaluate_sequences
 from enet_training.losses import ohem_keep_count, OhemCrossEntropyLoss
 from enet_training.run import check_recipe, make_ema, recipe_changes
-from enet_training.train import add_train_arguments, evaluate
+from enet_training.train import evaluate
 from enet_training.transforms import adjust_colors, rotate_pair, TrainTransform
 import numpy as np
 import pytest
 from tiny_datasets import make_camvid_tree, scene
 import torch
 from torch import nn
+from train_flags import parse_train_flags
 
 SEQUENCES = ('0001TP', '0006R0')
 
 
-def _parse(*argv: str) -> argparse.Namespace:
-    """Parse ``enet-train train`` flags after placeholder --data and --out."""
-    return add_train_arguments(argparse.ArgumentParser()).parse_args(
-        ['--data', 'unused', '--out', 'unused', *argv])
-
-
 def test_recipe_flags_default_off():
     """Every recipe flag defaults to today's behaviour; out-of-range values are refused."""
-    args = _parse()
+    args = parse_train_flags()
     assert tuple(args.color_jitter) == (0, 0, 0) and args.rotate == 0
     assert args.class_weighting == 'enet' and args.ema == 0
     assert args.loss == 'ce' and args.ohem_keep == 0.25 and args.holdout_sequence == []
     check_recipe(args)
-    args = _parse('--holdout-sequence', 'a', '--holdout-sequence', 'b', '--color-jitter',
-                  '0.1', '0.2', '0.3', '--class-weighting', 'median')
+    args = parse_train_flags('--holdout-sequence', 'a', '--holdout-sequence', 'b',
+                             '--color-jitter', '0.1', '0.2', '0.3', '--class-weighting', 'median')
     assert args.holdout_sequence == ['a', 'b'] and args.color_jitter == [0.1, 0.2, 0.3]
-    assert _parse().holdout_sequence == []  # the default list is not shared between parses
+    # The default list is not shared between parses.
+    assert parse_train_flags().holdout_sequence == []
     for bad, message in ((('--color-jitter', '1.5', '0', '0'), '--color-jitter'),
                          (('--rotate', '-5'), '--rotate'), (('--ema', '1'), '--ema'),
                          (('--ohem-keep', '0'), '--ohem-keep')):
         with pytest.raises(SystemExit, match=message):
-            check_recipe(_parse(*bad))
+            check_recipe(parse_train_flags(*bad))
 
 
 def test_recipe_changes_on_resume():
     """A checkpoint from before the flags stands for their defaults; changes are named."""
-    args = _parse()
+    args = parse_train_flags()
     assert recipe_changes(args, {}) == {}
     assert recipe_changes(args, {'color_jitter': [0.0, 0.0, 0.0], 'ema': 0.0}) == {}
-    changed = recipe_changes(_parse('--ema', '0.99', '--color-jitter', '0.2', '0', '0'),
+    changed = recipe_changes(parse_train_flags('--ema', '0.99', '--color-jitter', '0.2', '0', '0'),
                              {'ema': 0.0})
     assert changed == {'--ema': (0.0, 0.99), '--color-jitter': ([0.0, 0.0, 0.0],
                                                                 [0.2, 0.0, 0.0])}

@@ -1,6 +1,5 @@
 """Class weights (1 / ln(c + p), cached) and the joint image / label transforms."""
 
-import argparse
 import json
 from pathlib import Path
 import random
@@ -12,12 +11,12 @@ import enet_training.class_weights as class_weights
 from enet_training.class_weights import cached_enet_weights, class_histogram, enet_weights
 from enet_training.datasets import make_dataset
 from enet_training.run import make_datasets, network_sizes
-from enet_training.train import add_train_arguments
 from enet_training.transforms import collate, TrainTransform
 import numpy as np
 import pytest
 from tiny_datasets import make_camvid_tree, make_cityscapes_tree, scene
 import torch
+from train_flags import parse_train_flags
 
 CITYSCAPES_FRAME = (2048, 1024)  # width, height of a real Cityscapes frame
 
@@ -172,8 +171,7 @@ def test_train_transform_frame_at_network_size_as_before(crop):
 
 def test_train_transform_camvid_data_as_before(camvid_root: Path):
     """Real CamVid (480x360) with the default flags trains on exactly the old crops."""
-    args = add_train_arguments(argparse.ArgumentParser()).parse_args(
-        ['--data', str(camvid_root), '--out', 'unused'])
+    args = parse_train_flags(data=str(camvid_root))
     input_size, crop = network_sizes(args)
     train_set, _ = make_datasets(args, input_size, crop)
     transform = train_set.transform
@@ -192,9 +190,8 @@ def cityscapes_frames(tmp_path_factory) -> Path:
 
 def test_cityscapes_frame_arrives_whole_at_network_size(cityscapes_frames: Path):
     """With --scale 1 1 a 2048x1024 frame becomes the network input: all of it, at its size."""
-    args = add_train_arguments(argparse.ArgumentParser()).parse_args(
-        ['--data', str(cityscapes_frames), '--dataset', 'cityscapes', '--out', 'unused',
-         '--input-size', '256', '128', '--scale', '1', '1'])
+    args = parse_train_flags('--dataset', 'cityscapes', '--input-size', '256', '128',
+                             '--scale', '1', '1', data=str(cityscapes_frames))
     input_size, crop = network_sizes(args)
     train_set, _ = make_datasets(args, input_size, crop)
     frame, frame_label = train_set.load(0)
