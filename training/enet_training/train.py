@@ -27,11 +27,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
+from .batchnorm import recompute_batchnorm
 from .checkpoint import BEST_MODEL_NAME, CHECKPOINT_NAME, save_best_model, save_checkpoint
 from .datasets import SegmentationDataset
 from .distributed import cleanup_distributed, init_distributed, RunLog
 from .evaluate import evaluate_segmenter, evaluate_sequences, format_scores
-from .run import DEFAULT_INPUT_SIZE, Run, seed_epoch, setup_run, StepOptions
+from .run import (DEFAULT_INPUT_SIZE, Run, seed_batchnorm_pass, seed_epoch, setup_run,
+                  StepOptions)
 
 __all__ = ['add_train_arguments', 'BEST_MODEL_NAME', 'CHECKPOINT_NAME', 'DEFAULT_INPUT_SIZE',
            'evaluate', 'Progress', 'train', 'train_one_epoch']
@@ -94,6 +96,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help='keep an exponential moving average of the weights and BatchNorm '
                              'buffers (torch AveragedModel), updated every step; validation, '
                              'the best model and export use it (0: off; e.g. 0.999)')
+    parser.add_argument('--ema-bn', choices=('recompute', 'average'), default='recompute',
+                        help="with --ema, the average's BatchNorm statistics: recompute: "
+                             'before each validation, those of one pass of the training frames, '
+                             'augmented as in training from --seed, through the averaged '
+                             'weights (dropout off); average: the average of the trained '
+                             "model's, right only once the weights have settled")
     parser.add_argument('--holdout-sequence', action='append', default=[], metavar='PREFIX',
                         help='leave the training frames whose names start with PREFIX out of '
                              "training and score them each validation as 'holdout:PREFIX' "
@@ -219,11 +227,18 @@ def validate(run: Run, epoch: int, record: Dict[str, Any]) -> None:
     """
     Score the weights after ``epoch``; keep them as the best model file if they lead.
 
-    The weights are the average with ``--ema``. ``record`` gets the val mIoU,
+    The weights are the average with ``--ema``, its BatchNorm statistics first
+    recomputed with ``--ema-bn recompute`` (kept in the average, so the
+    checkpoint written after this holds them). ``record`` gets the val mIoU,
     the val mIoU per sequence and, per held-out sequence, its mIoU and
     per-class IoU. The best model is chosen on the val mIoU alone.
     """
     enet = run.validation_model().enet
+    if run.batchnorm_loader is not None:
+        step = run.step
+        seed_batchnorm_pass(run.args, run.batchnorm_loader)
+        recompute_batchnorm(enet, run.batchnorm_loader, step.device, step.memory_format,
+                            step.mean, step.inv_std)
     weights = {k: v.detach().cpu() for k, v in enet.state_dict().items()}
     segmenter = training_segmenter(weights, run.metadata, run.env.device, f'<epoch {epoch + 1}>')
     scores, sequences = evaluate_sequences(segmenter, run.val_set)

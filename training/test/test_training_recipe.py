@@ -9,16 +9,21 @@ from types import SimpleNamespace
 from typing import List
 
 from enet_ros.labels import CAMVID_11
+from enet_ros.model import ENet
 from enet_ros.model_file import load_model_file, ModelMetadata
+from enet_ros.segmenter import normalization_constants
+from enet_training.batchnorm import recompute_batchnorm
 from enet_training.checkpoint import checkpoint_enet_weights
 import enet_training.class_weights as class_weights
 from enet_training.class_weights import (cached_class_counts, cached_median_weights,
                                          class_counts, median_frequency_weights)
 from enet_training.cli import main
 from enet_training.datasets import DatasetError, hold_out, make_dataset, sequence_name
+from enet_training.distributed import DistributedEnv
 from enet_training.evaluate import evaluate_segmenter, evaluate_sequences
 from enet_training.losses import ohem_keep_count, OhemCrossEntropyLoss
-from enet_training.run import check_recipe, make_ema, recipe_changes
+from enet_training.run import (check_recipe, make_batchnorm_loader, make_datasets,
+                               make_ema, recipe_changes, seed_batchnorm_pass)
 from enet_training.train import evaluate
 from enet_training.transforms import adjust_colors, rotate_pair, TrainTransform
 import numpy as np
@@ -59,6 +64,12 @@ def test_recipe_changes_on_resume():
                              {'ema': 0.0})
     assert changed == {'--ema': (0.0, 0.99), '--color-jitter': ([0.0, 0.0, 0.0],
                                                                 [0.2, 0.0, 0.0])}
+    # Checkpoints from before --ema-bn averaged the statistics; without --ema it is moot.
+    assert recipe_changes(parse_train_flags('--ema', '0.99'), {'ema': 0.99}) == \
+        {'--ema-bn': ('average', 'recompute')}
+    assert recipe_changes(parse_train_flags('--ema', '0.99', '--ema-bn', 'average'),
+                          {'ema': 0.99}) == {}
+    assert recipe_changes(parse_train_flags('--ema-bn', 'average'), {}) == {}
 
 
 # Colour jitter and rotation.
@@ -221,6 +232,42 @@ def test_ema_matches_hand_computed_average():
     assert not torch.allclose(averaged['0.weight'], model.state_dict()['0.weight'])
     # BatchNorm buffers are averaged too, not copied.
     assert not torch.allclose(averaged['1.running_mean'], model.state_dict()['1.running_mean'])
+
+
+def test_recompute_batchnorm_keeps_the_statistics_of_the_batches():
+    """Each BatchNorm layer ends with the average of its batch statistics, dropout off."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Dropout2d(0.5), nn.BatchNorm2d(4)).eval()
+    bn = network[2]
+    bn.running_mean.fill_(5.0)
+    bn.running_var.fill_(9.0)
+    generator = torch.Generator().manual_seed(2)
+    batches = [(torch.randint(0, 256, (n, 3, 6, 8), dtype=torch.uint8, generator=generator),
+                torch.zeros(n, 6, 8, dtype=torch.long)) for n in (2, 2, 1)]
+    mean = torch.tensor([100.0, 110.0, 120.0]).view(1, 3, 1, 1)
+    inv_std = torch.tensor([1 / 60.0, 1 / 55.0, 1 / 50.0]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        outputs = [network[0]((images.float() - mean) * inv_std) for images, _ in batches]
+    expected_mean = torch.stack([y.mean((0, 2, 3)) for y in outputs]).mean(0)
+    expected_var = torch.stack([y.var((0, 2, 3), unbiased=True) for y in outputs]).mean(0)
+    for _ in range(2):  # the result depends on the weights and the frames alone
+        recompute_batchnorm(network, batches, torch.device('cpu'), torch.contiguous_format,
+                            mean, inv_std)
+        torch.testing.assert_close(bn.running_mean, expected_mean)
+        torch.testing.assert_close(bn.running_var, expected_var)
+    assert not any(m.training for m in network.modules()) and bn.momentum == 0.1
+    assert int(bn.num_batches_tracked) == 3
+
+
+def test_batchnorm_loader_only_for_a_recomputed_average():
+    """No pass without --ema, with --ema-bn average, or off the main process."""
+    env = DistributedEnv(0, 1, 0, torch.device('cpu'))
+    dataset = SimpleNamespace(__len__=lambda: 4)
+    assert make_batchnorm_loader(parse_train_flags(), dataset, env) is None
+    assert make_batchnorm_loader(parse_train_flags('--ema', '0.9', '--ema-bn', 'average'),
+                                 dataset, env) is None
+    assert make_batchnorm_loader(parse_train_flags('--ema', '0.9'), dataset,
+                                 DistributedEnv(1, 2, 1, torch.device('cpu'))) is None
 
 
 # OHEM.
@@ -412,6 +459,36 @@ def recipe_resumed(tree: Path, tmp_path_factory) -> Path:
     assert main(_train_argv(tree, out, '--epochs', '2', '--resume',
                             str(out / 'epoch1.pth'))) == 0
     return out
+
+
+def test_recipe_ema_batchnorm_statistics_are_recomputed(tree: Path, recipe_full: Path):
+    """The validated average holds its own statistics: a new pass from its weights agrees."""
+    saved = checkpoint_enet_weights(_load(recipe_full))
+    args = parse_train_flags(*RECIPE, '--input-size', '64', '48', '--batch-size', '2',
+                             '--workers', '0', '--seed', '5', data=str(tree))
+    train_set, _ = make_datasets(args, (64, 48), (64, 48))
+    train_set, _ = hold_out(train_set, args.holdout_sequence)
+    loader = make_batchnorm_loader(args, train_set, DistributedEnv(0, 1, 0, torch.device('cpu')))
+    network = ENet(train_set.table.num_classes)
+    network.load_state_dict(saved)
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.fill_(3.0)
+            module.running_var.fill_(7.0)
+    network = network.to(memory_format=torch.channels_last)
+    mean, inv_std = normalization_constants(
+        ModelMetadata.from_class_table(train_set.table, (64, 48)), torch.device('cpu'))
+    seed_batchnorm_pass(args, loader)
+    recompute_batchnorm(network, loader, torch.device('cpu'), torch.channels_last, mean,
+                        inv_std)
+    recomputed = network.state_dict()
+    keys = [k for k in saved if k.endswith(('running_mean', 'running_var'))]
+    assert len(keys) > 50
+    for key in keys:
+        torch.testing.assert_close(saved[key], recomputed[key], rtol=1e-4, atol=1e-5)
+    # Not the trained model's statistics either.
+    assert not torch.allclose(saved['initial.bn.running_var'],
+                              _load(recipe_full)['model']['enet.initial.bn.running_var'])
 
 
 def test_recipe_resume_replays_the_uninterrupted_run(recipe_full: Path, recipe_resumed: Path):
