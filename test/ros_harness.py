@@ -198,7 +198,22 @@ def get_parameter(peer: RosPeer, name: str, node: str = '/segmentation_node'):
 
 
 class LifecycleClient:
-    """A managed node's lifecycle services (lifecycle_msgs ChangeState, GetState) from a peer."""
+    """
+    A managed node's lifecycle services (lifecycle_msgs ChangeState, GetState) from a peer.
+
+    Fast DDS (rmw_fastrtps) drops a service's answer when the server has not
+    yet matched the client's reader, which can happen to a client that
+    ``wait_for_service`` has just found on a loaded machine. The node is not
+    at fault and a user's tool would ask again, so this client does too:
+    GetState is re-sent; a ChangeState whose answer is overdue is checked
+    against the state the transition leads to.
+    """
+
+    #: The state each transition this client drives leads to.
+    GOALS = {'configure': 'inactive', 'activate': 'active', 'deactivate': 'inactive',
+             'cleanup': 'unconfigured', 'shutdown': 'finalized'}
+    #: How long an answer may take before a lost one is suspected.
+    RETRY_AFTER = 5.0
 
     def __init__(self, peer: RosPeer, node_name: str):
         from lifecycle_msgs.srv import ChangeState, GetState
@@ -207,19 +222,24 @@ class LifecycleClient:
         self._change = peer.node.create_client(ChangeState, f'{node_name}/change_state')
         self._get = peer.node.create_client(GetState, f'{node_name}/get_state')
 
-    def _call(self, client, request, timeout: float):
+    def _send(self, client, request, timeout: float):
+        """Return the future of ``request`` once ``client``'s service is available."""
         if not client.wait_for_service(timeout_sec=timeout):
             raise AssertionError(f'{client.srv_name} not available after {timeout} s')
-        future = client.call_async(request)
-        if not self.peer.wait_for(future.done, timeout):
-            raise AssertionError(f'{client.srv_name}: no answer after {timeout} s')
-        return future.result()
+        return client.call_async(request)
 
     def state(self, timeout: float = 30.0) -> str:
         """Return the node's current state label ('unconfigured', 'inactive', 'active' ...)."""
         from lifecycle_msgs.srv import GetState
 
-        return self._call(self._get, GetState.Request(), timeout).current_state.label
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            future = self._send(self._get, GetState.Request(), max(remaining, 0.1))
+            if self.peer.wait_for(future.done, min(self.RETRY_AFTER, max(remaining, 0.1))):
+                return future.result().current_state.label
+            if time.monotonic() >= deadline:
+                raise AssertionError(f'{self._get.srv_name}: no answer after {timeout} s')
 
     def change(self, transition: str, timeout: float = 120.0) -> bool:
         """Request a transition by label ('configure', 'activate' ...); return its success."""
@@ -227,4 +247,14 @@ class LifecycleClient:
 
         request = ChangeState.Request()
         request.transition.label = transition
-        return self._call(self._change, request, timeout).success
+        deadline = time.monotonic() + timeout
+        future = self._send(self._change, request, timeout)
+        while not self.peer.wait_for(future.done, self.RETRY_AFTER):
+            # Still transitioning (configure loads the model), or the answer was lost: the
+            # state answers once the transition is over.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f'{self._change.srv_name}: no answer after {timeout} s')
+            if not future.done() and self.state(remaining) == self.GOALS[transition]:
+                return True
+        return future.result().success
