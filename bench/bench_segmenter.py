@@ -32,7 +32,18 @@ Modes (``--modes`` picks some; ``--list-modes`` names them):
   are interleaved with the torch modes; ONNX Runtime's threads do not
   spin-wait between runs unless ``--ort-spin`` (spinning threads would take
   the cores from the next mode's).
-* ``captured fp16`` (CUDA): folded BatchNorm, fp16, cuDNN autotuning, CUDA graphs.
+* CUDA: ``eager fp32`` and ``eager fp16`` (the model as trained), ``folded
+  fp16`` (BatchNorm folded, cuDNN autotuning, no graphs), ``captured fp32``,
+  ``captured fp16`` (the default: folded, fp16, cuDNN autotuning, the whole
+  frame in a CUDA graph) and ``captured fp16 channels_last``; on request
+  (``--modes``; compiling takes a minute, autotuning several):
+  ``compiled captured fp16`` (and ``... channels_last``), the folded network
+  through ``torch.compile`` (inductor, default mode) inside the Segmenter's
+  graph; ``max-autotune fp16``, ``torch.compile(mode='max-autotune')`` of
+  the folded network (inductor's own CUDA graphs for the forward) with the
+  Segmenter's pre- and post-processing run eagerly around it; and
+  ``max-autotune captured fp16``, mode ``max-autotune-no-cudagraphs`` inside
+  the Segmenter's graph.
 
 Results do not depend on the weights; by default a seeded random model is
 built in memory (``--model`` takes a model file instead). With ``--input-size``
@@ -92,7 +103,23 @@ CPU_PEER_MODES = {
 CUDA_MODES = {
     'eager fp32': {'precision': 'fp32', 'optimize': False},
     'eager fp16': {'precision': 'fp16', 'optimize': False},
-    'captured fp16': {'precision': 'fp16', 'optimize': True},
+    'folded fp16': {'precision': 'fp16', 'cuda_graphs': False},
+    'captured fp32': {'precision': 'fp32'},
+    'captured fp16': {'precision': 'fp16'},
+    'captured fp16 channels_last': {'precision': 'fp16', 'channels_last': True},
+    'compiled captured fp16': {'precision': 'fp16'},
+    'compiled captured fp16 channels_last': {'precision': 'fp16', 'channels_last': True},
+    'max-autotune fp16': {'precision': 'fp16', 'cuda_graphs': False},
+    'max-autotune captured fp16': {'precision': 'fp16'},
+}
+#: CUDA modes that ``torch.compile`` the folded network: name -> (compile mode, whether the
+#: Segmenter's own CUDA graph captures the compiled forward with the rest of the frame).
+#: Compiling takes a minute, autotuning several per size: ask for them with ``--modes``.
+CUDA_COMPILED_MODES = {
+    'compiled captured fp16': ('default', True),
+    'compiled captured fp16 channels_last': ('default', True),
+    'max-autotune fp16': ('max-autotune', False),
+    'max-autotune captured fp16': ('max-autotune-no-cudagraphs', True),
 }
 #: The "x prev" column: speed-up over this mode (the CPU default before this change).
 PREVIOUS_DEFAULT = 'compiled fp32'
@@ -132,7 +159,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--threads', type=int, default=None,
                         help='torch.set_num_threads for the CPU (default: torch default)')
     parser.add_argument('--peak-gflops', type=float, default=233.0,
-                        help='fp32 peak GFLOP/s of the machine for the "% peak" column '
+                        help='fp32 peak GFLOP/s of the machine for the "%% peak" column '
                              '(default 233: 2 cores x 32 FLOP/cycle x 3.64 GHz)')
     parser.add_argument('--ort-spin', action='store_true',
                         help="let ONNX Runtime's threads spin-wait between runs (default off)")
@@ -223,7 +250,7 @@ class Mode:
 def mode_names(device: torch.device) -> List[str]:
     """All modes for ``device``, in table order (bf16 modes only where the CPU has bf16)."""
     if device.type == 'cuda':
-        return list(CUDA_MODES)
+        return [name for name in CUDA_MODES if name not in CUDA_COMPILED_MODES]
     names = [name for name, options in CPU_SEGMENTER_MODES.items()
              if options.get('precision') != 'bf16' or cpu_supports_bf16()]
     return names + list(CPU_PEER_MODES)
@@ -238,7 +265,10 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     on_cuda = device.type == 'cuda'
     modes = []
-    for name in mode_names(device):
+    names = mode_names(device)
+    if on_cuda and wanted:
+        names += [name for name in CUDA_COMPILED_MODES if name in wanted]
+    for name in names:
         if wanted and name not in wanted:
             continue
         if on_cuda:
@@ -255,14 +285,24 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
             optimize = False
         else:
             options = (CUDA_MODES if on_cuda else CPU_SEGMENTER_MODES)[name]
-            segmenter = Segmenter(loaded, device=str(device), input_size=net_size, warmup=True,
-                                  **options)
+            compiled = CUDA_COMPILED_MODES.get(name) if on_cuda else None
+            segmenter = Segmenter(loaded, device=str(device), input_size=net_size,
+                                  warmup=compiled is None, **options)
+            if compiled and compiled[1]:
+                # Swapped in before the first frame, so the first capture records it.
+                segmenter.path.network = torch.compile(segmenter.path.network,
+                                                       mode=compiled[0])
             network_input = segmenter.preprocess(image)
             path = f'{segmenter.precision} {segmenter.execution_path}'
             optimize = options.get('optimize', True)
             if name == 'baseline fp32':
                 frame, forward = _baseline(segmenter, image, network_input)
-            elif name == 'captured fp16':
+            elif compiled and not compiled[1]:
+                frame, forward = _compiled(segmenter, image, network_input, compiled[0])
+                path += f', torch.compile {compiled[0]}'
+            elif compiled or name.startswith('captured'):
+                if compiled:
+                    path += f', torch.compile {compiled[0]}'
                 frame = (lambda s=segmenter: s.segment(image))
                 forward = _captured_forward(segmenter, network_input)
             else:
@@ -348,6 +388,23 @@ def _baseline(segmenter: Segmenter, image: np.ndarray, network_input: torch.Tens
     @torch.inference_mode()
     def forward():
         return network(network_input)
+
+    return frame, forward
+
+
+def _compiled(segmenter: Segmenter, image: np.ndarray, network_input: torch.Tensor,
+              mode: str):
+    """``torch.compile`` the folded network with ``mode``: (frame, forward) callables."""
+    compiled = torch.compile(segmenter.network, mode=mode)
+    pipeline = segmenter.path.pipeline
+
+    @torch.inference_mode()
+    def frame():
+        return pipeline.segment(image, compiled)
+
+    @torch.inference_mode()
+    def forward():
+        return compiled(network_input)
 
     return frame, forward
 

@@ -30,8 +30,9 @@ This module is a facade. The work lives in :mod:`enet_ros.inference`:
   - ``cuda_graphs``: CUDA with ``optimize=True`` (default): BatchNorm folded,
     fp16 (``precision='auto'``), cuDNN autotuning, the whole per-frame device
     work, pinned upload to pinned download, captured in a CUDA graph per frame
-    size (``graph_cache`` keeps them). ``cuda_graphs=False`` runs the folded
-    network eagerly instead. channels_last is off by default on CUDA
+    size (``graph_cache`` keeps them), and on request the node's colour,
+    overlay and drivable images in the same graph (``device_images``).
+    ``cuda_graphs=False`` runs the folded network eagerly instead. channels_last is off by default on CUDA
     (max-unpool wants NCHW); pass ``channels_last=True`` where it measures faster.
 
 CPU threads are torch's (``torch.set_num_threads``, one per core by default).
@@ -241,8 +242,33 @@ class Segmenter:
         """
         return self.path.forward(network_input)
 
+    @property
+    def images_on_device(self) -> bool:
+        """Whether :meth:`segment`'s ``images`` are made on the device, in the frame's graph."""
+        return self.path.images_on_device
+
+    def configure_images(self, colors: Sequence[Tuple[int, int, int]],
+                         drivable_ids: Sequence[int], overlay_alpha: float) -> None:
+        """
+        Set how :meth:`segment` draws ``images`` (as :class:`~enet_ros.masks.OutputRenderer`).
+
+        ``colors``: RGB per class id; ``drivable_ids``: the class ids that are
+        drivable; ``overlay_alpha`` in [0, 1]: the colour's weight over the
+        camera image. May be called again at any time (on CUDA the tables are
+        updated in place; captured graphs read the new ones).
+        """
+        self.path.configure_images(colors, drivable_ids, overlay_alpha)
+
     @torch.inference_mode()
-    def segment(self, image: np.ndarray, bgr: bool = False,
-                with_confidence: bool = False) -> Segmentation:
-        """Label one HxWx3 uint8 image; see the module docstring for the contract."""
-        return self.path.run(image, bgr, with_confidence)
+    def segment(self, image: np.ndarray, bgr: bool = False, with_confidence: bool = False,
+                images: Sequence[str] = ()) -> Segmentation:
+        """
+        Label one HxWx3 uint8 image; see the module docstring for the contract.
+
+        ``images``: any of ``'colored'``, ``'overlay'``, ``'drivable'``
+        (:data:`~enet_ros.inference.device_images.DEVICE_IMAGES`), returned in
+        ``Segmentation.images`` after :meth:`configure_images`. On the CUDA
+        graph path they are computed in the frame's graph (:attr:`images_on_device`),
+        elsewhere with numpy on the host; the same pixels either way.
+        """
+        return self.path.run(image, bgr, with_confidence, images)

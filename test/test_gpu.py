@@ -31,8 +31,16 @@ pytestmark = [
 ]
 
 NET_SIZE = (480, 360)
+#: The captured path against the same folded fp16 network run without graphs (the same
+#: arithmetic: 100.000 % equal on an H100).
 SAME_FP16 = 0.999
+#: Trained weights on real frames, fp16 captured against fp32 eager (99.973 % on CamVid val).
 FP16_VS_FP32 = 0.995
+#: Random weights give logits a fraction of a unit apart, so fp16 rounding alone (eager fp16
+#: against eager fp32) moves about 1 % of labels (98.9-99.2 % agree on an H100), and folding
+#: BatchNorm in fp16 moves others (captured against eager fp16: 99.1-99.4 %). With random
+#: weights the captured path must agree with fp32 as well as eager fp16 does, within this.
+FP16_NOISE_MARGIN = 0.003
 
 
 def _scene(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -58,6 +66,12 @@ def captured(loaded) -> Segmenter:
 
 
 @pytest.fixture(scope='module')
+def folded16(loaded) -> Segmenter:
+    """Build the captured path's folded fp16 network without CUDA graphs: the same arithmetic."""
+    return Segmenter(loaded, device='cuda', cuda_graphs=False)
+
+
+@pytest.fixture(scope='module')
 def eager16(loaded) -> Segmenter:
     """Eager fp16: the unoptimised network in half precision."""
     return Segmenter(loaded, device='cuda', precision='fp16', optimize=False)
@@ -79,20 +93,28 @@ def test_default_cuda_path_is_captured_fp16(captured):
 
 
 @pytest.mark.parametrize('shape', [(360, 480), (720, 1280), (301, 397)])
-def test_captured_agrees_with_eager_fp16_and_fp32(captured, eager16, eager32, shape):
-    """Labels at the frame size; >= 99.9% equal to eager fp16, >= 99.5% to eager fp32."""
+def test_captured_agrees_with_uncaptured_and_with_fp32(
+        captured, folded16, eager16, eager32, shape):
+    """
+    Labels at the frame size equal the uncaptured network's; fp32 agreement as eager fp16's.
+
+    Against eager fp32 the captured path may lose no more than
+    :data:`FP16_NOISE_MARGIN` to what fp16 alone (eager fp16) loses.
+    """
     image = _scene(*shape, seed=shape[0])
     got = captured.segment(image)
     assert got.labels.shape == shape and got.labels.dtype == np.uint8
-    assert label_agreement(got.labels, eager16.segment(image).labels) >= SAME_FP16
-    assert label_agreement(got.labels, eager32.segment(image).labels) >= FP16_VS_FP32
+    assert label_agreement(got.labels, folded16.segment(image).labels) >= SAME_FP16
+    reference = eager32.segment(image).labels
+    fp16_alone = label_agreement(eager16.segment(image).labels, reference)
+    assert label_agreement(got.labels, reference) >= fp16_alone - FP16_NOISE_MARGIN
 
 
-def test_captured_bgr_and_confidence(captured, eager16):
+def test_captured_bgr_and_confidence(captured, folded16):
     """Captures cover bgr and with_confidence too (their own graphs) and agree with eager."""
     image = _scene(360, 480, seed=3)
     got = captured.segment(image[..., ::-1], bgr=True, with_confidence=True)
-    expected = eager16.segment(image, with_confidence=True)
+    expected = folded16.segment(image, with_confidence=True)
     assert label_agreement(got.labels, expected.labels) >= SAME_FP16
     assert got.confidence.shape == image.shape[:2] and got.confidence.dtype == np.float32
     assert float(np.abs(got.confidence - expected.confidence).mean()) < 1e-2
@@ -106,7 +128,7 @@ def test_results_are_copies_not_pinned_buffers(captured):
     assert np.array_equal(first.labels, kept)
 
 
-def test_input_size_change_recaptures_and_cache_is_bounded(loaded, eager16):
+def test_input_size_change_recaptures_and_cache_is_bounded(loaded, folded16):
     """A new frame size captures a new graph; old sizes are reused; at most max_graphs kept."""
     segmenter = Segmenter(loaded, device='cuda', max_graphs=2, warmup=False)
     shapes = [(360, 480), (480, 640), (360, 480), (240, 320)]
@@ -114,18 +136,18 @@ def test_input_size_change_recaptures_and_cache_is_bounded(loaded, eager16):
         image = _scene(*shape, seed=index)
         got = segmenter.segment(image).labels
         assert got.shape == shape
-        assert label_agreement(got, eager16.segment(image).labels) >= SAME_FP16
+        assert label_agreement(got, folded16.segment(image).labels) >= SAME_FP16
     cache = segmenter.path.graphs
     assert cache.captures == 3  # 360x480 was reused, not recaptured
     assert len(cache) == 2
-    assert (240, 320, False, False) in cache and (360, 480, False, False) in cache
+    assert (240, 320, False, False, ()) in cache and (360, 480, False, False, ()) in cache
 
 
 def test_replay_does_not_synchronise(captured):
     """Upload into pinned memory and graph launch run under sync debug mode 'error'."""
     image = _scene(360, 480, seed=5)
     expected = captured.segment(image).labels
-    runner = captured.path.graphs.peek((360, 480, False, False))
+    runner = captured.path.graphs.peek((360, 480, False, False, ()))
     assert runner is not None
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
@@ -133,7 +155,7 @@ def test_replay_does_not_synchronise(captured):
         runner.launch(image)
     finally:
         torch.cuda.set_sync_debug_mode('default')
-    labels, _ = runner.collect()
+    labels = runner.collect()[0]
     assert np.array_equal(labels, expected)
 
 
@@ -153,7 +175,9 @@ def test_one_frame_is_one_launch_and_one_wait(captured):
         with record_function('enet_frame'):
             captured.segment(image)
     events = prof.events()
-    frames = [event for event in events if event.name == 'enet_frame']
+    # The CPU range; with CUDA activity the profiler adds a device-side one of the name.
+    frames = [event for event in events if event.name == 'enet_frame'
+              and event.device_type == torch.autograd.DeviceType.CPU]
     assert len(frames) == 1
     start, end = frames[0].time_range.start, frames[0].time_range.end
     runtime = [event.name for event in events if event.name.startswith('cuda')
@@ -181,7 +205,7 @@ def test_uncaptured_and_channels_last_variants_agree(loaded, captured):
     assert label_agreement(nhwc.segment(image).labels, expected) >= SAME_FP16
 
 
-def test_capture_failure_runs_that_size_eagerly_only(loaded, eager16, monkeypatch):
+def test_capture_failure_runs_that_size_eagerly_only(loaded, folded16, monkeypatch):
     """
     A capture that fails (here inside the capture, as an OOM would) is remembered per size.
 
@@ -209,11 +233,11 @@ def test_capture_failure_runs_that_size_eagerly_only(loaded, eager16, monkeypatc
     image = _scene(360, 480, seed=9)
     for _ in range(2):
         assert label_agreement(segmenter.segment(image).labels,
-                               eager16.segment(image).labels) >= SAME_FP16
+                               folded16.segment(image).labels) >= SAME_FP16
     other = _scene(240, 320, seed=10)
     assert label_agreement(segmenter.segment(other).labels,
-                           eager16.segment(other).labels) >= SAME_FP16
-    assert (240, 320, False, False) in segmenter.path.graphs
+                           folded16.segment(other).labels) >= SAME_FP16
+    assert (240, 320, False, False, ()) in segmenter.path.graphs
     assert attempts == [(360, 480), (240, 320)]
 
 
@@ -221,7 +245,7 @@ def test_wait_for_a_frame_sleeps_instead_of_spinning(captured):
     """collect() waits on a blocking event: little CPU time while the GPU is busy."""
     image = _scene(360, 480, seed=12)
     captured.segment(image)
-    runner = captured.path.graphs.peek((360, 480, False, False))
+    runner = captured.path.graphs.peek((360, 480, False, False, ()))
     torch.cuda.synchronize()
     torch.cuda._sleep(int(5e8))  # keeps the GPU busy before the graph on the same stream
     runner.launch(image)
@@ -233,7 +257,7 @@ def test_wait_for_a_frame_sleeps_instead_of_spinning(captured):
     assert cpu < 0.3 * wall, f'{cpu * 1e3:.1f} ms CPU in a {wall * 1e3:.1f} ms wait'
 
 
-def test_captures_share_one_memory_pool(loaded, eager16):
+def test_captures_share_one_memory_pool(loaded, folded16):
     """Every capture uses the path's one pool; interleaved replays still give eager's labels."""
     segmenter = Segmenter(loaded, device='cuda', warmup=False)
     shapes = [(360, 480), (720, 1280), (301, 397)]
@@ -242,10 +266,10 @@ def test_captures_share_one_memory_pool(loaded, eager16):
         segmenter.segment(images[shape])
     pool = segmenter.path.pool
     for height, width in shapes:
-        assert segmenter.path.graphs.peek((height, width, False, False)).pool == pool
+        assert segmenter.path.graphs.peek((height, width, False, False, ())).pool == pool
     for shape in shapes[::-1] + shapes:
         assert label_agreement(segmenter.segment(images[shape]).labels,
-                               eager16.segment(images[shape]).labels) >= SAME_FP16
+                               folded16.segment(images[shape]).labels) >= SAME_FP16
     assert segmenter.path.graphs.captures == 3
 
 
@@ -255,8 +279,8 @@ def test_warmup_sizes_are_captured_at_construction(loaded):
                           max_graphs=2)
     graphs = segmenter.path.graphs
     assert graphs.capacity == 4 and graphs.captures == 4
-    for key in ((720, 1280, False, False), (720, 1280, True, False),
-                (480, 640, False, False), (480, 640, True, False)):
+    for key in ((720, 1280, False, False, ()), (720, 1280, True, False, ()),
+                (480, 640, False, False, ()), (480, 640, True, False, ())):
         assert key in graphs, key
     segmenter.segment(_scene(720, 1280, seed=1))
     segmenter.segment(_scene(480, 640, seed=2), bgr=True)
@@ -300,7 +324,7 @@ def test_bundled_model_on_camvid_val_fp16_captured_vs_fp32(camvid_root):
     model = load_model_file(None)
     fast = Segmenter(model, device='cuda')
     reference = Segmenter(model, device='cuda', precision='fp32', optimize=False)
-    images = sorted((camvid_root / 'val').glob('*.png'))
+    images = sorted(p for p in (camvid_root / 'val').iterdir() if p.suffix in ('.png', '.jpg'))
     assert images, f'no images under {camvid_root / "val"}'
     equal = total = 0
     for path in images:
@@ -313,3 +337,27 @@ def test_bundled_model_on_camvid_val_fp16_captured_vs_fp32(camvid_root):
         total += got.size
     assert total > 0
     assert equal / total >= FP16_VS_FP32, f'{equal / total:.5f} of {total} pixels agree'
+
+
+def test_images_in_the_graph_equal_the_host_renderer(loaded):
+    """
+    Colour, overlay and drivable made in the frame's graph equal numpy's from the same labels.
+
+    For RGB and BGR frames at a resized size; reconfiguring changes them with no new capture.
+    """
+    from enet_ros.labels import CAMVID_11
+    from enet_ros.masks import OutputRenderer
+
+    segmenter = Segmenter(loaded, device='cuda', warmup=False)
+    assert segmenter.images_on_device
+    names = ('colored', 'drivable', 'overlay')
+    for alpha, drivable in ((0.5, [3]), (0.3, [3, 4])):
+        segmenter.configure_images(CAMVID_11.colors, drivable, alpha)
+        host = OutputRenderer(CAMVID_11.colors, drivable, alpha)
+        for bgr in (False, True):
+            image = _scene(720, 1280, seed=11)
+            got = segmenter.segment(image[..., ::-1] if bgr else image, bgr=bgr, images=names)
+            expected = host.render(got.labels, image, names)
+            for name in names:
+                np.testing.assert_array_equal(got.images[name], expected[name], err_msg=name)
+    assert segmenter.path.graphs.captures == 2  # RGB and BGR, not again after reconfiguring

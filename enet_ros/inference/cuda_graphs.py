@@ -16,7 +16,9 @@ a frame:
 2. the caller's ``pipeline`` (resize, normalisation, forward, argmax, resize
    of the labels back to HxW),
 3. download of the HxW uint8 label map (and optionally the HxW float32
-   confidence map) into pinned host buffers.
+   confidence map, and the colour, overlay and drivable images that
+   :class:`~enet_ros.inference.device_images.DeviceImages` computes in the
+   same graph) into pinned host buffers.
 
 Per frame the host copies the image into the pinned input buffer, launches
 the graph (one ``cudaGraphLaunch``), and waits once, on an event recorded
@@ -40,21 +42,27 @@ Everything here needs CUDA to run; the module imports without it.
 """
 
 import logging
-from typing import Callable, Hashable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .config import cudnn_benchmark_wanted
+from .device_images import check_image_names, DeviceImages
 from .eager import EagerPath
 from .frames import check_image, FramePipeline, Segmentation
 from .graph_cache import GraphCache
+from ..masks import OUTPUT_CHANNELS
 
 LOGGER = logging.getLogger(__name__)
 
-#: Maps an HxWx3 uint8 device frame to (HxW uint8 labels, HxW float32 confidence or None).
-Pipeline = Callable[[torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]
+#: Maps an HxWx3 uint8 device frame to (HxW uint8 labels, HxW float32 confidence or None,
+#: {name: image} for the capture's ``images``).
+Pipeline = Callable[[torch.Tensor],
+                    Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, torch.Tensor]]]
+#: A frame's host results: labels, confidence or None, {name: image}.
+HostResults = Tuple[np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]
 
 
 def enable_cudnn_autotuning(choice: Optional[bool]) -> Optional[str]:
@@ -91,11 +99,14 @@ class CapturedFrame:
     side stream before capture (cuDNN autotuning happens there), then captured.
     ``pool`` is a ``torch.cuda.graph_pool_handle()`` to share memory between
     captures that never run concurrently (default: a private pool).
+    ``images``: the names of the extra images the pipeline returns
+    (:data:`~enet_ros.inference.device_images.DEVICE_IMAGES`), each
+    downloaded into a pinned buffer of its own.
     """
 
     def __init__(self, pipeline: Pipeline, frame_shape: Tuple[int, int], device: torch.device,
                  with_confidence: bool = False, warmup_iterations: int = 3,
-                 pool: Optional[Tuple[int, int]] = None):
+                 pool: Optional[Tuple[int, int]] = None, images: Sequence[str] = ()):
         if device.type != 'cuda':
             raise ValueError(f'CapturedFrame needs a CUDA device, got {device}')
         height, width = (int(v) for v in frame_shape)
@@ -109,6 +120,10 @@ class CapturedFrame:
             self.host_labels = torch.empty((height, width), dtype=torch.uint8, pin_memory=True)
             self.host_confidence = (torch.empty((height, width), dtype=torch.float32,
                                                 pin_memory=True) if with_confidence else None)
+            self.host_images = {
+                name: torch.empty((height, width, 3) if OUTPUT_CHANNELS[name] == 3
+                                  else (height, width), dtype=torch.uint8, pin_memory=True)
+                for name in check_image_names(images)}
             self.device_frame = torch.zeros((height, width, 3), dtype=torch.uint8,
                                             device=device)
             self._host_frame_array = self.host_frame.numpy()
@@ -129,8 +144,10 @@ class CapturedFrame:
     def _step(self) -> None:
         """Do the captured work: upload, pipeline, download (all stream-ordered, no sync)."""
         self.device_frame.copy_(self.host_frame, non_blocking=True)
-        labels, confidence = self._pipeline(self.device_frame)
+        labels, confidence, images = self._pipeline(self.device_frame)
         self.host_labels.copy_(labels, non_blocking=True)
+        for name, buffer in self.host_images.items():
+            buffer.copy_(images[name], non_blocking=True)
         if self.host_confidence is not None:
             if confidence is None:
                 raise ValueError('pipeline returned no confidence map but one was requested')
@@ -149,25 +166,27 @@ class CapturedFrame:
         self.graph.replay()
         self.done.record(torch.cuda.current_stream(self.device))
 
-    def collect(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Wait (sleeping) for the launched frame; return copies of (labels, confidence)."""
+    def collect(self) -> HostResults:
+        """Wait (sleeping) for the launched frame; return copies of its results."""
         self.done.synchronize()
         labels = self.host_labels.numpy().copy()
         confidence = (self.host_confidence.numpy().copy()
                       if self.host_confidence is not None else None)
-        return labels, confidence
+        images = {name: buffer.numpy().copy() for name, buffer in self.host_images.items()}
+        return labels, confidence, images
 
-    def run(self, image: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def run(self, image: np.ndarray) -> HostResults:
         """:meth:`launch` then :meth:`collect`: one frame, one wait."""
         self.launch(image)
         return self.collect()
 
 
 def key_text(key: Hashable) -> str:
-    """``(height, width, bgr, with_confidence)`` as ``WxH`` plus ``bgr`` / ``confidence``."""
-    height, width, bgr, with_confidence = key
+    """``(height, width, bgr, with_confidence, images)`` as ``WxH`` plus what was asked."""
+    height, width, bgr, with_confidence, images = key
     return (f'{width}x{height}{" bgr" if bgr else ""}'
-            f'{" with confidence" if with_confidence else ""}')
+            f'{" with confidence" if with_confidence else ""}'
+            f'{" with " + " ".join(images) if images else ""}')
 
 
 class CudaGraphPath(EagerPath):
@@ -178,6 +197,7 @@ class CudaGraphPath(EagerPath):
     """
 
     cuda_graphs = True
+    images_on_device = True
 
     def __init__(self, network: nn.Module, pipeline: FramePipeline, notes: Sequence[str] = (),
                  max_graphs: int = 4):
@@ -185,29 +205,42 @@ class CudaGraphPath(EagerPath):
         self.device = pipeline.device
         self.graphs: GraphCache[CapturedFrame] = GraphCache(max_graphs)
         self.pool = torch.cuda.graph_pool_handle()
+        self.device_images = DeviceImages(self.device)
 
-    def run(self, image: np.ndarray, bgr: bool = False,
-            with_confidence: bool = False) -> Segmentation:
+    def configure_images(self, colors: Sequence[Tuple[int, int, int]],
+                         drivable_ids: Sequence[int], overlay_alpha: float) -> None:
+        """Set the image tables on the device (captured graphs read them) and on the host."""
+        drivable_ids = list(drivable_ids)
+        super().configure_images(colors, drivable_ids, overlay_alpha)
+        self.device_images.configure(colors, drivable_ids, overlay_alpha)
+
+    def run(self, image: np.ndarray, bgr: bool = False, with_confidence: bool = False,
+            images: Sequence[str] = ()) -> Segmentation:
         """Label one frame through its size's graph (captured on first use)."""
         check_image(image)
-        key = (image.shape[0], image.shape[1], bool(bgr), bool(with_confidence))
+        images = self.checked_images(images)
+        key = (image.shape[0], image.shape[1], bool(bgr), bool(with_confidence), images)
         runner = self.graphs.get(key, lambda: self._capture(key))
         if runner is None:  # this size's capture failed: run it eagerly
-            return super().run(image, bgr, with_confidence)
-        labels, confidence = runner.run(image)
-        return Segmentation(labels, confidence)
+            return super().run(image, bgr, with_confidence, images)
+        labels, confidence, rendered = runner.run(image)
+        return Segmentation(labels, confidence, rendered)
 
-    def _capture(self, key: Tuple[int, int, bool, bool]) -> CapturedFrame:
-        height, width, bgr, with_confidence = key
+    def _capture(self, key: Tuple[int, int, bool, bool, Tuple[str, ...]]) -> CapturedFrame:
+        height, width, bgr, with_confidence, images = key
         self.pipeline.label_index(height, width)  # index maps are built outside the capture
 
-        def pipeline(frame: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-            return self.pipeline.device_pipeline(frame, self.forward, bgr, with_confidence)
+        def pipeline(frame: torch.Tensor):
+            labels, confidence = self.pipeline.device_pipeline(frame, self.forward, bgr,
+                                                               with_confidence)
+            rendered = (self.device_images.render(labels, frame.flip(-1) if bgr else frame,
+                                                  images) if images else {})
+            return labels, confidence, rendered
 
         LOGGER.info('capturing a CUDA graph for %s frames', key_text(key))
         try:
             return CapturedFrame(pipeline, (height, width), self.device,
-                                 with_confidence=with_confidence, pool=self.pool)
+                                 with_confidence=with_confidence, pool=self.pool, images=images)
         except Exception:
             torch.cuda.synchronize(self.device)  # let the failed work drain before eager frames
             raise

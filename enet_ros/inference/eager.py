@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device_images import check_image_names
 from .frames import FramePipeline, Segmentation
+from .. import masks
 
 
 class EagerPath:
@@ -32,6 +34,7 @@ class EagerPath:
 
     compiled = False
     cuda_graphs = False
+    images_on_device = False
 
     def __init__(self, network: nn.Module, pipeline: FramePipeline, mode: str = 'eager',
                  notes: Sequence[str] = ()):
@@ -39,15 +42,34 @@ class EagerPath:
         self.pipeline = pipeline
         self.mode = mode
         self.notes = list(notes)
+        self.host_images: Optional[masks.OutputRenderer] = None
 
     def forward(self, network_input: torch.Tensor) -> torch.Tensor:
         """Map a 1x3xhxw normalised input to 1xCxhxw logits."""
         return self.network(network_input)
 
-    def run(self, image: np.ndarray, bgr: bool = False,
-            with_confidence: bool = False) -> Segmentation:
-        """Label one HxWx3 uint8 image (call under inference mode)."""
-        return self.pipeline.segment(image, self.forward, bgr, with_confidence)
+    def configure_images(self, colors: Sequence[Tuple[int, int, int]],
+                         drivable_ids: Sequence[int], overlay_alpha: float) -> None:
+        """Set the palette, drivable classes and overlay weight of ``run``'s ``images``."""
+        self.host_images = masks.OutputRenderer(colors, drivable_ids, overlay_alpha)
+
+    def checked_images(self, images: Sequence[str]) -> Tuple[str, ...]:
+        """Return the image names as a sorted tuple; raise ValueError if unknown or unset."""
+        images = check_image_names(images)
+        if images and self.host_images is None:
+            raise ValueError(f'images {list(images)} asked for before configure_images')
+        return images
+
+    def run(self, image: np.ndarray, bgr: bool = False, with_confidence: bool = False,
+            images: Sequence[str] = ()) -> Segmentation:
+        """Label one HxWx3 uint8 image (call under inference mode); ``images`` on the host."""
+        images = self.checked_images(images)
+        result = self.pipeline.segment(image, self.forward, bgr, with_confidence)
+        if not images:
+            return result
+        rgb = image[..., ::-1] if bgr else image
+        rendered = self.host_images.render(result.labels, rgb, images)
+        return Segmentation(result.labels, result.confidence, rendered)
 
     def default_warmup_frames(self) -> Iterable[Tuple[int, int]]:
         """

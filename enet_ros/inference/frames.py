@@ -15,8 +15,8 @@ in numpy after the download (about 4x faster there); the device version
 host tensors, so CUDA graphs capture it whole.
 """
 
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping, Optional, Tuple
 import warnings
 
 import numpy as np
@@ -31,10 +31,17 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Segmentation:
-    """Result for one frame: HxW uint8 labels, optional HxW float32 confidence."""
+    """
+    Result for one frame: HxW uint8 labels, optional HxW float32 confidence, images.
+
+    ``images``: the colour, overlay and drivable images asked for, by name
+    (HxWx3 uint8 RGB, HxWx3 uint8 RGB, HxW uint8), as
+    :class:`enet_ros.masks.OutputRenderer` makes them.
+    """
 
     labels: np.ndarray
     confidence: Optional[np.ndarray] = None
+    images: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 def normalization_constants(metadata: ModelMetadata,

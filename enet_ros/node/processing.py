@@ -22,6 +22,7 @@ from .image_msgs import (CameraFrame, check_raw_image, compressed_image_to_frame
 from .state import NodeState
 from .. import masks
 from ..ground_grid import CameraPose
+from ..inference.device_images import DEVICE_IMAGES
 from ..segmenter import Segmenter
 
 WARN_THROTTLE_S = 5.0
@@ -115,9 +116,13 @@ class FrameProcessing:
         camera.last_processed = received
         images = [name for name in wanted if name != GRID_OUTPUT]
         with_confidence = 'confidence' in images or state.settings.min_confidence > 0
+        # On CUDA the colour, overlay and drivable images come from the frame's graph, unless
+        # min_confidence voids labels on the host first (then they are drawn after it).
+        on_device = ([name for name in images if name in DEVICE_IMAGES]
+                     if state.images_on_device else [])
         inference_start = time.monotonic()
         result = state.segmenter.segment(frame.pixels, bgr=frame.bgr,
-                                         with_confidence=with_confidence)
+                                         with_confidence=with_confidence, images=on_device)
         inference_s = time.monotonic() - inference_start
         labels = result.labels
         self._check_labels(labels, frame, state.segmenter)
@@ -127,7 +132,10 @@ class FrameProcessing:
         height, width = labels.shape
         buffers = {name: camera.buffers[name].view(height, width, masks.OUTPUT_CHANNELS[name])
                    for name in images}
-        state.renderer.render(labels, frame.rgb() if 'overlay' in images else None, images,
+        for name in on_device:
+            np.copyto(buffers[name], result.images[name])
+        on_host = [name for name in images if name not in on_device]
+        state.renderer.render(labels, frame.rgb() if 'overlay' in on_host else None, on_host,
                               out=buffers, confidence=result.confidence)
         for name in images:
             buffer = camera.buffers[name]

@@ -22,9 +22,14 @@ class NodeState:
         self.settings = settings
         metadata = segmenter.metadata
         self.void_id = DEFAULT_VOID_ID if metadata.void_id is None else metadata.void_id
-        self.renderer = masks.OutputRenderer(
-            metadata.colors, (metadata.class_names.index(n) for n in settings.drivable_classes),
-            settings.overlay_alpha)
+        drivable_ids = [metadata.class_names.index(n) for n in settings.drivable_classes]
+        self.renderer = masks.OutputRenderer(metadata.colors, drivable_ids,
+                                             settings.overlay_alpha)
+        #: Whether the Segmenter draws the colour, overlay and drivable images in its CUDA
+        #: graph (numpy took five times the frame's time at 1280x720 on an H100 host).
+        self.images_on_device = segmenter.images_on_device and settings.min_confidence <= 0
+        if self.images_on_device:
+            segmenter.configure_images(metadata.colors, drivable_ids, settings.overlay_alpha)
         self.min_interval_s = 1.0 / settings.max_rate_hz if settings.max_rate_hz > 0 else 0.0
         self.thresholds = HealthThresholds(settings.stale_input_s, settings.latency_warn_ms,
                                            settings.max_consecutive_failures)
