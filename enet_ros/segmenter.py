@@ -32,8 +32,9 @@ This module is a facade. The work lives in :mod:`enet_ros.inference`:
     work, pinned upload to pinned download, captured in a CUDA graph per frame
     size (``graph_cache`` keeps them), and on request the node's colour,
     overlay and drivable images in the same graph (``device_images``).
-    ``cuda_graphs=False`` runs the folded network eagerly instead. channels_last is off by default on CUDA
-    (max-unpool wants NCHW); pass ``channels_last=True`` where it measures faster.
+    ``cuda_graphs=False`` runs the folded network eagerly instead.
+    channels_last is off by default on CUDA (slower at every size measured on
+    an H100: max-unpool and the concatenations run NCHW).
 
 CPU threads are torch's (``torch.set_num_threads``, one per core by default).
 Where other processes keep the cores busy, GNU OpenMP's spin-waiting makes
