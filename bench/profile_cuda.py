@@ -25,28 +25,24 @@ from pathlib import Path
 import statistics
 import sys
 import time
+from typing import Tuple
 
 from enet_ros.inference.device_images import DEVICE_IMAGES
 from enet_ros.labels import CAMVID_11
 from enet_ros.masks import OutputRenderer
-from enet_ros.model import ENet
-from enet_ros.model_file import LoadedModel, ModelMetadata
 from enet_ros.segmenter import Segmenter
 import numpy as np
 import torch
 from torch.profiler import profile, ProfilerActivity
 
 
-def random_model(size) -> LoadedModel:
-    """CamVid-class ENet with seeded random weights and perturbed BatchNorm statistics."""
-    torch.manual_seed(0)
-    model = ENet(CAMVID_11.num_classes)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-    return LoadedModel('<random>', ModelMetadata.from_class_table(CAMVID_11, size),
-                       model.state_dict())
+def random_model(size: Tuple[int, int]):
+    """Build the benchmark's seeded random CamVid ENet (``bench/bench_segmenter.py``)."""
+    folder = str(Path(__file__).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import bench_segmenter
+    return bench_segmenter.random_model(size)
 
 
 def median_ms(function, count: int) -> float:
