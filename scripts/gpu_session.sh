@@ -8,6 +8,8 @@
 #   scripts/gpu_session.sh check          # GPU, torch, CUDA tests (test/test_gpu.py)
 #   scripts/gpu_session.sh bench          # bench_segmenter and profile_cuda on CUDA, to $OUT
 #   scripts/gpu_session.sh agreement      # fp16 vs fp32 on CamVid val; needs data/camvid
+#   scripts/gpu_session.sh compiled       # the compiled CUDA modes, one process each, then
+#                                         # two in one (where 'illegal memory access' was seen)
 #   scripts/gpu_session.sh train ARGS...  # enet-train train, resumable; needs data/camvid
 #                                         # (tar xf ../shared/data/camvid_jpeg.tar -C data)
 #                                         # carried, and runs/gpu carried back in on resume
@@ -55,6 +57,20 @@ case "$step" in
         "$PYTHON" bench/profile_cuda.py --size 1280x720 --json "$OUT/profile.json" \
             2>&1 | tee "$OUT/profile.txt"
         ;;
+    compiled)
+        index=0
+        for modes in 'compiled captured fp16' 'compiled captured fp16 channels_last' \
+                'compiled captured fp16,compiled captured fp16 channels_last' \
+                'max-autotune fp16'; do
+            index=$((index + 1))
+            timeout 150 "$PYTHON" bench/bench_segmenter.py --device cuda --sizes 1280x720 \
+                --frames 50 --forward-frames 100 --modes "captured fp16,$modes" \
+                > "$OUT/compiled-$index.txt" 2>&1
+            echo "[$modes] exit $?; $(grep -c 'illegal memory access' "$OUT/compiled-$index.txt")" \
+                 "lines naming an illegal memory access"
+            grep -E '^ +1280x720' "$OUT/compiled-$index.txt" || true
+        done
+        ;;
     agreement)
         need_camvid
         "$PYTHON" bench/fp16_agreement.py --data data/camvid --json "$OUT/agreement.json"
@@ -82,7 +98,7 @@ case "$step" in
         cp runs/gpu/best.safetensors "$OUT/" 2>/dev/null || true
         ;;
     *)
-        echo "gpu_session.sh: unknown step '$step' (check, bench, agreement, train, node)" >&2
+        echo "gpu_session.sh: unknown step '$step' (check, bench, compiled, agreement, train, node)" >&2
         exit 2
         ;;
 esac
