@@ -44,7 +44,7 @@ the process (set before it starts) or a single thread avoids that.
 """
 
 import logging
-from typing import Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -262,7 +262,8 @@ class Segmenter:
 
     @torch.inference_mode()
     def segment(self, image: np.ndarray, bgr: bool = False, with_confidence: bool = False,
-                images: Sequence[str] = ()) -> Segmentation:
+                images: Sequence[str] = (),
+                out: Optional[Mapping[str, np.ndarray]] = None) -> Segmentation:
         """
         Label one HxWx3 uint8 image; see the module docstring for the contract.
 
@@ -270,6 +271,9 @@ class Segmenter:
         (:data:`~enet_ros.inference.device_images.DEVICE_IMAGES`), returned in
         ``Segmentation.images`` after :meth:`configure_images`. On the CUDA
         graph path they are computed in the frame's graph (:attr:`images_on_device`),
-        elsewhere with numpy on the host; the same pixels either way.
+        elsewhere with numpy on the host; the same pixels either way. ``out``:
+        optional caller-owned buffers by image name (HxWx3 or HxW uint8, e.g.
+        views into reused messages), written in place and returned in
+        ``Segmentation.images`` (saves a copy of each image a frame).
         """
-        return self.path.run(image, bgr, with_confidence, images)
+        return self.path.run(image, bgr, with_confidence, images, out)

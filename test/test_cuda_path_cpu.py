@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from enet_ros.inference import cuda_graphs
-from enet_ros.inference.device_images import check_image_names, DEVICE_IMAGES, DeviceImages
+from enet_ros.inference.device_images import (check_image_names, deliver_images,
+                                              DEVICE_IMAGES, DeviceImages)
 from enet_ros.inference.eager import EagerPath
 from enet_ros.inference.frames import FramePipeline
 from enet_ros.inference.graph_cache import GraphCache
@@ -118,12 +119,12 @@ class _FakeCapture:
         self.runs = 0
         _FakeCapture.made.append(self)
 
-    def run(self, image: np.ndarray):
+    def run(self, image: np.ndarray, out=None):
         self.runs += 1
         labels, confidence, images = self.pipeline(
             torch.from_numpy(np.ascontiguousarray(image)))
         return (labels.numpy(), None if confidence is None else confidence.numpy(),
-                {name: value.numpy() for name, value in images.items()})
+                deliver_images({name: value.numpy() for name, value in images.items()}, out))
 
 
 @pytest.fixture
@@ -278,3 +279,36 @@ def test_segmenter_images_need_configuration_and_known_names(loaded):
     result = segmenter.segment(image, images=('colored',))
     palette = np.asarray(CAMVID_11.colors, dtype=np.uint8)
     np.testing.assert_array_equal(result.images['colored'], palette[result.labels])
+
+
+def test_deliver_images_copies_once_into_buffers_or_fresh_arrays():
+    """Images with a buffer are written into it (returned as is); the others are copies."""
+    pinned = {'colored': np.full((2, 3, 3), 7, np.uint8),
+              'drivable': np.full((2, 3), 255, np.uint8)}
+    buffer = np.zeros((2, 3), np.uint8)
+    got = deliver_images(pinned, {'drivable': buffer})
+    assert got['drivable'] is buffer and (buffer == 255).all()
+    assert got['colored'] is not pinned['colored']
+    np.testing.assert_array_equal(got['colored'], pinned['colored'])
+    pinned['colored'][:] = 0  # the next frame overwrites the pinned buffer
+    assert (got['colored'] == 7).all()
+    assert deliver_images(pinned, None)['drivable'] is not pinned['drivable']
+
+
+@torch.inference_mode()
+def test_images_land_in_caller_buffers_on_both_paths(loaded, fake_cuda):
+    """segment(out=...) writes the asked images into the caller's buffers on both paths."""
+    path, eager = _paths(loaded)
+    image = _image(48, 80, seed=6)
+    results = []
+    for candidate in (path, eager):
+        candidate.configure_images(CAMVID_11.colors, [3], 0.5)
+        out = {'overlay': np.zeros((48, 80, 3), np.uint8),
+               'drivable': np.zeros((48, 80), np.uint8)}
+        got = candidate.run(image, images=('overlay', 'drivable', 'colored'), out=out)
+        assert got.images['overlay'] is out['overlay']
+        assert got.images['drivable'] is out['drivable']
+        assert got.images['colored'].shape == (48, 80, 3)
+        results.append(got)
+    for name in ('overlay', 'drivable', 'colored'):
+        np.testing.assert_array_equal(results[0].images[name], results[1].images[name])

@@ -361,3 +361,8 @@ def test_images_in_the_graph_equal_the_host_renderer(loaded):
             for name in names:
                 np.testing.assert_array_equal(got.images[name], expected[name], err_msg=name)
     assert segmenter.path.graphs.captures == 2  # RGB and BGR, not again after reconfiguring
+    buffers = {'overlay': np.zeros((720, 1280, 3), np.uint8)}
+    got = segmenter.segment(image, images=names, out=buffers)
+    assert got.images['overlay'] is buffers['overlay']
+    expected = host.render(got.labels, image, names)
+    np.testing.assert_array_equal(buffers['overlay'], expected['overlay'])

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from .config import cudnn_benchmark_wanted
-from .device_images import check_image_names, DeviceImages
+from .device_images import check_image_names, deliver_images, DeviceImages, ImageBuffers
 from .eager import EagerPath
 from .frames import check_image, FramePipeline, Segmentation
 from .graph_cache import GraphCache
@@ -166,19 +166,25 @@ class CapturedFrame:
         self.graph.replay()
         self.done.record(torch.cuda.current_stream(self.device))
 
-    def collect(self) -> HostResults:
-        """Wait (sleeping) for the launched frame; return copies of its results."""
+    def collect(self, out: ImageBuffers = None) -> HostResults:
+        """
+        Wait (sleeping) for the launched frame; return copies of its results.
+
+        Images with a buffer in ``out`` are copied into it instead (see
+        :func:`~enet_ros.inference.device_images.deliver_images`).
+        """
         self.done.synchronize()
         labels = self.host_labels.numpy().copy()
         confidence = (self.host_confidence.numpy().copy()
                       if self.host_confidence is not None else None)
-        images = {name: buffer.numpy().copy() for name, buffer in self.host_images.items()}
+        images = deliver_images(
+            {name: buffer.numpy() for name, buffer in self.host_images.items()}, out)
         return labels, confidence, images
 
-    def run(self, image: np.ndarray) -> HostResults:
+    def run(self, image: np.ndarray, out: ImageBuffers = None) -> HostResults:
         """:meth:`launch` then :meth:`collect`: one frame, one wait."""
         self.launch(image)
-        return self.collect()
+        return self.collect(out)
 
 
 def key_text(key: Hashable) -> str:
@@ -215,15 +221,15 @@ class CudaGraphPath(EagerPath):
         self.device_images.configure(colors, drivable_ids, overlay_alpha)
 
     def run(self, image: np.ndarray, bgr: bool = False, with_confidence: bool = False,
-            images: Sequence[str] = ()) -> Segmentation:
+            images: Sequence[str] = (), out: ImageBuffers = None) -> Segmentation:
         """Label one frame through its size's graph (captured on first use)."""
         check_image(image)
         images = self.checked_images(images)
         key = (image.shape[0], image.shape[1], bool(bgr), bool(with_confidence), images)
         runner = self.graphs.get(key, lambda: self._capture(key))
         if runner is None:  # this size's capture failed: run it eagerly
-            return super().run(image, bgr, with_confidence, images)
-        labels, confidence, rendered = runner.run(image)
+            return super().run(image, bgr, with_confidence, images, out)
+        labels, confidence, rendered = runner.run(image, out)
         return Segmentation(labels, confidence, rendered)
 
     def _capture(self, key: Tuple[int, int, bool, bool, Tuple[str, ...]]) -> CapturedFrame:

@@ -10,8 +10,9 @@ tensors updated in place (:meth:`DeviceImages.configure`), so captured graphs
 read the new ones without a recapture.
 """
 
-from typing import Dict, Iterable, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .. import masks
@@ -30,6 +31,28 @@ def check_image_names(names: Iterable[str]) -> Tuple[str, ...]:
     return names
 
 
+#: Caller-owned buffers for images, by name (HxWx3 or HxW uint8), e.g. views into messages.
+ImageBuffers = Optional[Mapping[str, np.ndarray]]
+
+
+def deliver_images(images: Mapping[str, np.ndarray], out: ImageBuffers) -> Dict[str, np.ndarray]:
+    """
+    Hand out ``images`` (arrays the caller must not keep, e.g. pinned buffers) once each.
+
+    An image with a buffer in ``out`` is copied into it and the buffer returned;
+    the others are returned as copies. One host copy per image either way.
+    """
+    delivered = {}
+    for name, image in images.items():
+        target = out.get(name) if out else None
+        if target is None:
+            delivered[name] = image.copy()
+        else:
+            np.copyto(target, image)
+            delivered[name] = target
+    return delivered
+
+
 class DeviceImages:
     """Lookup tables on ``device`` and the per-frame images; see the module docstring."""
 
@@ -37,7 +60,6 @@ class DeviceImages:
         self.palette = torch.zeros((256, 3), dtype=torch.uint8, device=device)
         self.drivable = torch.zeros(256, dtype=torch.uint8, device=device)
         self.weight = torch.zeros((), dtype=torch.int32, device=device)
-        self.configured = False
 
     def configure(self, colors: Sequence[Tuple[int, int, int]], drivable_ids: Iterable[int],
                   overlay_alpha: float) -> None:
@@ -47,7 +69,6 @@ class DeviceImages:
         self.palette.copy_(torch.from_numpy(masks.palette_lut(colors)))
         self.drivable.copy_(torch.from_numpy(masks.drivable_lut(drivable_ids)))
         self.weight.fill_(int(round(overlay_alpha * 256)))
-        self.configured = True
 
     def render(self, labels: torch.Tensor, frame_rgb: torch.Tensor,
                names: Sequence[str]) -> Dict[str, torch.Tensor]:

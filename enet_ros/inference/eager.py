@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .device_images import check_image_names
+from .device_images import check_image_names, ImageBuffers
 from .frames import FramePipeline, Segmentation
 from .. import masks
 
@@ -61,14 +61,14 @@ class EagerPath:
         return images
 
     def run(self, image: np.ndarray, bgr: bool = False, with_confidence: bool = False,
-            images: Sequence[str] = ()) -> Segmentation:
+            images: Sequence[str] = (), out: ImageBuffers = None) -> Segmentation:
         """Label one HxWx3 uint8 image (call under inference mode); ``images`` on the host."""
         images = self.checked_images(images)
         result = self.pipeline.segment(image, self.forward, bgr, with_confidence)
         if not images:
             return result
         rgb = image[..., ::-1] if bgr else image
-        rendered = self.host_images.render(result.labels, rgb, images)
+        rendered = self.host_images.render(result.labels, rgb, images, out=out)
         return Segmentation(result.labels, result.confidence, rendered)
 
     def default_warmup_frames(self) -> Iterable[Tuple[int, int]]:

@@ -120,20 +120,19 @@ class FrameProcessing:
         # min_confidence voids labels on the host first (then they are drawn after it).
         on_device = ([name for name in images if name in DEVICE_IMAGES]
                      if state.images_on_device else [])
+        height, width = frame.height, frame.width  # the outputs' size (_check_labels checks)
+        buffers = {name: camera.buffers[name].view(height, width, masks.OUTPUT_CHANNELS[name])
+                   for name in images}
         inference_start = time.monotonic()
         result = state.segmenter.segment(frame.pixels, bgr=frame.bgr,
-                                         with_confidence=with_confidence, images=on_device)
+                                         with_confidence=with_confidence, images=on_device,
+                                         out={name: buffers[name] for name in on_device})
         inference_s = time.monotonic() - inference_start
         labels = result.labels
         self._check_labels(labels, frame, state.segmenter)
         if state.settings.min_confidence > 0:
             masks.void_low_confidence(labels, result.confidence, state.settings.min_confidence,
                                       state.void_id)
-        height, width = labels.shape
-        buffers = {name: camera.buffers[name].view(height, width, masks.OUTPUT_CHANNELS[name])
-                   for name in images}
-        for name in on_device:
-            np.copyto(buffers[name], result.images[name])
         on_host = [name for name in images if name not in on_device]
         state.renderer.render(labels, frame.rgb() if 'overlay' in on_host else None, on_host,
                               out=buffers, confidence=result.confidence)
