@@ -26,12 +26,32 @@ from launch.actions import (DeclareLaunchArgument, LogInfo, OpaqueFunction,
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
 from launch.events.process import ProcessExited
+from launch.substitution import Substitution
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
+from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
 from launch_ros.actions import LifecycleNode, Node
 import yaml
 
 #: The node's exit code for bad configuration: restarting it cannot help.
 EXIT_CONFIG_ERROR = 2
+
+
+class _RealPath(Substitution):
+    """
+    A path with its symbolic links resolved.
+
+    Fast DDS 3 logs XMLPARSER errors when FASTDDS_ and FASTRTPS_DEFAULT_PROFILES_FILE
+    name one file through a symbolic link (a ``colcon build --symlink-install`` share
+    directory): it resolves one of the two names and then sees the file twice.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self._path = normalize_to_list_of_substitutions(path)
+
+    def perform(self, context: LaunchContext) -> str:
+        """Return the resolved path."""
+        return os.path.realpath(perform_substitutions(context, self._path))
 
 
 def _is_true(context: LaunchContext, name: str) -> bool:
@@ -195,7 +215,7 @@ def generate_launch_description() -> LaunchDescription:
                         'in the environment, else config/fastdds_large_data.xml)'),
         OpaqueFunction(function=_check_params_file),
         # The name this release's Fast DDS reads (both where $ROS_DISTRO is not set).
-        *[SetEnvironmentVariable(name, dds_profile) for name in profile_variables()],
+        *[SetEnvironmentVariable(name, _RealPath(dds_profile)) for name in profile_variables()],
         OpaqueFunction(function=_segmentation_node),
         OpaqueFunction(function=_rviz, args=[os.path.join(share, 'config', 'segment.rviz')],
                        condition=IfCondition(LaunchConfiguration('rviz'))),

@@ -48,12 +48,13 @@ SETTINGS = {
 }
 
 
-def probe_environment(python: str, variables: Tuple[str, ...]) -> Dict[str, str]:
-    """Return the probe's environment: a private domain, loopback, the profile in ``variables``."""
+def probe_environment(python: str, variables: Tuple[str, ...],
+                      profile: Path = PROFILE) -> Dict[str, str]:
+    """Return the probe's environment: a private domain, loopback, ``profile`` in ``variables``."""
     env = dict(os.environ)
     for name in (NEW_NAME, OLD_NAME, 'FASTDDS_BUILTIN_TRANSPORTS', 'ROS_LOCALHOST_ONLY'):
         env.pop(name, None)
-    env.update({name: str(PROFILE) for name in variables})
+    env.update({name: str(profile) for name in variables})
     env['ROS_DOMAIN_ID'] = str(random.randint(1, 100))
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env['RMW_IMPLEMENTATION'] = 'rmw_fastrtps_cpp'
@@ -69,10 +70,11 @@ def probe_environment(python: str, variables: Tuple[str, ...]) -> Dict[str, str]
     return env
 
 
-def run_probe(python: str, variables: Tuple[str, ...], cwd: Path) -> Tuple[dict, str]:
-    """Run the probe under ``python`` with the profile in ``variables``; return report, stderr."""
+def run_probe(python: str, variables: Tuple[str, ...], cwd: Path,
+              profile: Path = PROFILE) -> Tuple[dict, str]:
+    """Run the probe under ``python`` with ``profile`` in ``variables``; return report, stderr."""
     # cwd: an empty folder, so no DEFAULT_FASTDDS_PROFILES.xml there is picked up.
-    env = probe_environment(python, variables)
+    env = probe_environment(python, variables, profile)
     result = subprocess.run([python, str(PROBE)], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, timeout=PROBE_TIMEOUT)
     assert result.returncode == 0, f'probe failed ({result.returncode}):\n{result.stderr}'
@@ -104,6 +106,31 @@ def assert_default(report: dict, stderr: str) -> None:
 def test_this_venv_uses_the_profile_with_both_variables(tmp_path):
     """The package sets both names; this venv's Fast DDS then makes the 32 MiB segment."""
     report, stderr = run_probe(sys.executable, SETTINGS['both'], tmp_path)
+    assert_large(report, stderr)
+
+
+def test_a_profile_through_a_symbolic_link_is_resolved_first(tmp_path, monkeypatch):
+    """
+    Both variables naming the profile through a symlink make Fast DDS 3 log XMLPARSER errors.
+
+    (A ``colcon build --symlink-install`` share directory is such a link; ``ros2 launch``
+    printed them.) The package hands out the resolved path, which loads cleanly.
+    """
+    from enet_ros.node import dds
+
+    link = tmp_path / 'share' / 'fastdds_large_data.xml'
+    link.parent.mkdir()
+    link.symlink_to(PROFILE)
+    probe_dir = tmp_path / 'probe'
+    probe_dir.mkdir()
+    report, stderr = run_probe(sys.executable, SETTINGS['both'], probe_dir, profile=link)
+    if fast_dds_major(report) == 3:
+        assert 'XMLPARSER' in stderr, stderr  # the defect the resolution avoids
+    monkeypatch.setattr(dds, 'config_file', lambda name: link)
+    env = dds.with_large_image_transport({'ROS_DISTRO': ''})
+    assert {env[NEW_NAME], env[OLD_NAME]} == {str(PROFILE.resolve())}
+    report, stderr = run_probe(sys.executable, SETTINGS['both'], probe_dir,
+                               profile=Path(env[NEW_NAME]))
     assert_large(report, stderr)
 
 

@@ -116,6 +116,12 @@ def test_sets_the_profile_variable_this_release_reads(tmp_path, monkeypatch, dis
     context = _context(dds_profile='/the/profile.xml')
     assert {_text(context, s.name) for s in setters} == expected == set(profile_variables())
     assert {_text(context, s.value) for s in setters} == {'/the/profile.xml'}
+    # Through a symbolic link (a symlink-install share directory), the resolved file.
+    link = tmp_path / 'linked.xml'
+    link.symlink_to(ROOT / 'config' / 'fastdds_large_data.xml')
+    context = _context(dds_profile=str(link))
+    assert {_text(context, s.value) for s in setters} == {
+        str((ROOT / 'config' / 'fastdds_large_data.xml').resolve())}
 
 
 def _node(launch_module, **arguments):

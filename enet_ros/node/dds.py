@@ -64,5 +64,7 @@ def with_large_image_transport(env: Mapping[str, str]) -> Dict[str, str]:
     profile = config_file(FASTDDS_PROFILE)
     if profile is not None and not any(result.get(name) for name in PROFILE_VARIABLES):
         for name in profile_variables(result.get('ROS_DISTRO', '')):
-            result[name] = str(profile)
+            # Resolved: through a symbolic link (a symlink-install share directory) Fast DDS 3
+            # sees one file under two names and logs XMLPARSER errors.
+            result[name] = str(profile.resolve())
     return result
