@@ -139,8 +139,10 @@ def _remappings(context: LaunchContext, cameras: List[str]) -> List[Tuple[str, s
 def _segmentation_node(context: LaunchContext) -> List:
     """Return the node (parameters file, argument overrides, remappings) and its exit handler."""
     cameras = _yaml_list(context, 'cameras')
-    overrides = {'model_path': LaunchConfiguration('model_path'),
-                 'device': LaunchConfiguration('device')}
+    # Only the arguments given: an empty one leaves the parameters file's value alone (launch_ros
+    # passes this dict as node-specific overrides, which win over the file's entries).
+    overrides = {name: context.launch_configurations[name] for name in ('model_path', 'device')
+                 if context.launch_configurations.get(name)}
     if cameras:
         overrides['cameras'] = cameras
     # lifecycle:=true: the managed node, as a launch_ros LifecycleNode (so launch can emit
@@ -189,9 +191,12 @@ def generate_launch_description() -> LaunchDescription:
                               default_value=os.path.join(share, 'config', 'segment.yaml'),
                               description='node parameters file'),
         DeclareLaunchArgument('model_path', default_value='',
-                              description='ENet model file; empty = the bundled CamVid model'),
-        DeclareLaunchArgument('device', default_value='auto',
-                              description="'auto', 'cpu', 'cuda' or 'cuda:N'"),
+                              description="ENet model file; empty = params_file's model_path "
+                                          '(in the packaged file: empty, the bundled CamVid '
+                                          'model)'),
+        DeclareLaunchArgument('device', default_value='',
+                              description="'auto', 'cpu', 'cuda' or 'cuda:N'; empty = "
+                                          "params_file's device (in the packaged file: auto)"),
         DeclareLaunchArgument('namespace', default_value='',
                               description='namespace of the node and its outputs'),
         DeclareLaunchArgument('rviz', default_value='false',

@@ -251,6 +251,26 @@ def test_ros2_launch_bad_argument_fails_clearly(workspace, fast_start_env, argum
         launched.close()
 
 
+def test_ros2_launch_params_file_wins_unless_an_argument_is_given(
+        workspace, fast_start_env, tmp_path):
+    """A user's params_file sets device (here a bad one); device:= given on the line wins."""
+    params = tmp_path / 'vehicle.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    device: tpu\n')
+    launched = _launched(workspace, fast_start_env, f'params_file:={params}')
+    try:
+        assert launched.wait_exit(120) == 1, launched.log()
+        assert "device 'tpu'" in launched.log(), launched.log()
+    finally:
+        launched.close()
+    launched = _launched(workspace, fast_start_env, f'params_file:={params} device:=cpu')
+    try:
+        launched.wait_for_text(READY, timeout=120)
+        launched.press_ctrl_c()
+        _assert_clean_exit(launched, launched.wait_exit(60))
+    finally:
+        launched.close()
+
+
 @pytest.mark.parametrize('ros_args, code, message', [
     ('-p device:=tpu', 2, 'cannot start: parameters device / precision / network size'),
     ('--params-file /nonexistent/segment.yaml', 2,
