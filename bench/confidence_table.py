@@ -56,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print('| min_confidence | pixels kept | mIoU over kept pixels | global accuracy, kept |')
     print('| ---: | ---: | ---: | ---: |')
     for threshold in args.thresholds:
-        scores = matrices[threshold].scores()
+        scores = matrices[threshold].scores(kept_only=True)
         print(f'| {threshold:g} | {100 * kept[threshold] / valid_total:.1f} % | '
               f'{100 * scores.mean_iou:.2f} | {100 * scores.global_accuracy:.2f} |')
     return 0

@@ -205,3 +205,18 @@ def test_dataset_to_bag_bad_source_and_existing_output(capsys, tmp_path, good_ba
     root = good_bag.parent
     assert dataset_to_bag([str(root), str(good_bag), '--no-progress']) == 1
     assert 'exists already (use --overwrite' in capsys.readouterr().err
+
+
+def test_output_bag_never_replaces_the_bag_being_read(capsys, good_bag, model_file):
+    """--output-bag naming the input bag (or a path inside it) is refused; the input stays."""
+    before = sorted(p.name for p in good_bag.iterdir())
+    for output in (good_bag, good_bag / 'outputs'):
+        code, _, err = run_evaluate(capsys, good_bag, '--model', model_file, '--output-bag',
+                                    output, '--overwrite')
+        assert code == 1
+        assert 'would overwrite or sit inside the bag being read' in err
+    assert sorted(p.name for p in good_bag.iterdir()) == before
+    from enet_ros.evaluation.live_evaluate import live_evaluate, LiveOptions
+
+    with pytest.raises(bag_io.BagError, match='bag being read'):
+        live_evaluate(LiveOptions(bag=good_bag, record_bag=good_bag.parent), log=print)

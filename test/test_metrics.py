@@ -31,12 +31,36 @@ def test_void_ignored():
 
 
 def test_void_inside_class_range_ignored():
-    """A void id inside [0, C) is still ignored in the ground truth."""
+    """A void id inside [0, C) is ignored in the ground truth, and is no class predicted."""
     matrix = _matrix([0, 1, 1, 2, 0], [0, 0, 1, 1, 2], num_classes=3, void_id=0)
-    np.testing.assert_array_equal(matrix.matrix, [[0, 0, 0], [0, 1, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(matrix.matrix, [[0, 0, 0], [0, 1, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(matrix.unpredicted, [0, 0, 1])
     tensor = ConfusionMatrix(3, 0)
     tensor.update(torch.tensor([0, 1, 1, 2, 0]), torch.tensor([0, 0, 1, 1, 2]))
     np.testing.assert_array_equal(tensor.matrix, matrix.matrix)
+    np.testing.assert_array_equal(tensor.unpredicted, matrix.unpredicted)
+
+
+@pytest.mark.parametrize('as_tensor', [False, True])
+def test_pixels_predicted_as_no_class_are_misses(as_tensor):
+    """A labelled pixel predicted void (min_confidence) or out of range misses its class."""
+    # truth:      0 0 1 1 2 2 3(void)
+    # prediction: 0 3 1 9 2 2 3
+    prediction, target = [0, 3, 1, 9, 2, 2, 3], [0, 0, 1, 1, 2, 2, 3]
+    matrix = ConfusionMatrix(3, 3)
+    convert = torch.tensor if as_tensor else np.array
+    matrix.update(convert(prediction), convert(target))
+    np.testing.assert_array_equal(matrix.matrix, np.diag([1, 1, 2]))
+    np.testing.assert_array_equal(matrix.unpredicted, [1, 1, 0])
+    scores = matrix.scores()
+    np.testing.assert_allclose(scores.iou, [1 / 2, 1 / 2, 1])
+    np.testing.assert_allclose(scores.class_accuracy, [1 / 2, 1 / 2, 1])
+    assert scores.global_accuracy == pytest.approx(4 / 6)
+    assert (scores.pixels, scores.unpredicted) == (6, 2)
+    assert scores.as_dict()['unpredicted_pixels'] == 2
+    kept = matrix.scores(kept_only=True)
+    np.testing.assert_allclose(kept.iou, [1, 1, 1])
+    assert (kept.pixels, kept.unpredicted) == (4, 0)
 
 
 def test_perfect_prediction():

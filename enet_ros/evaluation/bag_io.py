@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 import shutil
-from typing import Any, Dict, Iterator, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -298,6 +298,14 @@ def storage_of(path: PathLike) -> str:
 
 # ---------------------------------------------------------------- writing
 
+def check_output_apart(output: PathLike, reading: PathLike) -> None:
+    """Raise :class:`BagError` when bag ``output`` is, holds or sits in bag ``reading``."""
+    source, target = Path(reading).resolve(), Path(output).resolve()
+    if target == source or target in source.parents or source in target.parents:
+        raise BagError(f"output bag '{output}' would overwrite or sit inside the bag being "
+                       f"read, '{reading}'; choose another path")
+
+
 class BagWriter:
     """
     Writes rosbags messages to a new rosbag2 bag; use as a context manager.
@@ -305,10 +313,14 @@ class BagWriter:
     The bag has metadata version :data:`BAG_VERSION`, readable by ROS 2 Humble and later.
     """
 
-    def __init__(self, path: PathLike, storage: str = 'sqlite3', overwrite: bool = False):
+    def __init__(self, path: PathLike, storage: str = 'sqlite3', overwrite: bool = False,
+                 reading: Optional[PathLike] = None):
+        """Check ``path`` (refused when it is or holds ``reading``, the bag being read)."""
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         self.path = Path(path)
+        if reading is not None:
+            check_output_apart(self.path, reading)
         if self.path.exists():
             if not overwrite:
                 raise BagError(f"output bag '{self.path}' exists already "

@@ -113,8 +113,8 @@ def cityscapes_label_mapping(path: Path) -> Optional[np.ndarray]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """Read an image file as HxWx3 uint8 RGB, EXIF orientation ignored (as the node does)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise DatasetError(f"cannot read image '{path}'")
     return np.ascontiguousarray(image[:, :, ::-1])

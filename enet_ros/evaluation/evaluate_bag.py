@@ -140,7 +140,7 @@ def _open_outputs(stack: ExitStack, options: EvaluateOptions, reader: Any,
         return None
     writer = stack.enter_context(BagWriter(
         options.output_bag, options.output_storage or storage_of(options.bag),
-        overwrite=options.overwrite))
+        overwrite=options.overwrite, reading=options.bag))
     renderer = masks.OutputRenderer(metadata.colors, metadata.class_table.ids_of(drivable),
                                     options.overlay_alpha)
     outputs = _Outputs(writer, options.output_prefix, renderer)

@@ -47,7 +47,8 @@ import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .bag_frames import frame_total, resolve_image_topic
-from .bag_io import BagError, BagWriter, COMPRESSED_IMAGE, open_bag, TopicInfo
+from .bag_io import (BagError, BagWriter, check_output_apart, COMPRESSED_IMAGE, open_bag,
+                     TopicInfo)
 from .cli import bag_parser, options_from_args
 from .ground_truth import GroundTruth
 from .live_peer import LiveError, LivePeer, wait_ready
@@ -128,7 +129,8 @@ def _run_node(reader: Any, image: TopicInfo, truth_topic: Optional[str], options
     try:
         node = _start_node(options, topics, image.msgtype == COMPRESSED_IMAGE, log)
         with ExitStack() as stack:
-            recorder = (stack.enter_context(BagWriter(options.record_bag, 'mcap', overwrite=True))
+            recorder = (stack.enter_context(BagWriter(options.record_bag, 'mcap', overwrite=True,
+                                                      reading=options.bag))
                         if options.record_bag else None)
             peer = LivePeer(topics.frames, image.msgtype, topics.labels, recorder)
             stack.callback(peer.close)
@@ -162,6 +164,8 @@ def live_evaluate(options: LiveOptions,
     """
     if options.rate <= 0:
         raise ValueError(f'rate must be positive, got {options.rate}')
+    if options.record_bag:
+        check_output_apart(options.record_bag, options.bag)
     metadata = load_model_file(options.model or None).metadata
     scoreboard = Scoreboard(metadata, parse_class_list(options.drivable_classes, metadata))
     _note_transport(log)

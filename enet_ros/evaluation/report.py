@@ -74,6 +74,9 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(f"  {'class-avg accuracy':<{width}} "
                      f"{_percent(accuracy['mean_class_accuracy'])}")
         lines.append(f"  {'global accuracy':<{width}} {_percent(accuracy['global_accuracy'])}")
+        if accuracy.get('unpredicted_pixels'):
+            lines.append(f"  {accuracy['unpredicted_pixels']} labelled pixels were published "
+                         'as no class (void: min_confidence), counted as misses')
         drivable = accuracy['drivable']
         lines.append(f"  {'drivable IoU':<{width}} {_percent(drivable['iou'])}  "
                      f"({', '.join(drivable['classes']) or 'no classes'})")

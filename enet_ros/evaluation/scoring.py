@@ -101,6 +101,7 @@ class Scoreboard:
                 'union_pixels': self.drivable_union,
             },
             'confusion_matrix': self.confusion.matrix.tolist(),
+            'unpredicted_per_class': self.confusion.unpredicted.tolist(),
         }
 
 

@@ -30,9 +30,12 @@ def evaluate_sequences(segmenter: Segmenter, dataset: SegmentationDataset,
         if progress is not None:
             progress(index + 1, len(dataset))
     total = np.zeros((table.num_classes, table.num_classes), dtype=np.int64)
+    unpredicted = np.zeros(table.num_classes, dtype=np.int64)
     for matrix in matrices.values():
         total += matrix.matrix
-    return scores_from_matrix(total), {s: matrices[s].scores() for s in sorted(matrices)}
+        unpredicted += matrix.unpredicted
+    return (scores_from_matrix(total, unpredicted),
+            {s: matrices[s].scores() for s in sorted(matrices)})
 
 
 def evaluate_segmenter(segmenter: Segmenter, dataset: SegmentationDataset,
