@@ -27,6 +27,7 @@ Weights are stored as fp32 ``state_dict`` tensors of :class:`enet_ros.model.ENet
 
 from dataclasses import asdict, dataclass, field
 import json
+import math
 import os
 from pathlib import Path
 import stat
@@ -157,6 +158,12 @@ class ModelMetadata:
             raise ValueError(f'metadata has a value of the wrong type ({error})') from None
 
 
+def _finite_number(value: object) -> bool:
+    """Return whether ``value`` is an int or float (not a bool) other than NaN or infinity."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def _metadata_problems(meta: ModelMetadata) -> list:
     problems = []
     if meta.architecture != 'enet':
@@ -185,9 +192,9 @@ def _metadata_problems(meta: ModelMetadata) -> list:
                         f'multiples of {OUTPUT_STRIDE}')
     for key in ('mean', 'std'):
         values = getattr(meta, key)
-        if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
-            problems.append(f'{key} must be three numbers')
-    if len(meta.std) == 3 and any(isinstance(v, (int, float)) and v <= 0 for v in meta.std):
+        if len(values) != 3 or not all(_finite_number(v) for v in values):
+            problems.append(f'{key} must be three finite numbers')
+    if len(meta.std) == 3 and any(_finite_number(v) and v <= 0 for v in meta.std):
         problems.append('std must be positive')
     if meta.val_miou is not None and not (
             isinstance(meta.val_miou, (int, float)) and 0 <= meta.val_miou <= 1):

@@ -272,7 +272,10 @@ def test_non_finite_weights(tmp_path: Path, good_tensors, value: float):
     ({'colors': [[0, 0, 0]] * 10}, 'colors'),
     ({'colors': [[0, 0, 256]] * 11}, 'colors'),
     ({'std': [0.2, 0.0, 0.2]}, 'std must be positive'),
-    ({'mean': [0.5, 0.5]}, 'mean must be three numbers'),
+    ({'mean': [0.5, 0.5]}, 'mean must be three finite numbers'),
+    ({'mean': [0.5, float('nan'), 0.5]}, 'mean must be three finite numbers'),
+    ({'std': [0.2, float('inf'), 0.2]}, 'std must be three finite numbers'),
+    ({'std': [0.2, True, 0.2]}, 'std must be three finite numbers'),
     ({'val_miou': 1.5}, 'val_miou'),
     ({'architecture': 'segnet'}, 'architecture'),
 ])
