@@ -89,14 +89,19 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
     ``ema`` (the run's weight average, if on) gets the checkpoint's average;
     from a checkpoint without one it starts afresh from the next step's
-    weights, which ``log`` reports.
+    weights, which ``log`` reports. Likewise an enabled ``scaler`` (AMP on
+    CUDA) resuming a run trained without AMP (on the CPU) starts afresh.
     """
     # weights_only: a checkpoint holds tensors and plain data, nothing that runs code.
     saved = torch.load(path, map_location='cpu', weights_only=True)
     model.load_state_dict(saved['model'])
     optimizer.load_state_dict(saved['optimizer'])
     scheduler.load_state_dict(saved['lr_scheduler'])
-    scaler.load_state_dict(saved['scaler'])
+    if saved['scaler'] or not scaler.is_enabled():
+        scaler.load_state_dict(saved['scaler'])  # a disabled scaler ignores it
+    else:
+        log(f'{path} was trained without AMP (no loss-scaler state): the loss scale starts '
+            'afresh')
     if ema is not None:
         if 'ema' in saved:
             ema.load_state_dict(saved['ema'])

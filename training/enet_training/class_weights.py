@@ -10,6 +10,7 @@ split's file list.
 from dataclasses import dataclass
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -90,23 +91,30 @@ def cached_class_counts(dataset: SegmentationDataset,
 
     The cache is ``class_counts_<hash>.json`` with ``counts``, ``image_pixels``
     and ``classes``; a file without ``image_pixels`` (written before it
-    existed) or with the wrong number of classes is recomputed and rewritten.
+    existed), with the wrong number of classes or not valid JSON is
+    recomputed and rewritten (atomically).
     """
     key = hashlib.sha256('\n'.join(f'{a}|{b}' for a, b in dataset.pairs).encode()).hexdigest()
     cache = Path(cache_dir) / f'class_counts_{key[:16]}.json' if cache_dir else None
     num_classes = dataset.table.num_classes
     if cache is not None and cache.exists():
-        stored = json.loads(cache.read_text())
-        if (len(stored.get('counts', ())) == num_classes
+        try:
+            stored = json.loads(cache.read_text())
+        except ValueError:  # cut short (a crash while writing, a full disk): recount
+            stored = {}
+        if (isinstance(stored, dict) and len(stored.get('counts', ())) == num_classes
                 and len(stored.get('image_pixels', ())) == num_classes):
             return ClassCounts(np.asarray(stored['counts'], dtype=np.int64),
                                np.asarray(stored['image_pixels'], dtype=np.int64))
     counts = class_counts(dataset)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({'counts': counts.pixels.tolist(),
-                                     'image_pixels': counts.image_pixels.tolist(),
-                                     'classes': list(dataset.table.names)}))
+        # Each process (torchrun ranks too) writes its own file, then renames it into place.
+        partial = cache.with_name(f'{cache.name}.{os.getpid()}.tmp')
+        partial.write_text(json.dumps({'counts': counts.pixels.tolist(),
+                                       'image_pixels': counts.image_pixels.tolist(),
+                                       'classes': list(dataset.table.names)}))
+        os.replace(partial, cache)
     return counts
 
 

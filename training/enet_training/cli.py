@@ -23,6 +23,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_file(str(args.model or ''), device=args.device,
                                     precision=args.precision)
     dataset = make_dataset(args.dataset or segmenter.metadata.dataset, args.data, args.split)
+    if tuple(segmenter.metadata.class_names) != tuple(dataset.table.names):
+        raise DatasetError(f'the model predicts {list(segmenter.metadata.class_names)}, the '
+                           f'{dataset.table.dataset} labels are {list(dataset.table.names)}: '
+                           'scores would pair the wrong classes (check --dataset and --model)')
     scores = evaluate_segmenter(segmenter, dataset)
     print(f'{segmenter.describe()}\n{args.split}: {len(dataset)} images')
     print(format_scores(scores, segmenter.metadata.class_names))

@@ -26,8 +26,13 @@ class DatasetError(ValueError):
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an HxWx3 uint8 RGB image; raise DatasetError naming the file."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """
+    Read an HxWx3 uint8 RGB image; raise DatasetError naming the file.
+
+    EXIF orientation is ignored: label PNGs are never rotated, and the node
+    ignores it too.
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise DatasetError(f"cannot read image '{path}' (missing, unreadable or not an image)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -61,6 +61,26 @@ def test_checkpoint_round_trip(tmp_path: Path):
         assert torch.equal(other.state_dict()[key], value), key
 
 
+def test_amp_resumes_a_checkpoint_trained_without_it(tmp_path: Path):
+    """A CPU (AMP off) checkpoint resumed with AMP on: the loss scale starts afresh, logged."""
+    model = TrainingModel(CAMVID_11.num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint(path, model, optimizer, scheduler, torch.amp.GradScaler('cpu', enabled=False),
+                    TrainingState(3, 0.5, []), argparse.Namespace())
+    enabled = torch.amp.GradScaler('cpu', enabled=True, init_scale=1024.0)
+    logged = []
+    loaded = load_checkpoint(path, model, optimizer, scheduler, enabled, log=logged.append)
+    assert loaded.epoch == 3
+    assert enabled.get_scale() == 1024.0
+    assert len(logged) == 1 and 'without AMP' in logged[0]
+    save_checkpoint(path, model, optimizer, scheduler, enabled, TrainingState(4, 0.5, []),
+                    argparse.Namespace())
+    assert load_checkpoint(path, model, optimizer, scheduler,
+                           torch.amp.GradScaler('cpu', enabled=False)).epoch == 4
+
+
 def test_lr_factor():
     """step: x gamma every lr-step epochs; poly: (1 - t)^0.9; none: 1."""
     args = argparse.Namespace(lr_schedule='step', lr_gamma=0.1, lr_step=100, epochs=300)

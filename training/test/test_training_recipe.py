@@ -191,6 +191,11 @@ def test_class_counts_and_median_cache(tmp_path: Path, monkeypatch):
     weights = cached_median_weights(dataset, cache_dir)
     np.testing.assert_allclose(weights, median_frequency_weights(old.pixels, old.image_pixels))
     assert json.loads(cache.read_text())['image_pixels'] == counts.image_pixels.tolist()
+    # A file cut short while being written is recounted too, and replaced whole.
+    cache.write_text(cache.read_text()[:20])
+    np.testing.assert_allclose(cached_median_weights(dataset, cache_dir), weights)
+    assert json.loads(cache.read_text())['image_pixels'] == counts.image_pixels.tolist()
+    assert [p.name for p in cache_dir.iterdir()] == [cache.name]
 
     def no_scan(_):
         raise AssertionError('the labels were scanned again')

@@ -15,7 +15,7 @@ from enet_ros.segmenter import cpu_supports_bf16, Segmenter
 from enet_training.cli import main
 import numpy as np
 import pytest
-from tiny_datasets import make_camvid_tree, scene
+from tiny_datasets import make_camvid_tree, make_cityscapes_tree, scene
 import torch
 
 STEP_LINE = re.compile(r'^epoch (\d+)/\d+ step (\d+)/\d+ loss (\S+) ')
@@ -207,6 +207,16 @@ def test_evaluate_cli_prints_table(run_a: Path, tree: Path, tmp_path: Path, caps
     assert scores['per_class_iou']['Sky'] is not None
     # Pole is absent from the ground truth: no IoU if never predicted, else 0.
     assert scores['per_class_iou']['Pole'] in (None, 0.0)
+
+
+def test_evaluate_cli_refuses_labels_of_other_classes(run_a: Path, tmp_path: Path, capsys):
+    """A CamVid model scored on Cityscapes labels (--dataset): one line, exit 2, no table."""
+    cityscapes = make_cityscapes_tree(tmp_path / 'cityscapes', {'val': {'lindau': 1}})
+    assert main(['evaluate', '--model', str(run_a / 'best.safetensors'), '--data',
+                 str(cityscapes), '--dataset', 'cityscapes', '--device', 'cpu']) == 2
+    captured = capsys.readouterr()
+    assert 'scores would pair the wrong classes' in captured.err
+    assert 'mIoU' not in captured.out
 
 
 def test_two_stage_training(tree: Path, tmp_path: Path):
