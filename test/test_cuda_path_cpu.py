@@ -312,3 +312,35 @@ def test_images_land_in_caller_buffers_on_both_paths(loaded, fake_cuda):
         results.append(got)
     for name in ('overlay', 'drivable', 'colored'):
         np.testing.assert_array_equal(results[0].images[name], results[1].images[name])
+
+
+@torch.inference_mode()
+def test_node_state_sets_device_tables_on_the_inference_thread_only(loaded, fake_cuda):
+    """
+    A parameter change builds a NodeState on the executor thread: it must not touch the device.
+
+    The tables reach the device when the inference thread prepares the state
+    for its next frame, once per state.
+    """
+    from enet_ros.node.config import PARAMETERS, runtime_settings
+    from enet_ros.node.state import NodeState
+
+    segmenter = Segmenter(loaded, device='cpu', optimize=False, warmup=False)
+    segmenter.path, _ = _paths(loaded)
+    assert segmenter.images_on_device
+    calls = []
+    configure = segmenter.configure_images
+    segmenter.configure_images = lambda *args: (calls.append(args), configure(*args))
+    values = {name: default for name, (default, _) in PARAMETERS.items()}
+    values.update(drivable_classes=['Road', 'Pavement'], overlay_alpha=0.25)
+    state = NodeState(segmenter, runtime_settings(values, CAMVID_11.names))
+    assert calls == []
+    state.prepare_device_images()
+    state.prepare_device_images()
+    assert calls == [(CAMVID_11.colors, [3, 4], 0.25)]
+    got = segmenter.segment(_image(48, 80), images=('drivable',))
+    np.testing.assert_array_equal(got.images['drivable'], np.isin(got.labels, [3, 4]) * 255)
+    values.update(min_confidence=0.5)  # labels voided on the host: images drawn there too
+    host = NodeState(segmenter, runtime_settings(values, CAMVID_11.names))
+    host.prepare_device_images()
+    assert not host.images_on_device and len(calls) == 1

@@ -11,7 +11,7 @@ then configure again, and shutdown ending the process with code 0. The real
 
 import time
 
-from enet_ros.node.lifecycle_node import UNCONFIGURED_LINE
+from enet_ros.node.lifecycle_node import CONFIGURING_LINE, UNCONFIGURED_LINE
 import numpy as np
 import pytest
 from ros_harness import LifecycleClient, make_image_msg, NodeProcess, RosPeer, stamp_ns
@@ -148,3 +148,27 @@ def test_every_transition(managed, random_model_file):
     log = node.log()
     assert 'shut down (finalized): exiting' in log and 'stopped cleanly' in log, log
     assert 'Traceback' not in log, log
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_configure_exits_cleanly(ros_env, random_model_file):
+    """SIGINT while configure builds the model (torch.compile): exit code 0, not a failure."""
+    from lifecycle_msgs.srv import ChangeState
+
+    node = NodeProcess(ros_env, {'model_path': str(random_model_file), 'torch_compile': True},
+                       lifecycle=True)
+    peer = RosPeer(ros_env)
+    try:
+        node.wait_for_text(UNCONFIGURED_LINE)
+        client = LifecycleClient(peer, NODE)
+        request = ChangeState.Request()
+        request.transition.label = 'configure'
+        client._send(client._change, request, 30.0)
+        node.wait_for_text(CONFIGURING_LINE, timeout=60.0)
+        code = node.stop()
+        assert code == 0, node.log()
+        assert 'Traceback' not in node.log(), node.log()
+    finally:
+        peer.close()
+        if node.exited() is None:
+            node.stop()

@@ -22,6 +22,34 @@ def topic_prefix(camera: str) -> str:
     return f'{camera}/' if camera else ''
 
 
+#: Of ``max_rate_hz``'s interval, how early a frame may come and still be due: camera jitter
+#: must not turn a 30 Hz camera limited to 10 Hz into 7.5 Hz (every fourth frame).
+RATE_SLACK = 0.25
+
+
+@dataclass
+class RateLimit:
+    """
+    ``max_rate_hz`` for one camera: frames are due on a schedule of one per interval.
+
+    A frame is due from a quarter interval before its slot (:data:`RATE_SLACK`),
+    and the next slot is one interval after the last, not after the frame, so
+    jitter neither lowers the rate nor lets the average pass the limit. After a
+    gap of more than an interval the schedule restarts from the frame.
+    """
+
+    next_due: float = float('-inf')
+
+    def due(self, received: float, interval: float) -> bool:
+        """Return whether a frame received at ``received`` (s) is due; 0 interval: always."""
+        return not interval or received >= self.next_due - RATE_SLACK * interval
+
+    def processed(self, received: float, interval: float) -> None:
+        """Book the frame received at ``received`` as processed: its slot is used."""
+        following = self.next_due + interval
+        self.next_due = following if following >= received else received + interval
+
+
 @dataclass
 class Camera:
     """One camera: its topics, reusable output messages and counters."""
@@ -33,7 +61,7 @@ class Camera:
     buffers: Dict[str, ImageBuffer] = field(default_factory=dict)
     stats: FrameStats = field(default_factory=FrameStats)
     grid: CameraGrid = field(default_factory=CameraGrid)
-    last_processed: float = 0.0
+    rate: RateLimit = field(default_factory=RateLimit)
 
     @property
     def label(self) -> str:

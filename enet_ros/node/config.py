@@ -287,8 +287,9 @@ CAMERAS_DESCRIPTION = _descriptor(
     "~/<name>/labels ...; not set = one camera on 'image' with outputs ~/labels ...", True,
     STRINGS)
 WARMUP_SIZES_DESCRIPTION = _descriptor(
-    "camera frame sizes to prepare at start-up, e.g. ['1280x720']: on CUDA each is captured "
-    'as a CUDA graph then, not on the first frame; on the CPU each is run once', True, STRINGS)
+    "camera frame sizes to prepare at start-up, e.g. ['1280x720']: on CUDA the labels-only "
+    'graphs (RGB, BGR) are captured then, not on the first frame (confidence or GPU-drawn '
+    'images: at their first frame); on the CPU each is run once', True, STRINGS)
 CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 
 DRIVABLE_DESCRIPTION = _descriptor(

@@ -14,9 +14,10 @@ of its steps differs:
   (``unconfigured``);
 - ``configure``: the parameters are validated and the model is loaded and
   warmed; on a bad parameter or model the transition fails, the reason is
-  logged, and the node stays ``unconfigured`` (fix the parameter with ``ros2
-  param set``, configure again). Publishers are made, as lifecycle
-  publishers (``inactive``);
+  logged, and the node stays ``unconfigured`` (a live parameter can be fixed
+  with ``ros2 param set`` before configuring again; a read-only start-up one
+  needs a restart). Publishers are made, as lifecycle publishers
+  (``inactive``);
 - ``activate``: the camera subscriptions and the diagnostics start;
 - ``deactivate``: they stop (a frame in progress finishes first, and is not
   published); the model stays loaded;
@@ -30,6 +31,7 @@ Parameters stay declared through every state; ``class_names`` and
 ``drivable_classes`` appear at the first configure (they come from the model).
 """
 
+import threading
 from typing import Any
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -38,6 +40,8 @@ from .segmentation_node import NODE_NAME, SegmentationMixin
 
 #: Printed once the node is up and waiting for its configure transition.
 UNCONFIGURED_LINE = 'unconfigured: waiting for the configure transition'
+#: Printed when the configure transition starts loading and warming the model.
+CONFIGURING_LINE = 'configuring: loading and warming the model'
 #: Seconds between the shutdown transition's answer and the node's exit.
 EXIT_DELAY_S = 0.2
 
@@ -48,6 +52,9 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
     def __init__(self, **node_kwargs: Any):
         LifecycleNode.__init__(self, NODE_NAME, **node_kwargs)
         self._init_segmentation()
+        #: Set while the configure transition runs (on the executor thread): a stop then
+        #: does not wait for the model build to end (process.py).
+        self.configuring = threading.Event()
         self._exit_timer = None
         self.get_logger().info(
             f'{UNCONFIGURED_LINE} (a lifecycle manager, or: ros2 lifecycle set '
@@ -61,12 +68,16 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Validate the parameters and load the model; fail with the reason if they are bad."""
+        self.configuring.set()
+        self.get_logger().info(f'{CONFIGURING_LINE} (compiled on the CPU: up to a minute)')
         try:
             self._configure()
         except Exception as error:  # noqa: B902 - ConfigError, ParameterException, ...
             self.get_logger().error(f'configure failed, staying unconfigured: {error}')
             self._cleanup()
             return TransitionCallbackReturn.FAILURE
+        finally:
+            self.configuring.clear()
         self.get_logger().info('configured (inactive): activate to start segmenting')
         return TransitionCallbackReturn.SUCCESS
 

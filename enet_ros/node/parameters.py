@@ -7,7 +7,7 @@ are checked against the model and applied as a new
 is validated here and built on the swap thread (:mod:`enet_ros.node.model_swap`).
 """
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
@@ -123,29 +123,54 @@ class ParameterHandling:
                               'drivable_classes in the same request, atomically)') from None
         previous = {name: self.get_parameter(name).value
                     for name in ('model_path', 'drivable_classes')}
-        self._swap.start(loaded, (settings, previous))
+        self._swap.start(loaded, (settings, previous, self._generation))
         self.get_logger().info(f"loading model {changes['model_path']} (the current model "
                                'answers until it is ready)')
 
     def _swap_ready(self, segmenter: Segmenter, context: Any) -> None:
-        """Install a built model (swap thread): the next frame uses it."""
-        settings, _ = context
-        if self._state is None:
-            return  # cleaned up (lifecycle) while the model was being built
+        """Hand a built model to the executor thread (called on the swap thread)."""
+        self._hand_over(('ready', segmenter, context))
+
+    def _swap_failed(self, reason: str, context: Any) -> None:
+        """Hand a failed build's reason to the executor thread (called on the swap thread)."""
+        self._hand_over(('failed', reason, context))
+
+    def _hand_over(self, outcome: Tuple[str, Any, Any]) -> None:
+        with self._swap_outcome_lock:
+            self._swap_outcome = outcome
+        self._swap_guard.trigger()
+
+    def _on_swap_outcome(self) -> None:
+        """
+        Install a built model, or keep the old one and put the parameters back.
+
+        Runs on the executor thread, like the parameter callback: the two never
+        interleave, so a parameter set while the model was being built is
+        neither lost nor undone, and the parameters read here are the stored ones.
+        """
+        with self._swap_outcome_lock:
+            outcome, self._swap_outcome = self._swap_outcome, None
+        if outcome is None:
+            return
+        kind, value, (_, previous, generation) = outcome
+        if self._state is None or generation != self._generation:
+            self.get_logger().info('a model build finished after cleanup: discarded')
+            return
+        if kind == 'failed':
+            self.get_logger().error(f'the new model could not be used ({value}); keeping '
+                                    f'{self._state.segmenter.model_path}')
+            self._set_internally([Parameter(name, value=v) for name, v in previous.items()])
+            return
+        segmenter = value
         try:  # parameters changed since the request apply too
             settings = self._runtime_settings({}, segmenter.metadata.class_names)
         except ConfigError:
-            pass
+            settings = outcome[2][0]
         self._state = NodeState(segmenter, settings)
+        self._set_internally([Parameter('class_names', STRING_ARRAY,
+                                        list(segmenter.metadata.class_names))])
         self.get_logger().info(f'model swapped in after {segmenter.swap_seconds:.1f} s of '
                                f'loading and warm-up: {segmenter.describe()}')
-
-    def _swap_failed(self, reason: str, context: Any) -> None:
-        """Keep the old model and put the parameters back (swap thread)."""
-        _, previous = context
-        self.get_logger().error(f'the new model could not be used ({reason}); keeping '
-                                f'{self._state.segmenter.model_path}')
-        self._set_internally([Parameter(name, value=value) for name, value in previous.items()])
 
     def _set_internally(self, parameters: List[Parameter]) -> None:
         """Set parameters the node owns (class_names, reverted values) past the checks."""
@@ -155,13 +180,3 @@ class ParameterHandling:
                 self.set_parameters(parameters)
             finally:
                 self._internal_update = False
-
-    def _publish_class_names(self) -> None:
-        """After a swap, make the read-only class_names parameter follow the model."""
-        state = self._state
-        if state is None or state.segmenter is self._named_classes:
-            return
-        segmenter = state.segmenter
-        self._set_internally([Parameter('class_names', STRING_ARRAY,
-                                        list(segmenter.metadata.class_names))])
-        self._named_classes = segmenter

@@ -27,6 +27,8 @@ from .segmentation_node import NODE_NAME, SegmentationNode
 
 EXIT_OK, EXIT_EXECUTOR_FAILED, EXIT_CONFIG_ERROR, EXIT_FAILED_FRAMES = 0, 1, 2, 3
 SPIN_JOIN_TIMEOUT_S = 10.0
+#: How long a stop waits for a configure transition in progress before leaving it behind.
+CONFIGURE_JOIN_TIMEOUT_S = 1.0
 RCLError = rclpy_implementation.RCLError
 AnyNode = Union[SegmentationNode, SegmentationLifecycleNode]
 
@@ -63,7 +65,8 @@ def run(args: Optional[List[str]], stop_on_signal: StopOnSignal, lifecycle: bool
         node = SegmentationLifecycleNode() if lifecycle else SegmentationNode()
         # One executor thread: a multi-threaded executor's Python threads competed with
         # inference for the GIL (p99 latency under overload 3-15x higher, test_node_robustness).
-        # A model swap builds on its own thread; the TF listener spins its own.
+        # A model swap builds on its own thread; the TF listener's /tf subscriptions run on
+        # this executor too (spin_thread=False: no third Python thread for the GIL).
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor, node), name='ros-executor',
@@ -101,6 +104,15 @@ def _shut_down(node: Optional[AnyNode], executor: Optional[SingleThreadedExecuto
     if node is not None:
         node.stop()
     rclpy.try_shutdown()  # ends the spin (wakes the executor)
+    configuring = getattr(node, 'configuring', None)
+    if spinner is not None and configuring is not None and configuring.is_set():
+        # The executor thread is building the model (torch.compile: up to a minute) and
+        # cannot be interrupted; waiting would outlast ros2 launch's SIGTERM and SIGKILL.
+        spinner.join(timeout=CONFIGURE_JOIN_TIMEOUT_S)
+        if spinner.is_alive():
+            rclpy.logging.get_logger(NODE_NAME).info(
+                'stopped during the configure transition: the model being built is abandoned')
+            return code
     if spinner is not None:
         spinner.join(timeout=SPIN_JOIN_TIMEOUT_S)
         if spinner.is_alive():

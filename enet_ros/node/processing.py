@@ -68,7 +68,6 @@ class FrameProcessing:
             if slots is None:  # not configured (lifecycle node)
                 self._stop.wait(0.2)
                 continue
-            self._publish_class_names()
             taken = slots.take(timeout=0.2)
             if taken is None:
                 continue
@@ -102,7 +101,7 @@ class FrameProcessing:
             camera.stats.count('skipped_no_subscribers')
             camera.grid.problem = None
             return
-        if state.min_interval_s and received - camera.last_processed < state.min_interval_s:
+        if not camera.rate.due(received, state.min_interval_s):
             camera.stats.count('dropped_rate_limit')
             return
         try:
@@ -113,7 +112,7 @@ class FrameProcessing:
         except InvalidImage as error:
             self._reject(camera, error)
             return
-        camera.last_processed = received
+        camera.rate.processed(received, state.min_interval_s)
         images = [name for name in wanted if name != GRID_OUTPUT]
         with_confidence = 'confidence' in images or state.settings.min_confidence > 0
         # On CUDA the colour, overlay and drivable images come from the frame's graph, unless
@@ -123,6 +122,7 @@ class FrameProcessing:
         height, width = frame.height, frame.width  # the outputs' size (_check_labels checks)
         buffers = {name: camera.buffers[name].view(height, width, masks.OUTPUT_CHANNELS[name])
                    for name in images}
+        state.prepare_device_images()
         inference_start = time.monotonic()
         result = state.segmenter.segment(frame.pixels, bgr=frame.bgr,
                                          with_confidence=with_confidence, images=on_device,
@@ -136,6 +136,9 @@ class FrameProcessing:
         on_host = [name for name in images if name not in on_device]
         state.renderer.render(labels, frame.rgb() if 'overlay' in on_host else None, on_host,
                               out=buffers, confidence=result.confidence)
+        if not self._active:  # deactivated while this frame ran: it is not published
+            camera.stats.count('dropped_deactivated')
+            return
         for name in images:
             buffer = camera.buffers[name]
             buffer.msg.header = msg.header

@@ -102,10 +102,14 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
         self._diagnostics_timer = None
         self.grid_pose_source = ''
         self._tf: Optional[TfPoseSource] = None
-        self._named_classes = None
         self._model_drivable_default: Optional[List[str]] = None
         self._internal_update = False
         self._internal_lock = threading.Lock()
+        #: Bumped by cleanup: a model build started before it is discarded when it ends.
+        self._generation = 0
+        self._swap_outcome = None
+        self._swap_outcome_lock = threading.Lock()
+        self._swap_guard = self.create_guard_condition(self._on_swap_outcome)
         for name, (default, descriptor) in PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
         self.declare_parameter('cameras', STRING_ARRAY, CAMERAS_DESCRIPTION)
@@ -147,7 +151,6 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
         self._declare_model_parameters(segmenter.metadata)
         self._state = NodeState(segmenter,
                                 self._runtime_settings({}, segmenter.metadata.class_names))
-        self._named_classes = segmenter
         self._parameter_callback = self._on_set_parameters
         self.add_on_set_parameters_callback(self._parameter_callback)
         self.cameras = [self._make_camera(name) for name in self.startup.cameras or ('',)]
@@ -191,9 +194,9 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
                 f'publishing {outputs}')
 
     def _deactivate(self) -> None:
-        """Unsubscribe and stop the diagnostics; waits for a frame in progress."""
+        """Unsubscribe and stop the diagnostics; waits for a frame in progress (unpublished)."""
+        self._active = False  # before the lock: a frame in progress then publishes nothing
         with self._lock:
-            self._active = False
             for camera in self.cameras:
                 for subscription in (camera.subscription, camera.info_subscription):
                     if subscription is not None:
@@ -207,6 +210,7 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
 
     def _cleanup(self) -> None:
         """Release the model, the publishers and the TF listener (any partial configuration)."""
+        self._generation += 1
         self._deactivate()
         with self._lock:
             for camera in self.cameras:
@@ -215,7 +219,6 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
             self.cameras = []
             self._slots = None
             self._state = None
-        self._named_classes = None
         if self._diagnostics_publisher is not None:
             self.destroy_publisher(self._diagnostics_publisher)
             self._diagnostics_publisher = None

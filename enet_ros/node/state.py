@@ -28,8 +28,8 @@ class NodeState:
         #: Whether the Segmenter draws the colour, overlay and drivable images in its CUDA
         #: graph (numpy took five times the frame's time at 1280x720 on an H100 host).
         self.images_on_device = segmenter.images_on_device and settings.min_confidence <= 0
-        if self.images_on_device:
-            segmenter.configure_images(metadata.colors, drivable_ids, settings.overlay_alpha)
+        self._device_tables = (metadata.colors, drivable_ids, settings.overlay_alpha)
+        self._device_tables_set = False
         self.min_interval_s = 1.0 / settings.max_rate_hz if settings.max_rate_hz > 0 else 0.0
         self.thresholds = HealthThresholds(settings.stale_input_s, settings.latency_warn_ms,
                                            settings.max_consecutive_failures)
@@ -37,6 +37,18 @@ class NodeState:
         self.poses: Dict[str, Optional[CameraPose]] = {
             name: values.pose(settings.grid.ground_z)
             for name, values in settings.camera_poses.items()}
+
+    def prepare_device_images(self) -> None:
+        """
+        Give the Segmenter this state's palette, drivable classes and overlay weight.
+
+        Call it on the inference thread before a frame: the tables live on the
+        device, read by the captured graphs, and a parameter change (executor
+        thread) must not write them under a frame in flight. Once per state.
+        """
+        if self.images_on_device and not self._device_tables_set:
+            self.segmenter.configure_images(*self._device_tables)
+            self._device_tables_set = True
 
 
 def grid_qos(reliability: str) -> QoSProfile:

@@ -1,0 +1,119 @@
+"""
+The model swap's hand-over, in process with the real rclpy.
+
+Built on the swap thread, installed (or refused) on the executor thread,
+discarded when it ends after a cleanup.
+
+The swap in a running node process, frames flowing, is in test_node_cameras.py.
+"""
+
+import random
+import threading
+import time
+
+from enet_ros.labels import ClassTable
+import pytest
+
+pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+TINY = {'network_width': 64, 'network_height': 48, 'torch_compile': False,
+        'device': 'cpu', 'precision': 'fp32'}
+THREE = ClassTable(dataset='test3', names=('ground', 'thing', 'sky'),
+                   colors=((10, 200, 10), (200, 10, 10), (10, 10, 200)), void_id=3,
+                   drivable=('ground',))
+
+
+@pytest.fixture
+def managed(random_model_file):
+    """Yield a configured lifecycle node in this process and a function spinning it."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from enet_ros.node.lifecycle_node import SegmentationLifecycleNode
+
+    context = Context()
+    rclpy.init(context=context, domain_id=random.Random().randint(150, 199))
+    overrides = [Parameter(k, value=v) for k, v in
+                 {**TINY, 'model_path': str(random_model_file)}.items()]
+    node = SegmentationLifecycleNode(context=context, parameter_overrides=overrides)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    threads = []
+
+    def spin_until(condition, timeout: float = 60.0) -> bool:
+        threads.append(threading.get_ident())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+            if condition():
+                return True
+        return False
+
+    node.trigger_configure()
+    assert node.segmenter is not None
+    try:
+        yield node, spin_until
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def test_built_model_is_installed_on_the_executor_thread(managed, tmp_path):
+    """class_names and the state follow the new model, set from the spinning thread."""
+    from model_files import write_random_model
+    from rclpy.parameter import Parameter
+
+    node, spin_until = managed
+    other = write_random_model(tmp_path / 'three.safetensors', table=THREE, input_size=(64, 48))
+    installed_on = []
+    install = node._on_swap_outcome
+    node._swap_guard.callback = lambda: (installed_on.append(threading.get_ident()), install())
+    result = node.set_parameters_atomically([Parameter('model_path', value=str(other)),
+                                             Parameter('drivable_classes', value=['ground'])])
+    assert result.successful, result.reason
+    assert spin_until(lambda: node.segmenter.model_path == str(other))
+    assert installed_on == [threading.get_ident()]
+    assert node.get_parameter('class_names').value == list(THREE.names)
+    assert node._state.settings.drivable_classes == ('ground',)
+
+
+def test_failed_build_puts_the_parameters_back(managed, caplog):
+    """A build that fails after validation keeps the model and reverts model_path."""
+    from rclpy.parameter import Parameter
+
+    node, spin_until = managed
+    model = node.segmenter
+    previous = {'model_path': node.get_parameter('model_path').value,
+                'drivable_classes': list(node.get_parameter('drivable_classes').value)}
+    node._internal_update = True  # as if the rejected request had been stored
+    node.set_parameters([Parameter('model_path', value='/elsewhere/model.safetensors')])
+    node._internal_update = False
+    worker = threading.Thread(target=node._swap_failed,
+                              args=('RuntimeError: simulated', (None, previous,
+                                                                node._generation)))
+    worker.start()
+    worker.join()
+    assert spin_until(lambda: node.get_parameter('model_path').value == previous['model_path'])
+    assert node.segmenter is model
+
+
+def test_build_ending_after_cleanup_is_discarded(managed, tmp_path):
+    """A model that finishes building after cleanup is not installed into the next config."""
+    from model_files import write_random_model
+    from rclpy.parameter import Parameter
+
+    node, spin_until = managed
+    other = write_random_model(tmp_path / 'late.safetensors', input_size=(64, 48))
+    release = threading.Event()
+    build = node._swap._build
+    node._swap._build = lambda loaded: (release.wait(30), build(loaded))[1]
+    assert node.set_parameters([Parameter('model_path', value=str(other))])[0].successful
+    node.trigger_cleanup()
+    node.trigger_configure()
+    configured = node.segmenter
+    release.set()
+    node._swap.join(60)
+    spin_until(lambda: False, timeout=1.0)
+    assert node.segmenter is configured
