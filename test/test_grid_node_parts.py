@@ -249,6 +249,9 @@ def test_projection_rebuilt_only_when_an_input_changes():
         rebuilt, built = grid.projection_for(*args)
         assert built and rebuilt is not first
         first = rebuilt
+    assert grid.builds_in_a_row == 4  # a moving pose (grid_frame odom) would look like this
+    grid.projection_for(intrinsics, pose, spec, 0.1)
+    assert grid.builds_in_a_row == 0
 
 
 def test_projection_below_the_ground_is_a_pose_problem():

@@ -69,7 +69,9 @@ def read_frames(reader: Any, image_topic: str, truth_topic: Optional[str], tally
                 selected: Optional[AbstractSet[int]] = None,
                 on_raw: Optional[Callable[[RawMessage], None]] = None) -> Iterator[BagFrame]:
     """
-    Yield the first ``total`` usable camera frames of ``image_topic``, in log-time order.
+    Yield the usable frames among the first ``total`` camera messages, in log-time order.
+
+    ``total`` counts every camera message read (``--limit``), skipped ones too.
 
     Ground-truth messages of ``truth_topic`` go to ``tally.truth``; reading goes
     on past ``total`` frames only while predictions wait for their ground truth.

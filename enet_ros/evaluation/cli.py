@@ -35,7 +35,8 @@ def add_bag_arguments(parser: argparse.ArgumentParser, action: str) -> None:
                         'classes are used for scoring')
     parser.add_argument('--drivable-classes', default='',
                         help="comma-separated class names (default: the model's)")
-    parser.add_argument('--limit', type=int, default=None, help=f'{action} the first N frames')
+    parser.add_argument('--limit', type=int, default=None,
+                        help=f'{action} the first N camera messages (skipped ones count)')
     parser.add_argument('--json', dest='json_path', metavar='JSON', type=Path, default=None,
                         help='write every figure here')
     parser.add_argument('--no-progress', dest='progress', action='store_false',

@@ -188,6 +188,8 @@ class CameraGrid:
         self.buffer = GridBuffer()
         self.problem: Optional[str] = None
         self.build_ms: Optional[float] = None
+        #: Frames in a row whose projection had to be built (the pose keeps changing).
+        self.builds_in_a_row = 0
         self._scratch: Optional[np.ndarray] = None
 
     def on_camera_info(self, msg: Any) -> None:
@@ -219,6 +221,7 @@ class CameraGrid:
         current = self.projection
         if (current is not None and current.intrinsics == intrinsics and current.grid == spec
                 and current.ground_z == ground_z and current.pose.close_to(pose)):
+            self.builds_in_a_row = 0
             return current, False
         started = time.monotonic()
         try:
@@ -226,6 +229,7 @@ class CameraGrid:
         except ValueError as error:  # e.g. a camera at or below the ground
             raise GridUnavailable('bad_pose', f'camera pose refused: {error}') from None
         self.build_ms = (time.monotonic() - started) * 1e3
+        self.builds_in_a_row += 1
         return self.projection, True
 
     def drivable_scratch(self, height: int, width: int) -> np.ndarray:

@@ -26,6 +26,8 @@ from ..inference.device_images import DEVICE_IMAGES
 from ..segmenter import Segmenter
 
 WARN_THROTTLE_S = 5.0
+#: Projections built in consecutive frames from which the grid pose counts as moving (warned).
+MOVING_POSE_BUILDS = 3
 
 
 class FrameProcessing:
@@ -176,7 +178,14 @@ class FrameProcessing:
                        f'no drivable grid for {camera.label} ({topic}): {error} '
                        f'[{error.reason}]; the other outputs are published')
             return
-        if built:
+        if built and grid.builds_in_a_row >= MOVING_POSE_BUILDS:
+            camera.stats.count('grid_rebuilt_moving_pose')
+            self._warn(f'grid:{camera.name}:moving', (
+                f'{camera.label}: the ground projection was rebuilt for '
+                f'{grid.builds_in_a_row} frames in a row ({grid.build_ms:.0f} ms each): the '
+                f"camera's pose in grid_frame '{settings.frame}' keeps changing; use a frame "
+                'fixed to the vehicle (base_link, base_footprint), not odom or map'))
+        elif built:
             spec = state.grid_spec
             self.get_logger().info(
                 f'{camera.label}: ground projection built in {grid.build_ms:.0f} ms '
