@@ -92,6 +92,10 @@ def _on_node_exit(event: ProcessExited, context: LaunchContext) -> List:
         return []
     if event.returncode != 0:
         raise RuntimeError(f'segmentation_node exited with code {event.returncode}')
+    if context.is_shutdown:
+        # Launch is ending already (Ctrl-C): a second Shutdown would shut launch_ros' ROS
+        # adapter (lifecycle:=true starts it) twice, and ros2 launch would exit 1.
+        return []
     return [Shutdown(reason='segmentation_node exited')]
 
 

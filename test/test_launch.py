@@ -206,6 +206,9 @@ def test_node_exit_ends_the_launch_unless_respawn(launch_module):
     assert launch_module._on_node_exit(exited(3), _context(respawn='true')) == []
     [shutdown] = launch_module._on_node_exit(exited(0), _context(respawn='false'))
     assert isinstance(shutdown, Shutdown)
+    ending = _context(respawn='false')
+    ending._set_is_shutdown(True)  # Ctrl-C: launch is shutting down already
+    assert launch_module._on_node_exit(exited(0), ending) == []
 
 
 def test_missing_params_file_is_refused(launch_module, tmp_path):

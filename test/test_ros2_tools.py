@@ -362,6 +362,26 @@ def test_ros2_launch_lifecycle_waits_for_configure_and_activate(
         launched.close()
 
 
+def test_ros2_launch_lifecycle_ctrl_c_during_configure_exits_cleanly(workspace, user_env, peer):
+    """Ctrl-C twice while configure compiles the model: ros2 launch ends 0, nothing left."""
+    from enet_ros.node.lifecycle_node import CONFIGURING_LINE
+    from lifecycle_msgs.srv import ChangeState
+    from ros_harness import LifecycleClient
+
+    launched = _lifecycle_launch(workspace, user_env, '/cam/configuring')  # compile on
+    try:
+        lifecycle = LifecycleClient(peer, NODE)
+        request = ChangeState.Request()
+        request.transition.label = 'configure'
+        lifecycle._send(lifecycle._change, request, 60.0)
+        launched.wait_for_text(CONFIGURING_LINE, timeout=60)
+        launched.press_ctrl_c()
+        _assert_clean_exit(launched, launched.wait_exit(60))
+        assert 'the model being built is abandoned' in launched.log(), launched.log()
+    finally:
+        launched.close()
+
+
 def test_ros2_lifecycle_command_drives_the_node(workspace, fast_start_env):
     """The real ``ros2 lifecycle nodes / get / set`` against the node started by ros2 launch."""
     import importlib.util
