@@ -67,7 +67,28 @@ def _rviz(context: LaunchContext, rviz_config: str) -> List:
                             '(package rviz2 not found): not starting it; the segmentation '
                             'node runs without it (install ros-$ROS_DISTRO-rviz2)')]
     return [Node(package='rviz2', executable='rviz2', name='rviz2',
-                 arguments=['-d', rviz_config], output='screen')]
+                 arguments=['-d', rviz_config], output='screen',
+                 remappings=_rviz_remappings(context))]
+
+
+#: The node's topics that config/segment.rviz displays, as it names them.
+RVIZ_TOPICS = ('overlay', 'colored', 'drivable', 'drivable_grid', 'drivable_grid_updates')
+
+
+def _rviz_remappings(context: LaunchContext) -> List[Tuple[str, str]]:
+    """
+    Point segment.rviz's displays at the node's topics under namespace:= and cameras:=.
+
+    The file names /segmentation_node/<output>; with a namespace or named
+    cameras (the first one is shown) the topics are elsewhere.
+    """
+    namespace = context.launch_configurations.get('namespace', '').strip('/')
+    cameras = _yaml_list(context, 'cameras')
+    prefix = '/'.join(p for p in (namespace, 'segmentation_node', cameras[0] if cameras else '')
+                      if p)
+    if prefix == 'segmentation_node':
+        return []
+    return [(f'/segmentation_node/{topic}', f'/{prefix}/{topic}') for topic in RVIZ_TOPICS]
 
 
 def _check_params_file(context: LaunchContext) -> List:

@@ -187,6 +187,13 @@ def test_rviz_only_where_rviz2_is_installed(launch_module, tmp_path, monkeypatch
               yaml.safe_load(Path(rviz_config).read_text())['Visualization Manager']['Displays']}
     assert topics == {'/segmentation_node/overlay', '/segmentation_node/colored',
                       '/segmentation_node/drivable', '/segmentation_node/drivable_grid'}
+    assert {f'/segmentation_node/{t}' for t in launch_module.RVIZ_TOPICS} >= topics
+    remap = launch_module._rviz_remappings
+    assert remap(_context(namespace='', cameras='')) == []
+    assert dict(remap(_context(namespace='/car', cameras='')))[
+        '/segmentation_node/overlay'] == '/car/segmentation_node/overlay'
+    assert dict(remap(_context(namespace='car', cameras='[front, left]')))[
+        '/segmentation_node/drivable_grid'] == '/car/segmentation_node/front/drivable_grid'
 
 
 def test_node_exit_ends_the_launch_unless_respawn(launch_module):
