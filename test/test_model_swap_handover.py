@@ -117,3 +117,31 @@ def test_build_ending_after_cleanup_is_discarded(managed, tmp_path):
     node._swap.join(60)
     spin_until(lambda: False, timeout=1.0)
     assert node.segmenter is configured
+
+
+def test_managed_node_takes_start_up_settings_at_configure(random_model_file):
+    """A bad device is fixed while unconfigured, then configure; refused while configured."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from enet_ros.node.lifecycle_node import SegmentationLifecycleNode
+
+    context = Context()
+    rclpy.init(context=context, domain_id=random.Random().randint(150, 199))
+    overrides = [Parameter(k, value=v) for k, v in
+                 {**TINY, 'device': 'tpu', 'model_path': str(random_model_file)}.items()]
+    node = SegmentationLifecycleNode(context=context, parameter_overrides=overrides)
+    try:
+        assert node.on_configure(None) == TransitionCallbackReturn.FAILURE
+        assert node.set_parameters([Parameter('device', value='cpu')])[0].successful
+        assert node.on_configure(None) == TransitionCallbackReturn.SUCCESS
+        assert node.segmenter.device.type == 'cpu'
+        refused = node.set_parameters([Parameter('precision', value='bf16')])[0]
+        assert not refused.successful and 'cleanup, set it, configure again' in refused.reason
+        cameras = node.set_parameters([Parameter('cameras', value=['front'])])[0]
+        assert not cameras.successful
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)

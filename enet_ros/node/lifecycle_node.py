@@ -14,10 +14,10 @@ of its steps differs:
   (``unconfigured``);
 - ``configure``: the parameters are validated and the model is loaded and
   warmed; on a bad parameter or model the transition fails, the reason is
-  logged, and the node stays ``unconfigured`` (a live parameter can be fixed
-  with ``ros2 param set`` before configuring again; a read-only start-up one
-  needs a restart). Publishers are made, as lifecycle publishers
-  (``inactive``);
+  logged, and the node stays ``unconfigured``: fix the parameter with ``ros2
+  param set`` (start-up settings such as ``device`` too: they are read at
+  each configure; only ``cameras`` needs a restart) and configure again.
+  Publishers are made, as lifecycle publishers (``inactive``);
 - ``activate``: the camera subscriptions and the diagnostics start;
 - ``deactivate``: they stop (a frame in progress finishes first, and is not
   published); the model stays loaded;
@@ -48,6 +48,8 @@ EXIT_DELAY_S = 0.2
 
 class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
     """The managed segmentation node; see the module docstring."""
+
+    MANAGED = True
 
     def __init__(self, **node_kwargs: Any):
         LifecycleNode.__init__(self, NODE_NAME, **node_kwargs)

@@ -24,10 +24,15 @@ _READ_ONLY_RESTART = ('device', 'precision', 'network_width', 'network_height',
                       'torch_compile', 'cameras', 'warmup_sizes', 'input_transport',
                       'input_reliability', 'input_depth', 'output_reliability', 'output_depth',
                       'diagnostics_period', 'grid_pose_source')
+#: Start-up settings the managed node takes at each configure: settable while unconfigured.
+CONFIGURE_TIME_PARAMETERS = tuple(n for n in _READ_ONLY_RESTART if n != 'cameras')
 
 
 class ParameterHandling:
     """Parameter reading, checking and the model swap hand-over (a node mixin)."""
+
+    #: Whether the node is the managed (lifecycle) one; it reads start-up settings at configure.
+    MANAGED = False
 
     def _values(self, names) -> Dict[str, Any]:
         return {name: self.get_parameter(name).value for name in names}
@@ -93,8 +98,10 @@ class ParameterHandling:
         changes = {}
         for parameter in parameters:
             if parameter.name in _READ_ONLY_RESTART:
-                return SetParametersResult(
-                    successful=False, reason=f'{parameter.name} is read-only: restart the node')
+                managed = self.MANAGED and parameter.name in CONFIGURE_TIME_PARAMETERS
+                return SetParametersResult(successful=False, reason=(
+                    f'{parameter.name} applies at configure: cleanup, set it, configure again'
+                    if managed else f'{parameter.name} is read-only: restart the node'))
             if parameter.name == 'class_names' and not self._internal_update:
                 return SetParametersResult(
                     successful=False, reason='class_names is set by the node from the model')

@@ -44,6 +44,7 @@ Modules: this one (the lifecycle steps), :mod:`~enet_ros.node.parameters`
 :mod:`~enet_ros.node.state` (what a frame uses, swapped as one).
 """
 
+import copy
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -61,7 +62,7 @@ from .grid import resolve_pose_source, TfPoseSource
 from .image_msgs import ImageBuffer
 from .log_bridge import forward_core_logs
 from .model_swap import ModelSwap
-from .parameters import ParameterHandling, STRING_ARRAY
+from .parameters import CONFIGURE_TIME_PARAMETERS, ParameterHandling, STRING_ARRAY
 from .processing import FrameProcessing
 from .state import grid_qos, NodeState
 from .. import masks
@@ -111,9 +112,10 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
         self._swap_outcome_lock = threading.Lock()
         self._swap_guard = self.create_guard_condition(self._on_swap_outcome)
         for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
+            self.declare_parameter(name, default, self._start_up_descriptor(name, descriptor))
         self.declare_parameter('cameras', STRING_ARRAY, CAMERAS_DESCRIPTION)
-        self.declare_parameter('warmup_sizes', STRING_ARRAY, WARMUP_SIZES_DESCRIPTION)
+        self.declare_parameter('warmup_sizes', STRING_ARRAY,
+                               self._start_up_descriptor('warmup_sizes', WARMUP_SIZES_DESCRIPTION))
         for camera in self.camera_names():
             if camera and not CAMERA_NAME.match(camera):
                 continue  # refused by configure, with the reason
@@ -121,6 +123,21 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
                 name = pose_parameter(camera, field)
                 if not self.has_parameter(name):
                     self.declare_parameter(name, 0.0, pose_descriptor(field))
+
+    def _start_up_descriptor(self, name: str, descriptor: Any) -> Any:
+        """
+        Return ``descriptor``, writable for the managed node if it is a start-up setting.
+
+        The managed node reads them at each configure, so they can be fixed
+        while it is unconfigured (its parameter callback, installed by
+        configure, refuses them while configured). ``cameras`` stays read-only:
+        the per-camera pose parameters are declared from it at start.
+        """
+        if not self.MANAGED or name not in CONFIGURE_TIME_PARAMETERS:
+            return descriptor
+        writable = copy.deepcopy(descriptor)
+        writable.read_only = False
+        return writable
 
     def camera_names(self) -> Tuple[str, ...]:
         """Return the ``cameras`` parameter's names, ('',) when not set; not validated."""
