@@ -19,13 +19,15 @@ setup(
          + glob('config/*.xml')),
     ],
     install_requires=['setuptools', 'numpy', 'torch', 'safetensors'],
-    extras_require={'bags': ['rosbags>=0.10.9', 'tqdm'], 'report': ['matplotlib']},
+    # 'test': colcon test runs pytest for it (setuptools 72 and later drop tests_require,
+    # and colcon then fell back to unittest, which found no test).
+    extras_require={'bags': ['rosbags>=0.10.9', 'tqdm'], 'report': ['matplotlib'],
+                    'test': ['pytest']},
     zip_safe=False,
     maintainer='enet_ros developers',
     maintainer_email='dev@enet-ros.local',
     description='ENet semantic segmentation node for ROS 2, with rosbag replay evaluation',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'segmentation_node = enet_ros.node.main:main',
