@@ -16,7 +16,7 @@ from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions
 from enet_ros.evaluation.ground_truth import StampMatcher
 from enet_ros.evaluation.live_evaluate import TRANSPORT_VARIABLES
 from enet_ros.evaluation.live_playback import DROPPED, LiveSession
-from enet_ros.evaluation.scoring import Scoreboard, Tally
+from enet_ros.evaluation.scoring import Prediction, Scoreboard, Tally
 from enet_ros.segmenter import Segmenter
 import pytest
 
@@ -140,3 +140,26 @@ def test_session_accounts_for_every_frame():
     assert tally.scoreboard.frames == 2
     assert session.latencies == pytest.approx([0.5, 0.25, 0.5])
     assert tally.scoreboard.as_dict()['mean_iou'] == 1.0
+
+
+def test_abandoned_frames_keep_no_ground_truth():
+    """A frame skipped for good forgets its truth (read before or after); a duplicate does not."""
+    metadata = camvid_metadata()
+    matcher = StampMatcher()
+    tally = Tally(Scoreboard(metadata, metadata.drivable_classes), matcher=matcher)
+    tally.truth(1, make_labels(1))                 # read before the frame
+    for stamp in (1, 2, 3, 3):
+        record = tally.new_record(stamp)
+        record['stamp_ns'] = stamp
+        if stamp in (1, 2):
+            tally.abandon(record, 'unsupported encoding')
+        elif tally.records[-2]['stamp_ns'] == 3:
+            tally.skip(record, 'duplicate stamp')  # the first frame of stamp 3 still waits
+        else:
+            tally.predicted(3, Prediction(record, make_labels(3)))
+    tally.truth(2, make_labels(2))                 # read after the frame
+    assert matcher.unmatched_truth() == []
+    tally.truth(3, make_labels(3))
+    assert [r['status'] for r in tally.records] == [
+        'unsupported encoding', 'unsupported encoding', 'evaluated', 'duplicate stamp']
+    assert tally.skipped['unsupported encoding'] == 2

@@ -109,7 +109,7 @@ def read_frames(reader: Any, image_topic: str, truth_topic: Optional[str], tally
                 tally.skip(record, str(error))
                 continue
             if selected is not None and stamp not in selected:
-                tally.skip(record, NOT_SELECTED)
+                tally.abandon(record, NOT_SELECTED)
             elif stamp in seen:
                 tally.skip(record, DUPLICATE)
             else:

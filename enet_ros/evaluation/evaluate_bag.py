@@ -169,7 +169,7 @@ def _segment_frames(frames: Iterable[BagFrame], segmenter: SegmenterLike, tally:
         try:
             camera = message_to_frame(frame.msg, frame.raw.msgtype)
         except MessageError as error:
-            tally.skip(record, str(error))
+            tally.abandon(record, str(error))  # its stamp is seen: no later frame predicts it
             continue
         inference = time.perf_counter()
         labels = segmenter.segment(camera.pixels, bgr=camera.bgr).labels

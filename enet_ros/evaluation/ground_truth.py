@@ -17,7 +17,7 @@ What is done with a pair (scores, skipped reasons) is
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import cv2
 import numpy as np
@@ -82,6 +82,7 @@ class StampMatcher:
         self.truth_stamps = truth_stamps
         self._truth: Dict[int, Labels] = {}
         self._predictions: Dict[int, Any] = {}
+        self._abandoned: Set[int] = set()  # stamps that will get no prediction
 
     def expects_truth(self, stamp: int) -> bool:
         """Whether ground truth for ``stamp`` exists (or may still come)."""
@@ -91,7 +92,8 @@ class StampMatcher:
         """Store ground truth; return (prediction, labels) if its prediction was waiting."""
         if stamp in self._predictions:
             return self._predictions.pop(stamp), labels
-        self._truth[stamp] = labels
+        if stamp not in self._abandoned:
+            self._truth[stamp] = labels
         return None
 
     def add_prediction(self, stamp: int, prediction: Any) -> Optional[Tuple[Any, Labels]]:
@@ -104,6 +106,11 @@ class StampMatcher:
     def discard_truth(self, stamp: int) -> None:
         """Forget the ground truth of a frame that will not be answered."""
         self._truth.pop(stamp, None)
+
+    def abandon(self, stamp: int) -> None:
+        """No prediction will come for ``stamp``: forget its ground truth, now and later."""
+        self._truth.pop(stamp, None)
+        self._abandoned.add(stamp)
 
     def unmatched_predictions(self) -> List[Any]:
         """Predictions whose ground truth never came."""

@@ -149,6 +149,18 @@ class Tally:
         record['status'] = reason
         self.skipped[reason] += 1
 
+    def abandon(self, record: Dict[str, Any], reason: str) -> None:
+        """
+        Skip a frame whose stamp will get no prediction at all (counted as a skip).
+
+        Its ground truth, read or still to come, is not kept: a long bag whose
+        frames cannot be used does not hold every label image until the end.
+        Not for a duplicate stamp, whose first frame still wants that truth.
+        """
+        self.skip(record, reason)
+        if self.matcher is not None and record.get('stamp_ns') is not None:
+            self.matcher.abandon(record['stamp_ns'])
+
     def drop(self, record: Dict[str, Any], stamp: int, reason: str) -> None:
         """Mark a frame that never got a prediction (not a skip: the caller counts drops)."""
         record['status'] = reason
