@@ -385,10 +385,14 @@ def test_diagnostics_grid_keys_and_warning():
     assert values['grid_status'] == 'ok' and values['grid_published'] == '0'
     assert status.level == bytes([OK])
     camera.stats.count('grid_skipped_camera_info_size_mismatch')
+    camera.stats.count('grid_rebuilt_moving_pose')
+    camera.stats.count('dropped_deactivated')
     camera.grid.problem = 'camera_info is 640x480 but the image is 320x240'
     status = camera_status('/n', camera, HealthThresholds(), _Segmenter, False, 'tf')
     values = _values(status)
     assert values['grid_skipped_camera_info_size_mismatch'] == '1'
+    assert values['grid_rebuilt_moving_pose'] == '1'
+    assert values['frames_dropped_deactivated'] == '1'
     assert values['grid_status'].startswith('camera_info is 640x480')
     assert status.level == bytes([WARN])
     assert status.message == 'no drivable grid: camera_info is 640x480 but the image is 320x240'

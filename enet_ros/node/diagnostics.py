@@ -9,7 +9,8 @@ from .health import HealthThresholds, WARN
 
 #: Frame counters reported as ``frames_<key>``.
 FRAME_COUNTERS = ('received', 'processed', 'rejected', 'dropped_superseded',
-                  'dropped_rate_limit', 'skipped_no_subscribers', 'failed')
+                  'dropped_rate_limit', 'dropped_deactivated', 'skipped_no_subscribers',
+                  'failed')
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -53,6 +54,7 @@ def camera_status(node_name: str, camera: Camera, thresholds: HealthThresholds,
     values['grid_status'] = problem or 'ok'
     values['grid_build_ms'] = _fmt(camera.grid.build_ms)
     values['grid_published'] = str(snapshot.totals.get('grid_published', 0))
+    values['grid_rebuilt_moving_pose'] = str(snapshot.totals.get('grid_rebuilt_moving_pose', 0))
     for key, count in sorted(snapshot.totals.items()):
         if key.startswith('grid_skipped_'):
             values[key] = str(count)
