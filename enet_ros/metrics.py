@@ -87,29 +87,26 @@ class ConfusionMatrix:
         if isinstance(prediction, torch.Tensor) or isinstance(target, torch.Tensor):
             pred = torch.as_tensor(prediction).reshape(-1).long()
             true = torch.as_tensor(target, device=pred.device).reshape(-1).long()
-            labelled = (true >= 0) & (true < n)
-            if self._void_in_range:
-                labelled &= true != self.void_id
-            predicted = (pred >= 0) & (pred < n)
-            if self._void_in_range:
-                predicted &= pred != self.void_id
-            valid = labelled & predicted
-            counts = torch.bincount(true[valid] * n + pred[valid], minlength=n * n)
-            self.matrix += counts.cpu().numpy().reshape(n, n)
-            missed = torch.bincount(true[labelled & ~predicted], minlength=n)
-            self.unpredicted += missed.cpu().numpy()
-            return
-        pred = np.asarray(prediction).reshape(-1).astype(np.int64)
-        true = np.asarray(target).reshape(-1).astype(np.int64)
-        labelled = (true >= 0) & (true < n)
-        if self._void_in_range:
-            labelled &= true != self.void_id
-        predicted = (pred >= 0) & (pred < n)
-        if self._void_in_range:
-            predicted &= pred != self.void_id
+            bincount = torch.bincount
+        else:
+            pred = np.asarray(prediction).reshape(-1).astype(np.int64)
+            true = np.asarray(target).reshape(-1).astype(np.int64)
+            bincount = np.bincount
+        labelled, predicted = self._names_a_class(true), self._names_a_class(pred)
         valid = labelled & predicted
-        self.matrix += np.bincount(true[valid] * n + pred[valid], minlength=n * n).reshape(n, n)
-        self.unpredicted += np.bincount(true[labelled & ~predicted], minlength=n)
+        counts = bincount(true[valid] * n + pred[valid], minlength=n * n)
+        missed = bincount(true[labelled & ~predicted], minlength=n)
+        if isinstance(counts, torch.Tensor):  # counted on the tensors' device
+            counts, missed = counts.cpu().numpy(), missed.cpu().numpy()
+        self.matrix += counts.reshape(n, n)
+        self.unpredicted += missed
+
+    def _names_a_class(self, ids: ArrayLike) -> ArrayLike:
+        """Return where the int64 ``ids`` (array or tensor) name a class: in [0, C), not void."""
+        names = (ids >= 0) & (ids < self.num_classes)
+        if self._void_in_range:
+            names &= ids != self.void_id
+        return names
 
     def scores(self, kept_only: bool = False) -> Scores:
         """

@@ -159,7 +159,7 @@ class ParameterHandling:
             outcome, self._swap_outcome = self._swap_outcome, None
         if outcome is None:
             return
-        kind, value, (_, previous, generation) = outcome
+        kind, value, (requested, previous, generation) = outcome
         if self._state is None or generation != self._generation:
             self.get_logger().info('a model build finished after cleanup: discarded')
             return
@@ -172,7 +172,7 @@ class ParameterHandling:
         try:  # parameters changed since the request apply too
             settings = self._runtime_settings({}, segmenter.metadata.class_names)
         except ConfigError:
-            settings = outcome[2][0]
+            settings = requested
         self._state = NodeState(segmenter, settings)
         self._set_internally([Parameter('class_names', STRING_ARRAY,
                                         list(segmenter.metadata.class_names))])
@@ -181,9 +181,10 @@ class ParameterHandling:
 
     def _set_internally(self, parameters: List[Parameter]) -> None:
         """Set parameters the node owns (class_names, reverted values) past the checks."""
-        with self._internal_lock:
-            self._internal_update = True
-            try:
-                self.set_parameters(parameters)
-            finally:
-                self._internal_update = False
+        # Only on the executor thread (swap outcomes), where the parameter
+        # callback runs too: no other thread can see the flag set.
+        self._internal_update = True
+        try:
+            self.set_parameters(parameters)
+        finally:
+            self._internal_update = False

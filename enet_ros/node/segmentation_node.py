@@ -105,7 +105,6 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
         self._tf: Optional[TfPoseSource] = None
         self._model_drivable_default: Optional[List[str]] = None
         self._internal_update = False
-        self._internal_lock = threading.Lock()
         #: Bumped by cleanup: a model build started before it is discarded when it ends.
         self._generation = 0
         self._swap_outcome = None
