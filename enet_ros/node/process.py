@@ -11,8 +11,11 @@ entry points are :func:`enet_ros.node.main.main` and
 before this module's heavy imports (torch, rclpy).
 """
 
+import ctypes
+import os
+import sys
 import threading
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import rclpy
 from rclpy.exceptions import ParameterException
@@ -86,20 +89,41 @@ def run(args: Optional[List[str]], stop_on_signal: StopOnSignal, lifecycle: bool
         code = EXIT_CONFIG_ERROR
     finally:
         stop_on_signal.ignore_from_now()
-        code = _shut_down(node, executor, spinner, code)
+        code, thread_left_behind = _shut_down(node, executor, spinner, code)
     if code == EXIT_OK and node is not None:
         rclpy.logging.get_logger(NODE_NAME).info('stopped cleanly')
+    if thread_left_behind:
+        _exit_now(code)
     return code
 
 
-def _shut_down(node: Optional[AnyNode], executor: Optional[SingleThreadedExecutor],
-               spinner: Optional[threading.Thread], code: int) -> int:
+def _exit_now(code: int) -> None:
     """
-    End the spin, then tear the executor and the node down; return the exit code.
+    End the process at once with ``code``, output flushed, the interpreter not finalized.
 
-    Order matters: tearing the executor down under a running spin crashed the
-    process now and then, so if the spin thread does not end, nothing is torn
-    down and the process exits with an error instead.
+    Used when the executor thread is still inside torch.compile: finalizing the
+    interpreter under it destroyed C++ threads that were still running
+    (``terminate called without an active exception``, exit -6, now and then).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed or replaced streams
+            pass
+    ctypes.CDLL(None).fflush(None)  # C stdio, where rcutils writes the log lines
+    os._exit(code)
+
+
+def _shut_down(node: Optional[AnyNode], executor: Optional[SingleThreadedExecutor],
+               spinner: Optional[threading.Thread], code: int) -> Tuple[int, bool]:
+    """
+    End the spin, then tear the executor and the node down.
+
+    Return the exit code and whether the executor thread was left running (a
+    configure transition building the model). Order matters: tearing the
+    executor down under a running spin crashed the process now and then, so if
+    the spin thread does not end, nothing is torn down and the process exits
+    with an error instead.
     """
     if node is not None:
         node.stop()
@@ -112,16 +136,16 @@ def _shut_down(node: Optional[AnyNode], executor: Optional[SingleThreadedExecuto
         if spinner.is_alive():
             rclpy.logging.get_logger(NODE_NAME).info(
                 'stopped during the configure transition: the model being built is abandoned')
-            return code
+            return code, True
     if spinner is not None:
         spinner.join(timeout=SPIN_JOIN_TIMEOUT_S)
         if spinner.is_alive():
             rclpy.logging.get_logger(NODE_NAME).error(
                 f'the ROS executor did not stop within {SPIN_JOIN_TIMEOUT_S:.0f} s; exiting '
                 'without tearing it down')
-            return code or EXIT_EXECUTOR_FAILED
+            return code or EXIT_EXECUTOR_FAILED, True
     if executor is not None:
         executor.shutdown()
     if node is not None:
         node.destroy_node()
-    return code
+    return code, False
