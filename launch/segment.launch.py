@@ -10,11 +10,13 @@ ros2 launch enet_ros segment.launch.py cameras:="[front, left]" \
 
 With lifecycle:=true the managed node (segmentation_lifecycle_node) starts
 unconfigured and does nothing until it is configured and activated, by a
-lifecycle manager (nav2_lifecycle_manager with node_names [segmentation_node])
+lifecycle manager (nav2_lifecycle_manager with node_names [segmentation_node] and
+bond_timeout 0.0: the node makes no bond)
 or by hand: ros2 lifecycle set /segmentation_node configure, then activate.
 """
 
 import os
+import re
 from typing import List, Tuple
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
@@ -83,7 +85,7 @@ def _rviz_remappings(context: LaunchContext) -> List[Tuple[str, str]]:
     cameras (the first one is shown) the topics are elsewhere.
     """
     namespace = context.launch_configurations.get('namespace', '').strip('/')
-    cameras = _yaml_list(context, 'cameras')
+    cameras = _cameras(context)
     prefix = '/'.join(p for p in (namespace, 'segmentation_node', cameras[0] if cameras else '')
                       if p)
     if prefix == 'segmentation_node':
@@ -129,6 +131,60 @@ def _yaml_list(context: LaunchContext, name: str) -> List[str]:
     return value
 
 
+def _node_name_pattern(key: str) -> re.Pattern:
+    """Return a parameters file's node key (``/**``, ``/car/*``, ``name``) as a regex."""
+    pattern = ''
+    for token in key.strip('/').split('/'):
+        if token == '**':  # any number of names
+            pattern += '(?:/[^/]+)*'
+        else:  # '*' within a name: any characters but '/'
+            pattern += '/' + '[^/]*'.join(re.escape(part) for part in token.split('*'))
+    return re.compile(pattern)
+
+
+def _file_cameras(context: LaunchContext) -> List[str]:
+    """
+    Return the ``cameras`` parameter that params_file gives this node ([] for none).
+
+    Entries are matched to the node's fully qualified name as rcl matches them
+    (``/**``, wildcards, the plain name); a later matching entry wins.
+    """
+    path = context.launch_configurations.get('params_file', '')
+    if not path:
+        return []
+    namespace = context.launch_configurations.get('namespace', '').strip('/')
+    full_name = '/' + '/'.join(p for p in (namespace, 'segmentation_node') if p)
+    try:
+        with open(path, encoding='utf-8') as stream:
+            document = yaml.safe_load(stream)
+    except (OSError, yaml.YAMLError) as error:
+        raise RuntimeError(f'params_file:={path}: {error}') from None
+    cameras = []
+    for key, parameters in _parameter_entries(document):
+        if 'cameras' in parameters and _node_name_pattern(key).fullmatch(full_name):
+            cameras = parameters['cameras']
+    if not isinstance(cameras, list) or not all(isinstance(c, str) and c for c in cameras):
+        raise RuntimeError(f'params_file:={path}: cameras: {cameras!r} is not a list of names')
+    return cameras
+
+
+def _parameter_entries(document: object, key: str = ''):
+    """Yield (node key, ros__parameters) of a parameters file, nested namespaces joined."""
+    if not isinstance(document, dict):
+        return
+    for name, entry in document.items():
+        if name == 'ros__parameters':
+            if isinstance(entry, dict):
+                yield key, entry
+        else:
+            yield from _parameter_entries(entry, f"{key}/{str(name).strip('/')}")
+
+
+def _cameras(context: LaunchContext) -> List[str]:
+    """Return the camera names: cameras:= where given, else the params_file's ([]: one)."""
+    return _yaml_list(context, 'cameras') or _file_cameras(context)
+
+
 def _camera_info_beside(image_topic: str) -> str:
     """Return the CameraInfo topic beside an image topic (image_transport's convention)."""
     return f"{image_topic.rsplit('/', 1)[0]}/camera_info" if '/' in image_topic.strip('/') \
@@ -143,6 +199,9 @@ def _remappings(context: LaunchContext, cameras: List[str]) -> List[Tuple[str, s
     (``/cam/image_raw`` -> ``/cam/camera_info``) unless camera_info:= names it.
     """
     if not cameras:
+        if _yaml_list(context, 'image_topics'):
+            raise RuntimeError('image_topics:= needs camera names: give cameras:= (or cameras '
+                               'in params_file), one per topic, in the same order')
         image = context.launch_configurations['image']
         info = context.launch_configurations.get('camera_info') or _camera_info_beside(image)
         return [('image', image), ('image/compressed', f'{image}/compressed'),
@@ -163,13 +222,13 @@ def _remappings(context: LaunchContext, cameras: List[str]) -> List[Tuple[str, s
 
 def _segmentation_node(context: LaunchContext) -> List:
     """Return the node (parameters file, argument overrides, remappings) and its exit handler."""
-    cameras = _yaml_list(context, 'cameras')
     # Only the arguments given: an empty one leaves the parameters file's value alone (launch_ros
     # passes this dict as node-specific overrides, which win over the file's entries).
     overrides = {name: context.launch_configurations[name] for name in ('model_path', 'device')
                  if context.launch_configurations.get(name)}
-    if cameras:
-        overrides['cameras'] = cameras
+    cameras_argument = _yaml_list(context, 'cameras')
+    if cameras_argument:
+        overrides['cameras'] = cameras_argument
     # lifecycle:=true: the managed node, as a launch_ros LifecycleNode (so launch can emit
     # ChangeState events to it); it waits unconfigured for configure and activate.
     managed = _is_true(context, 'lifecycle')
@@ -179,7 +238,7 @@ def _segmentation_node(context: LaunchContext) -> List:
         name='segmentation_node',
         namespace=LaunchConfiguration('namespace'),
         parameters=[LaunchConfiguration('params_file'), overrides],
-        remappings=_remappings(context, cameras),
+        remappings=_remappings(context, _cameras(context)),
         respawn=LaunchConfiguration('respawn'),
         respawn_delay=2.0,
         output='screen',
@@ -202,7 +261,8 @@ def generate_launch_description() -> LaunchDescription:
                                           '(in the namespace) unless image_topics says '
                                           'otherwise'),
         DeclareLaunchArgument('image_topics', default_value='',
-                              description='with cameras: their topics in the same order, e.g. '
+                              description='with cameras (the argument, or cameras in '
+                                          'params_file): their topics in the same order, e.g. '
                                           "'[/cam_front/image_raw, /cam_left/image_raw]'"),
         DeclareLaunchArgument('camera_info', default_value='',
                               description="the camera's sensor_msgs/CameraInfo topic (for "

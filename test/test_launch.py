@@ -170,6 +170,61 @@ def test_camera_list_and_topics_become_parameters_and_remappings(launch_module):
     _node(launch_module, cameras='[front, left]')
 
 
+def test_cameras_of_the_params_file_take_image_topics(launch_module, tmp_path):
+    """Cameras set in params_file (not at launch): image_topics:= and RViz follow them."""
+    params = tmp_path / 'vehicle.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    cameras: [front, left]\n')
+    context = _context(params_file=str(params), cameras='', namespace='',
+                       image_topics='[/a/image_raw, /b/image_raw]')
+    assert launch_module._cameras(context) == ['front', 'left']
+    node = _node(launch_module, params_file=str(params),
+                 image_topics='[/a/image_raw, /b/image_raw]')
+    remappings = {_text(context, k): _text(context, v) for k, v in node._Node__remappings}
+    assert remappings['front/image'] == '/a/image_raw'
+    assert remappings['left/camera_info'] == '/b/camera_info'
+    assert 'image' not in remappings
+    assert dict(launch_module._rviz_remappings(context))[
+        '/segmentation_node/overlay'] == '/segmentation_node/front/overlay'
+    # cameras:= wins over the file.
+    assert launch_module._cameras(_context(params_file=str(params), cameras='[rear]')) == [
+        'rear']
+    # image_topics:= with no camera names anywhere is an error, not ignored.
+    with pytest.raises(RuntimeError, match='image_topics:= needs camera names'):
+        _node(launch_module, params_file=str(ROOT / 'config' / 'segment.yaml'),
+              image_topics='[/a/image_raw]')
+    params.write_text('/**:\n  ros__parameters:\n    cameras: front\n')
+    with pytest.raises(RuntimeError, match='not a list of names'):
+        launch_module._cameras(context)
+
+
+@pytest.mark.parametrize('document, namespace, expected', [
+    ({'/**': ['a']}, '', ['a']),
+    ({'segmentation_node': ['a']}, '', ['a']),
+    ({'/segmentation_node': ['a']}, 'car', []),
+    ({'/car/segmentation_node': ['a']}, 'car', ['a']),
+    ({'/**/segmentation_node': ['a']}, 'car/left', ['a']),
+    ({'/**/segmentation_node': ['a']}, '', ['a']),
+    ({'/car/*': ['a']}, 'car', ['a']),
+    ({'/car/*': ['a']}, '', []),
+    ({'/segmentation_*': ['a']}, '', ['a']),
+    ({'other_node': ['a']}, '', []),
+    ({'/**': ['a'], 'segmentation_node': ['b']}, '', ['b']),
+    ({'car': {'segmentation_node': ['a']}}, 'car', ['a']),
+])
+def test_params_file_entries_match_the_node_as_rcl_does(
+        launch_module, tmp_path, document, namespace, expected):
+    """The node key of a params_file entry: /**, wildcards, plain and nested names."""
+    def with_parameters(entry):
+        if isinstance(entry, dict):
+            return {k: with_parameters(v) for k, v in entry.items()}
+        return {'ros__parameters': {'cameras': entry}}
+
+    params = tmp_path / 'params.yaml'
+    params.write_text(yaml.safe_dump(with_parameters(document)))
+    context = _context(params_file=str(params), namespace=namespace)
+    assert launch_module._file_cameras(context) == expected
+
+
 def test_rviz_only_where_rviz2_is_installed(launch_module, tmp_path, monkeypatch):
     """rviz:=true without rviz2: a message, no Node; with rviz2: rviz2 on segment.rviz."""
     from launch.actions import LogInfo

@@ -235,6 +235,7 @@ def test_rviz_without_rviz2_says_so_and_leaves_no_orphan(workspace, fast_start_e
                     "device 'tpu'"),
     ('params_file:=/nonexistent/segment.yaml', 'params_file:=/nonexistent/segment.yaml: no '
                                                'such file'),
+    ('image_topics:="[/a/image_raw]"', 'image_topics:= needs camera names'),
 ])
 def test_ros2_launch_bad_argument_fails_clearly(workspace, fast_start_env, arguments, message):
     """A bad launch argument: its message, ros2 launch ends by itself with code 1."""
@@ -265,6 +266,29 @@ def test_ros2_launch_params_file_wins_unless_an_argument_is_given(
     launched = _launched(workspace, fast_start_env, f'params_file:={params} device:=cpu')
     try:
         launched.wait_for_text(READY, timeout=120)
+        launched.press_ctrl_c()
+        _assert_clean_exit(launched, launched.wait_exit(60))
+    finally:
+        launched.close()
+
+
+def test_ros2_launch_image_topics_follow_the_params_files_cameras(
+        workspace, fast_start_env, peer, tmp_path):
+    """Cameras in a vehicle params_file, image_topics:= at launch: the camera's topic is read."""
+    from sensor_msgs.msg import Image
+
+    params = tmp_path / 'vehicle.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    cameras: [front]\n')
+    peer.subscribe(Image, f'{NODE}/front/labels', 'file_cameras/labels')
+    launched = _launched(workspace, fast_start_env,
+                         f'params_file:={params} image_topics:="[/vehicle/front/image_raw]"')
+    try:
+        launched.wait_for_text(READY, timeout=120)
+        with _Camera(peer, '/vehicle/front/image_raw'):
+            assert peer.wait_for(lambda: peer.messages('file_cameras/labels'), timeout=60), \
+                launched.log()
+        labels = peer.messages('file_cameras/labels')[0]
+        assert (labels.width, labels.height, labels.encoding) == (320, 240, 'mono8')
         launched.press_ctrl_c()
         _assert_clean_exit(launched, launched.wait_exit(60))
     finally:

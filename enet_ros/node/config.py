@@ -178,10 +178,11 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
         "network input height override, multiple of 8; 0 = the model file's", True, INT,
         int_range=(0, 4096, 8))),
     'torch_compile': (True, _descriptor(
-        'CPU: compile the network with torch.compile, weights frozen in (about 3.5x faster '
-        'with bf16; every start compiles, 15-30 s, and a model swap too). The environment '
-        'variable ENET_ROS_COMPILE=0 also turns it off; ENET_ROS_FREEZE=0 compiles without '
-        'freezing (slower frames, later starts reuse the cache)', True,
+        'CPU: compile the network with torch.compile (whole calls about 2x faster than '
+        'uncompiled at 480x360). In bf16 the weights are frozen in, so every start and model '
+        'swap compiles (15-30 s); in fp32 later starts reuse the compile cache. The '
+        'environment variable ENET_ROS_COMPILE=0 also turns it off; ENET_ROS_FREEZE=0 (1) '
+        'compiles unfrozen (frozen) in every precision', True,
         ParameterType.PARAMETER_BOOL)),
     'input_transport': ('raw', _descriptor(
         "'raw': sensor_msgs/Image on 'image'; 'compressed': sensor_msgs/CompressedImage "
