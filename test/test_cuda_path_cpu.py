@@ -77,7 +77,7 @@ def test_graph_cache_remembers_a_failure_for_its_key_only(core_logs):
 
 
 def test_graph_cache_evicts_only_after_a_successful_build():
-    """A failing build in a full cache keeps every entry; a successful one evicts the LRU."""
+    """Bounded LRU: a failing build in a full cache keeps every entry; a successful one evicts."""
     cache = GraphCache(capacity=2)
     builders = _Builders(failing={'c'})
     cache.get('a', builders('a'))
@@ -88,6 +88,9 @@ def test_graph_cache_evicts_only_after_a_successful_build():
     cache.get('d', builders('d'))
     assert 'b' not in cache and 'a' in cache and 'd' in cache
     assert builders.calls == {'a': 1, 'b': 1, 'c': 1, 'd': 1} and cache.captures == 3
+    assert len(cache) == 2
+    with pytest.raises(ValueError):
+        GraphCache(capacity=0)
 
 
 def test_graph_cache_failure_memory_is_bounded():

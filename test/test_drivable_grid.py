@@ -162,6 +162,30 @@ class _Rig:
                 return found()
         raise AssertionError(f'no {keys} for stamp {wanted}: {found()}\n{self.node.tail(40)}')
 
+    def grid_when(self, camera: str, accept, timeout: float = 30.0):
+        """
+        Send fresh frames until one's grid satisfies ``accept``; return that grid.
+
+        A camera_info published just before travels on its own topic, so nothing
+        orders it with the next image: this waits for the node to have used it.
+        """
+        deadline = time.monotonic() + timeout
+        grid = None
+        while time.monotonic() < deadline:
+            wanted = stamp_ns(msg := self.frame(camera))
+            self.images[camera].publish(msg)
+
+            def answered():
+                return next((m for m in self.peer.messages(f'{camera}/grid')
+                             if stamp_ns(m) == wanted), None)
+
+            if self.peer.wait_for(lambda: answered() is not None, 3.0):
+                grid = answered()
+                if accept(grid):
+                    return grid
+        raise AssertionError(f'no accepted {camera} grid in {timeout:.0f} s (last: '
+                             f'{grid is not None})\n{self.node.tail(40)}')
+
     def diagnostics(self, camera: str) -> dict:
         """Return the newest diagnostics values of ``camera``."""
         for msg in reversed(self.peer.messages('/diagnostics')):
@@ -262,6 +286,8 @@ def test_projection_reused_until_the_pose_changes(rig):
 
 def test_no_drivable_class_marks_every_seen_cell_occupied(rig):
     """drivable_classes empty: the drivable mask is 0, every seen cell is 100."""
+    rig.infos['front'].publish(camera_info())
+    rig.grid_when('front', lambda grid: True)
     rig.set_parameters({'drivable_classes': ['']})
     try:
         out = rig.send('front', rig.frame('front'), ['front/grid'])
@@ -275,33 +301,40 @@ def test_no_drivable_class_marks_every_seen_cell_occupied(rig):
 def test_plumb_bob_distortion_is_used(rig):
     """A distorted camera_info gives the core projection's footprint for those coefficients."""
     d = (-0.2, 0.05, 0.001, -0.001, 0.0)
-    rig.infos['front'].publish(camera_info(d=d))
-    time.sleep(0.5)
-    out = rig.send('front', rig.frame('front'), ['front/grid'])
     intrinsics = CameraIntrinsics(WIDTH, HEIGHT, FOCAL, FOCAL, CX, CY,
                                   distortion_model='plumb_bob', d=d)
     expected = GroundProjection(intrinsics, CameraPose.from_parameters(CAMERA_HEIGHT,
                                                                        pitch=PITCH),
                                 GridSpec(**GRID)).fill(np.full((HEIGHT, WIDTH), 255, np.uint8))
-    np.testing.assert_array_equal(grid_array(out['front/grid']), expected)
+    undistorted = analytic_footprint()
+    assert (expected != UNKNOWN).sum() != undistorted.sum()  # the coefficients matter
+    rig.infos['front'].publish(camera_info(d=d))
+    grid = rig.grid_when('front', lambda grid: np.array_equal(grid_array(grid), expected))
+    np.testing.assert_array_equal(grid_array(grid), expected)
     rig.infos['front'].publish(camera_info())
-    time.sleep(0.5)
+    rig.grid_when('front', lambda grid: not np.array_equal(grid_array(grid), expected))
 
 
 def test_camera_info_of_another_size_is_refused(rig):
     """camera_info 320x240 for 160x120 images: no grid, reason logged and counted, labels on."""
+    refusal = 'camera_info is 320x240 but the image is 160x120'
     rig.infos['front'].publish(camera_info(width=2 * WIDTH, height=2 * HEIGHT))
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while refusal not in rig.node.log() and time.monotonic() < deadline:
+        rig.send('front', rig.frame('front'), ['front/labels'])  # until the node has the info
+    assert refusal in rig.node.log(), rig.node.tail()
+
+    def refused():
+        return int(rig.diagnostics('front').get('grid_skipped_camera_info_size_mismatch', 0))
+
+    assert rig.peer.wait_for(lambda: refused() >= 1, 10.0), rig.diagnostics('front')
+    before = refused()
     msg = rig.frame('front')
     rig.send('front', msg, ['front/labels'])
-    time.sleep(0.5)
+    # Counted once this frame's grid was refused (the diagnostics come every second).
+    assert rig.peer.wait_for(lambda: refused() > before, 10.0), rig.diagnostics('front')
     assert not any(stamp_ns(m) == stamp_ns(msg) for m in rig.peer.messages('front/grid'))
-    assert rig.peer.wait_for(lambda: 'camera_info is 320x240 but the image is 160x120'
-                             in rig.node.log(), 10.0), rig.node.tail()
-    assert rig.peer.wait_for(lambda: int(rig.diagnostics('front').get(
-        'grid_skipped_camera_info_size_mismatch', 0)) >= 1, 10.0), rig.diagnostics('front')
     assert 'camera_info_size_mismatch' in rig.diagnostics('front')['grid_status']
     rig.infos['front'].publish(camera_info())
-    time.sleep(0.5)
-    rig.send('front', rig.frame('front'), ['front/labels', 'front/grid'])
+    rig.grid_when('front', lambda grid: True)
     assert rig.node.process.poll() is None

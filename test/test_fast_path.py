@@ -14,13 +14,11 @@ eager path has the same sensitivity across machines and library versions.
 """
 
 from pathlib import Path
-from typing import Tuple
 
 from enet_ros import segmenter as segmenter_module
 from enet_ros.inference.config import FREEZE_ENV
 from enet_ros.inference.cuda_graphs import CapturedFrame
 from enet_ros.inference.fold import count_batchnorms, fold_enet, fold_sequential
-from enet_ros.inference.graph_cache import GraphCache
 from enet_ros.model import ENet, RegularBottleneck
 from enet_ros.model_file import load_model_file
 from enet_ros.segmenter import (argmax_classes, COMPILE_ENV, cpu_supports_bf16,
@@ -326,33 +324,7 @@ def test_frozen_paths_keep_their_own_weights(tmp_path: Path):
     assert all(s.compiled for s in segmenters)
 
 
-# --- the bounded CUDA graph cache (logic only; CUDA tests are in test_gpu.py) ----------
-
-
-class _Entry:
-    def __init__(self, key: Tuple):
-        self.key = key
-
-
-def test_graph_cache_is_bounded_lru():
-    """At most capacity entries; a hit refreshes an entry; the oldest is evicted."""
-    cache = GraphCache(capacity=2)
-    built = []
-
-    def builder(key):
-        def build():
-            built.append(key)
-            return _Entry(key)
-        return build
-
-    a = cache.get('a', builder('a'))
-    cache.get('b', builder('b'))
-    assert cache.get('a', builder('a')) is a  # hit, a is now the newest
-    cache.get('c', builder('c'))  # evicts b
-    assert 'a' in cache and 'c' in cache and 'b' not in cache
-    assert len(cache) == 2 and cache.captures == 3 and built == ['a', 'b', 'c']
-    with pytest.raises(ValueError):
-        GraphCache(capacity=0)
+# --- CUDA paths refused without CUDA (the graph cache: test_cuda_path_cpu.py) ---------
 
 
 def test_captured_frame_needs_cuda():

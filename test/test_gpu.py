@@ -182,8 +182,8 @@ def test_one_frame_is_one_launch_and_one_wait(captured):
     start, end = frames[0].time_range.start, frames[0].time_range.end
     runtime = [event.name for event in events if event.name.startswith('cuda')
                and start <= event.time_range.start and event.time_range.end <= end]
-    if 'cudaGraphLaunch' not in runtime:
-        pytest.skip(f'profiler recorded no CUDA runtime calls here (got {sorted(set(runtime))})')
+    if not runtime:  # e.g. CUPTI unavailable to the profiler; with calls, a graph is a must
+        pytest.skip('the profiler recorded no CUDA runtime calls on this machine')
     assert runtime.count('cudaGraphLaunch') == 1, runtime
     syncs = [name for name in runtime if 'Synchronize' in name]
     assert syncs == ['cudaEventSynchronize'], runtime

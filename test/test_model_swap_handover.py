@@ -79,24 +79,28 @@ def test_built_model_is_installed_on_the_executor_thread(managed, tmp_path):
     assert node._state.settings.drivable_classes == ('ground',)
 
 
-def test_failed_build_puts_the_parameters_back(managed, caplog):
+def test_failed_build_puts_the_parameters_back(managed, tmp_path):
     """A build that fails after validation keeps the model and reverts model_path."""
+    from model_files import write_random_model
     from rclpy.parameter import Parameter
 
     node, spin_until = managed
     model = node.segmenter
-    previous = {'model_path': node.get_parameter('model_path').value,
-                'drivable_classes': list(node.get_parameter('drivable_classes').value)}
-    node._internal_update = True  # as if the rejected request had been stored
-    node.set_parameters([Parameter('model_path', value='/elsewhere/model.safetensors')])
-    node._internal_update = False
-    worker = threading.Thread(target=node._swap_failed,
-                              args=('RuntimeError: simulated', (None, previous,
-                                                                node._generation)))
-    worker.start()
-    worker.join()
-    assert spin_until(lambda: node.get_parameter('model_path').value == previous['model_path'])
+    previous = node.get_parameter('model_path').value
+    other = write_random_model(tmp_path / 'other.safetensors', input_size=(64, 48))
+    attempts = []
+
+    def failing_build(loaded):
+        attempts.append(loaded)
+        raise RuntimeError('CUDA out of memory (simulated, while warming the new model)')
+
+    node._swap._build = failing_build
+    result = node.set_parameters([Parameter('model_path', value=str(other))])[0]
+    assert result.successful, result.reason  # the file checks out; the build fails later
+    assert spin_until(lambda: node.get_parameter('model_path').value == previous)
+    assert len(attempts) == 1
     assert node.segmenter is model
+    assert node._state.segmenter is model
 
 
 def test_build_ending_after_cleanup_is_discarded(managed, tmp_path):

@@ -1,13 +1,34 @@
 """A dead device: frames that keep failing, with and without exit_on_failure (in process)."""
 
+import os
 import random
+import textwrap
 import threading
 import time
 
 from enet_ros.node.segmentation_node import SegmentationNode
 import numpy as np
 import pytest
-from ros_harness import make_image_msg
+from ros_harness import make_image_msg, NodeProcess, RosPeer
+
+#: Frames of this size fail in the process below (warm-up and other sizes do not).
+DEAD_SIZE = (55, 77)
+#: sitecustomize.py for the node process: the Segmenter fails on DEAD_SIZE frames, as a dead
+#: GPU does on every frame after warm-up.
+DEAD_DEVICE_HOOK = textwrap.dedent(f"""\
+    import enet_ros.segmenter as segmenter
+
+    _segment = segmenter.Segmenter.segment
+
+
+    def segment(self, image, *args, **kwargs):
+        if image.shape[:2] == {DEAD_SIZE}:
+            raise RuntimeError('CUDA error: an illegal memory access was encountered (test)')
+        return _segment(self, image, *args, **kwargs)
+
+
+    segmenter.Segmenter.segment = segment
+    """)
 
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
 
@@ -89,12 +110,44 @@ def _run_until(node: SegmentationNode, timeout_s: float, stop_after_failures: in
 
 
 def test_exit_on_failure_ends_inference_after_the_limit(failing_node):
-    """exit_on_failure: true returns from inference after 3 failures in a row (exit code 3)."""
+    """exit_on_failure: true returns from inference after 3 failures in a row (in process)."""
     node = failing_node(exit_on_failure=True)
     stopped_by_watchdog = _run_until(node, timeout_s=30)
     assert not stopped_by_watchdog
     assert node.failed_frames
     assert node.cameras[0].stats.totals['failed'] == 3
+
+
+def test_exit_on_failure_exits_the_process_with_code_3(ros_env, random_model_file, tmp_path):
+    """The node as a process: failed frames in a row with exit_on_failure end it with code 3."""
+    from sensor_msgs.msg import Image
+
+    (tmp_path / 'sitecustomize.py').write_text(DEAD_DEVICE_HOOK)
+    env = dict(ros_env, PYTHONPATH=os.pathsep.join(
+        p for p in (str(tmp_path), ros_env.get('PYTHONPATH', '')) if p))
+    node = NodeProcess(env, {'model_path': str(random_model_file), 'torch_compile': False,
+                             'network_width': 64, 'network_height': 48,
+                             'max_consecutive_failures': 3, 'exit_on_failure': True})
+    peer = RosPeer(env)
+    try:
+        node.wait_ready()
+        peer.subscribe(Image, '/segmentation_node/labels', 'labels')
+        publisher = peer.publisher(Image, '/image')
+        peer.wait_for_subscribers(publisher)
+        frame = np.zeros((*DEAD_SIZE, 3), dtype=np.uint8)
+        deadline = time.monotonic() + 60
+        while node.exited() is None and time.monotonic() < deadline:
+            publisher.publish(make_image_msg(frame, 'rgb8', time.time_ns()))
+            time.sleep(0.1)
+        assert node.wait_exit(30) == 3, node.log()
+        log = node.log()
+        assert 'illegal memory access was encountered (test)' in log, log
+        assert 'Traceback' not in log, log
+        assert not peer.messages('labels')
+    finally:
+        peer.close()
+        if node.exited() is None:
+            node.stop()
 
 
 def test_without_exit_on_failure_the_node_keeps_going(failing_node):

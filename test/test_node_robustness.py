@@ -302,13 +302,15 @@ def test_overload_keeps_latency_bounded(ros_env, random_model_file):
     """
     Frames at several times the node's rate for 30 s: latency flat, drops counted, no growth.
 
-    Margins: the second half's p99 latency at most 1.5x the first half's plus 100 ms
-    (scheduling noise on a shared 2-core machine), resident memory growth below 64 MiB.
+    A queue that grew would raise the latency of every later frame: the second half's
+    median latency stays within 1.5x the first half's plus 100 ms (medians, not p99: one
+    scheduling hiccup on a shared 2-core machine is not a queue). Resident memory grows by
+    less than 64 MiB. On the CPU, so that 60 frames/s overload it on any machine.
     """
     from sensor_msgs.msg import Image
 
     node, peer = _start(ros_env, random_model_file,
-                        {'network_width': 480, 'network_height': 360})
+                        {'network_width': 480, 'network_height': 360, 'device': 'cpu'})
     try:
         publisher = peer.publisher(Image, '/image')
         peer.wait_for_subscribers(publisher)
@@ -332,8 +334,8 @@ def test_overload_keeps_latency_bounded(ros_env, random_model_file):
         first = [lat for t, lat in latencies if t < middle]
         second = [lat for t, lat in latencies if t >= middle]
         assert len(first) > 5 and len(second) > 5, (len(first), len(second))
-        p99_first, p99_second = np.percentile(first, 99), np.percentile(second, 99)
-        assert p99_second <= 1.5 * p99_first + 0.1, (p99_first, p99_second)
+        median_first, median_second = np.median(first), np.median(second)
+        assert median_second <= 1.5 * median_first + 0.1, (median_first, median_second)
         assert len(received) < sent * 0.8, 'the node kept up: no overload was produced'
         diagnostics = _diagnostics(peer)
         assert int(diagnostics['frames_dropped_superseded']) > 0, diagnostics
@@ -345,8 +347,8 @@ def test_overload_keeps_latency_bounded(ros_env, random_model_file):
         assert 0 < float(diagnostics['inference_median_ms']) <= float(
             diagnostics['processing_median_ms']), diagnostics
         assert rss_late - rss_early < 64 * 1024, (rss_early, rss_late)
-        print(f'overload: sent {sent}, answered {len(received)}, p99 first '
-              f'{p99_first * 1e3:.0f} ms, second {p99_second * 1e3:.0f} ms, RSS '
+        print(f'overload: sent {sent}, answered {len(received)}, median latency first '
+              f'{median_first * 1e3:.0f} ms, second {median_second * 1e3:.0f} ms, RSS '
               f'{rss_early} -> {rss_late} KiB')
     finally:
         peer.close()
@@ -366,11 +368,13 @@ def test_no_subscribers_costs_no_inference(ros_env, random_model_file):
         peer.subscribe(DiagnosticArray, '/diagnostics')
         publisher = peer.publisher(Image, '/image')
         peer.wait_for_subscribers(publisher)
-        for index in range(3):
+
+        def skipped():
+            return int(_diagnostics(peer).get('frames_skipped_no_subscribers', 0))
+
+        for index in range(3):  # one at a time: two frames waiting together would supersede
             publisher.publish(make_image_msg(np.zeros((48, 64, 3), np.uint8), 'rgb8', index + 1))
-            time.sleep(0.2)
-        assert peer.wait_for(
-            lambda: int(_diagnostics(peer).get('frames_skipped_no_subscribers', 0)) == 3, 10.0)
+            assert peer.wait_for(lambda: skipped() == index + 1, 10.0), _diagnostics(peer)
         assert int(_diagnostics(peer)['frames_processed']) == 0
     finally:
         peer.close()

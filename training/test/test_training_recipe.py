@@ -265,9 +265,15 @@ def test_recompute_batchnorm_keeps_the_statistics_of_the_batches():
 
 
 def test_batchnorm_loader_only_for_a_recomputed_average():
-    """No pass without --ema, with --ema-bn average, or off the main process."""
+    """A pass in order over the training frames with --ema; none otherwise or off rank 0."""
+    from torch.utils.data import SequentialSampler
+
     env = DistributedEnv(0, 1, 0, torch.device('cpu'))
     dataset = SimpleNamespace(__len__=lambda: 4)
+    args = parse_train_flags('--ema', '0.9', '--batch-size', '3')
+    loader = make_batchnorm_loader(args, dataset, env)
+    assert loader is not None and loader.dataset is dataset
+    assert isinstance(loader.sampler, SequentialSampler) and loader.batch_size == 3
     assert make_batchnorm_loader(parse_train_flags(), dataset, env) is None
     assert make_batchnorm_loader(parse_train_flags('--ema', '0.9', '--ema-bn', 'average'),
                                  dataset, env) is None
