@@ -1,6 +1,5 @@
 """live_evaluate against the real segmentation node process on a small bag."""
 
-import importlib.util
 import json
 from pathlib import Path
 import subprocess
@@ -22,9 +21,6 @@ import pytest
 
 COUNT = 6
 pytestmark = pytest.mark.usefixtures(quick_cpu.__name__)
-needs_node = pytest.mark.skipif(
-    importlib.util.find_spec('enet_ros.node.segmentation_node') is None,
-    reason='segmentation node not present')
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +32,6 @@ def model_file(tmp_path_factory) -> Path:
                               input_size=(WIDTH, HEIGHT))
 
 
-@needs_node
 @pytest.mark.parametrize('image_format', ['raw', 'png'])
 def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, image_format):
     root = tmp_path / 'camvid'
