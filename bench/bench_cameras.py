@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 import platform
 import random
+import sys
 import threading
 import time
 from typing import Dict, List, Optional
@@ -149,6 +150,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = []
     for count in args.cameras:
         runs = [run_count(count, args, rgb) for _ in range(args.repeats)]
+        if any(r['latency_median_ms'] is None for r in runs):
+            print(f'bench_cameras: the node answered no frame in a run with {count} cameras; '
+                  'no figures', file=sys.stderr)
+            return 1
         rows.append({
             'cameras': count,
             'total_fps': float(np.median([r['total_fps'] for r in runs])),

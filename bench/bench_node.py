@@ -275,8 +275,10 @@ def main(argv: Optional[List[str]] = None) -> int:
               f'{fmt(row["ratio"], ".2f"):>6} {fmt(row["segmenter_back_to_back_ms"]):>7} '
               f'{fmt(row["ratio_back_to_back"], ".2f"):>6} {fmt(row["node_latency_ms"]):>15} '
               f'{fmt(row["node_processing_ms"]):>7} {fmt(row["node_inference_ms"]):>6}')
-    print('segm. ms: the Segmenter alone in this process, calls paced at the publish rate; '
-          'b2b: back to back')
+    print(f'p99 of at most {args.frames} answered frames: near the slowest one, not a tail '
+          'estimate')
+    print('segm. ms: the Segmenter alone in this process (labels only, no output images), '
+          'calls paced at the publish rate; b2b: back to back')
     print('node columns: medians from its /diagnostics (frame stamp to publish, callback to '
           'publish, Segmenter call)')
     for row in rows:

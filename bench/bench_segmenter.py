@@ -62,6 +62,7 @@ modes are measured against the same fp32 figure).
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 import platform
@@ -272,6 +273,9 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
         if wanted and name not in wanted:
             continue
         if on_cuda:
+            # The mode's own autotuning from its build on, not the previous mode's (it would
+            # put the autotune workspace into an untuned mode's peak memory).
+            torch.backends.cudnn.benchmark = bool(CUDA_MODES[name].get('optimize', True))
             torch.cuda.synchronize(device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -308,15 +312,17 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
             else:
                 frame = (lambda s=segmenter: s.segment(image))
                 forward = (lambda s=segmenter, x=network_input: s.logits(x))
-        setup = time.perf_counter() - start
         mode = Mode(name, path, frame, forward, device, cudnn_benchmark=bool(optimize))
-        mode.setup_s = setup
+        # Set-up ends after three frames: lazy compilation, autotuning and captures happen
+        # in the first calls of some modes.
         for _ in range(3):
             frame()
             forward()
         if on_cuda:
             torch.cuda.synchronize(device)
             mode.peak_mib = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+        setup = time.perf_counter() - start
+        mode.setup_s = setup
         modes.append(mode)
         print(f'  {name}: ready in {setup:.1f} s ({path})', flush=True)
     return modes
@@ -475,6 +481,17 @@ def forward_gflop(loaded: LoadedModel, net_size: Tuple[int, int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def _without_nan(value):
+    """Return ``value`` with every NaN float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(v) for v in value]
+    return value
+
+
 def _median(values: List[float]) -> float:
     return statistics.median(values) if values else float('nan')
 
@@ -555,9 +572,16 @@ def main(args: argparse.Namespace) -> int:
                       warmup=False, optimize=False)
     device = probe.device
     del probe
+    known = mode_names(device) + (list(CUDA_COMPILED_MODES) if device.type == 'cuda' else [])
     if args.list_modes:
-        print('\n'.join(mode_names(device)))
+        print('\n'.join(known))
         return 0
+    unknown = [m.strip() for m in (args.modes or '').split(',') if m.strip()
+               and m.strip() not in known]
+    if unknown:
+        print(f'bench_segmenter: unknown --modes for {device.type}: {", ".join(unknown)} '
+              '(--list-modes names them)', file=sys.stderr)
+        return 2
     info = machine_info(device)
     print(' '.join(f'{k}={v}' for k, v in info.items()), flush=True)
     fixed = parse_size(args.input_size) if args.input_size else None
@@ -588,8 +612,8 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(format_markdown(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({'machine': info, 'args': vars(args),
-                                               'rows': rows}, indent=2))
+        Path(args.json).write_text(json.dumps(_without_nan(
+            {'machine': info, 'args': vars(args), 'rows': rows}), indent=2, allow_nan=False))
     return 0
 
 

@@ -112,7 +112,12 @@ def main() -> int:
     with torch.inference_mode():
         segmenter.segment(image, images=DEVICE_IMAGES)
     runner = segmenter.path.graphs.peek((height, width, False, False, ()))
-    with_images = segmenter.path.graphs.peek((height, width, False, False, DEVICE_IMAGES))
+    # The cache keys its images as a sorted tuple (checked_images), not in DEVICE_IMAGES' order.
+    with_images = segmenter.path.graphs.peek(
+        (height, width, False, False, segmenter.path.checked_images(DEVICE_IMAGES)))
+    if runner is None or with_images is None:
+        raise SystemExit('profile_cuda: a frame graph was not found in the cache '
+                         f'(plain: {runner is not None}, with images: {with_images is not None})')
     with torch.inference_mode():
         figures['eager_forward_wall_ms'] = median_ms(lambda: segmenter.logits(network_input),
                                                      50)
