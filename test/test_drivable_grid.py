@@ -147,13 +147,16 @@ class _Rig:
             0, 256, (height, width, 3), dtype=np.uint8)
         return make_image_msg(pixels, 'rgb8', self.stamp, frame_id=camera)
 
+    def _with_stamp(self, key: str, wanted: int):
+        """Return the message received under ``key`` with stamp ``wanted``, else None."""
+        return next((m for m in self.peer.messages(key) if stamp_ns(m) == wanted), None)
+
     def send(self, camera: str, msg, keys, timeout: float = 30.0) -> dict:
         """Publish ``msg`` (repeating if lost) until every key has a message with its stamp."""
         wanted = stamp_ns(msg)
 
         def found():
-            return {key: next((m for m in self.peer.messages(key) if stamp_ns(m) == wanted),
-                              None) for key in keys}
+            return {key: self._with_stamp(key, wanted) for key in keys}
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -172,15 +175,11 @@ class _Rig:
         deadline = time.monotonic() + timeout
         grid = None
         while time.monotonic() < deadline:
-            wanted = stamp_ns(msg := self.frame(camera))
+            msg = self.frame(camera)
             self.images[camera].publish(msg)
-
-            def answered():
-                return next((m for m in self.peer.messages(f'{camera}/grid')
-                             if stamp_ns(m) == wanted), None)
-
-            if self.peer.wait_for(lambda: answered() is not None, 3.0):
-                grid = answered()
+            key, wanted = f'{camera}/grid', stamp_ns(msg)
+            if self.peer.wait_for(lambda: self._with_stamp(key, wanted) is not None, 3.0):
+                grid = self._with_stamp(key, wanted)
                 if accept(grid):
                     return grid
         raise AssertionError(f'no accepted {camera} grid in {timeout:.0f} s (last: '
