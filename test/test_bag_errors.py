@@ -7,6 +7,7 @@ from bag_helpers import (EchoSegmenterDouble, HEIGHT, make_camvid, make_image,
 from enet_ros.evaluation import bag_io
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions, main as evaluate_main
+from enet_ros.evaluation.outputs import OutputPathError
 import numpy as np
 import pytest
 
@@ -203,7 +204,7 @@ def test_dataset_to_bag_bad_source_and_existing_output(capsys, tmp_path, good_ba
                            '--no-progress']) == 1
     assert 'no images' in capsys.readouterr().err
     root = good_bag.parent
-    assert dataset_to_bag([str(root), str(good_bag), '--no-progress']) == 1
+    assert dataset_to_bag([str(root), str(good_bag), '--no-progress']) == 2  # refused output
     assert 'exists already (use --overwrite' in capsys.readouterr().err
 
 
@@ -213,10 +214,10 @@ def test_output_bag_never_replaces_the_bag_being_read(capsys, good_bag, model_fi
     for output in (good_bag, good_bag / 'outputs'):
         code, _, err = run_evaluate(capsys, good_bag, '--model', model_file, '--output-bag',
                                     output, '--overwrite')
-        assert code == 1
+        assert code == 2  # a refused output path
         assert 'would overwrite or sit inside the bag being read' in err
     assert sorted(p.name for p in good_bag.iterdir()) == before
     from enet_ros.evaluation.live_evaluate import live_evaluate, LiveOptions
 
-    with pytest.raises(bag_io.BagError, match='bag being read'):
+    with pytest.raises(OutputPathError, match='bag being read'):
         live_evaluate(LiveOptions(bag=good_bag, record_bag=good_bag.parent), log=print)

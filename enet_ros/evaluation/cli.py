@@ -1,11 +1,14 @@
-"""Command-line parts both bag evaluations share: the common arguments, options from them."""
+"""Command-line parts the bag tools share: common arguments and checks, options, stopping."""
 
 import argparse
 from dataclasses import fields
 from pathlib import Path
-from typing import Type, TypeVar
+import sys
+from typing import Callable, Type, TypeVar
 
+from .bag_io import discard_unclosed
 from .ground_truth import DEFAULT_LABELS_TOPIC
+from .signals import stop_on_signals, Stopped
 
 Options = TypeVar('Options')
 
@@ -35,7 +38,7 @@ def add_bag_arguments(parser: argparse.ArgumentParser, action: str) -> None:
                         'classes are used for scoring')
     parser.add_argument('--drivable-classes', default='',
                         help="comma-separated class names (default: the model's)")
-    parser.add_argument('--limit', type=int, default=None,
+    parser.add_argument('--limit', type=positive_int, default=None,
                         help=f'{action} the first N camera messages (skipped ones count)')
     parser.add_argument('--json', dest='json_path', metavar='JSON', type=Path, default=None,
                         help='write every figure here')
@@ -55,3 +58,42 @@ def options_from_args(cls: Type[Options], args: argparse.Namespace) -> Options:
             value = getattr(args, field.name)
             values[field.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+def positive_int(text: str) -> int:
+    """Argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
+def run_stoppable(tool: str, body: Callable[[], int]) -> int:
+    """
+    Run a tool's ``body`` with SIGINT and SIGTERM turned into :class:`Stopped`; its exit code.
+
+    A stop anywhere, also while ``body`` handles an error, ends in
+    :func:`report_stopped`.
+    """
+    with stop_on_signals():
+        try:
+            return body()
+        except Stopped as stop:
+            return report_stopped(tool, stop)
+
+
+def report_stopped(tool: str, stop: Stopped) -> int:
+    """
+    Say that ``tool`` was stopped by a signal; return its exit code (130 / 143).
+
+    Removes a bag still open for writing (one opened as the signal came, or one
+    whose ``__exit__`` the signal cut off; the others were removed as the stack
+    unwound).
+    """
+    discard_unclosed()
+    print(f'{tool}: stopped by {stop.name}: the work was not finished, no results were written '
+          'and a partial output bag was removed', file=sys.stderr)
+    return stop.exit_code

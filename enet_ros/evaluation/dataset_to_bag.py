@@ -18,6 +18,13 @@ stamps. Frames are sorted by path (time order for CamVid and Cityscapes).
 The bag's metadata records each frame's file stem under ``custom_data``
 (``enet_ros.frame_names``), so evaluation can find label files by name.
 
+Arguments are checked before anything is written (argparse error, exit code
+2): topics as ROS 2 checks a fully qualified topic name, a finite positive
+rate of at most 1e9 Hz (distinct nanosecond stamps), a start time and a last
+stamp that fit ``builtin_interfaces/Time`` (seconds are int32), ``--limit`` of
+at least 1, an output path that can be written. A full disk while writing
+removes the partial bag (exit code 3); so do SIGINT and SIGTERM (130, 143).
+
 Example::
 
     dataset_to_bag /work/shared/data/camvid /tmp/camvid_val_bag --split val --storage mcap
@@ -26,7 +33,9 @@ Example::
 import argparse
 from dataclasses import dataclass
 import json
+import math
 from pathlib import Path
+import re
 import sys
 import time
 from typing import Callable, List, Optional
@@ -36,13 +45,22 @@ import numpy as np
 from tqdm import tqdm
 
 from .bag_io import (array_to_compressed, array_to_image, BagError, BagWriter,
-                     COMPRESSED_IMAGE, FRAME_NAMES_KEY, IMAGE, make_header, STORAGES)
+                     check_output_bag, COMPRESSED_IMAGE, FRAME_NAMES_KEY, IMAGE, make_header,
+                     STORAGES)
+from .cli import positive_int, run_stoppable
+from .outputs import EXIT_OUTPUT_FAILED, EXIT_OUTPUT_REFUSED, OutputPathError, OutputWriteError
 from ..labels import cityscapes_id_to_train_id
 
 TOOL = 'dataset_to_bag'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 LAYOUTS = ('auto', 'camvid', 'cityscapes', 'folder')
 FORMATS = ('raw', 'jpeg', 'png')
+#: Highest rate: consecutive frames stay at least 1 ns apart (distinct stamps).
+MAX_RATE_HZ = 1e9
+#: ``builtin_interfaces/Time.sec`` is an int32: the last stamp must be before 2038-01-19.
+MAX_STAMP_S = 2 ** 31 - 1
+#: A fully qualified ROS 2 topic name, used only when rclpy cannot be imported.
+_FULL_TOPIC = re.compile(r'(/[A-Za-z_][A-Za-z0-9_]*)+')
 
 
 class DatasetError(ValueError):
@@ -144,6 +162,57 @@ class BagOptions:
     progress: bool = False
 
 
+def topic_problem(name: str) -> Optional[str]:
+    """Why ``name`` is not a fully qualified ROS 2 topic name (rclpy's own check), or None."""
+    try:
+        from rclpy.exceptions import InvalidTopicNameException
+        from rclpy.validate_full_topic_name import validate_full_topic_name
+    except ImportError:  # no ROS 2 Python here: the same rules, less detail
+        return None if _FULL_TOPIC.fullmatch(name) else (
+            "a topic name is '/' and tokens of letters, digits and '_', not starting with a "
+            'digit')
+    try:
+        validate_full_topic_name(name)
+    except InvalidTopicNameException as error:
+        text = str(error).splitlines()[0]
+        return text.split(': ', 1)[1] if ': ' in text else text
+    return None
+
+
+def check_options(options: BagOptions, frames: int) -> None:
+    """
+    Raise :class:`DatasetError` (one line) for options that would write a wrong bag.
+
+    Topics: fully qualified ROS 2 names, and distinct; rate: finite, in (0,
+    :data:`MAX_RATE_HZ`]; start time: finite, >= 0; the last of ``frames``
+    stamps within ``builtin_interfaces/Time`` (:data:`MAX_STAMP_S`).
+    """
+    topics = {'--image-topic': camera_topic(options)}
+    if options.labels_topic:
+        topics['--labels-topic'] = options.labels_topic
+    for option, topic in topics.items():
+        problem = topic_problem(topic)
+        if problem:
+            raise DatasetError(f'{option} {topic!r} is not a valid topic name: {problem}')
+    if len(set(topics.values())) < len(topics):
+        raise DatasetError(f'--image-topic and --labels-topic are the same topic '
+                           f"'{options.labels_topic}'")
+    if not (math.isfinite(options.rate_hz) and 0 < options.rate_hz <= MAX_RATE_HZ):
+        raise DatasetError(f'--rate must be a finite number of frames per second in (0, '
+                           f'{MAX_RATE_HZ:g}], got {options.rate_hz:g}')
+    start = options.start_time_s
+    if start is not None and not (math.isfinite(start) and 0 <= start <= MAX_STAMP_S):
+        raise DatasetError(f'--start-time must be seconds since the epoch in [0, {MAX_STAMP_S}] '
+                           f'(builtin_interfaces/Time), got {start:g}')
+    last = (start if start is not None else time.time()) + (frames - 1) / options.rate_hz
+    if not last <= MAX_STAMP_S:
+        raise DatasetError(f'the last of {frames} frames at --rate {options.rate_hz:g} Hz would '
+                           f'be stamped {last:g} s, after the last time builtin_interfaces/Time '
+                           f'holds ({MAX_STAMP_S} s); raise --rate or lower --start-time')
+    if not 0 <= options.jpeg_quality <= 100:
+        raise DatasetError(f'--jpeg-quality must be in [0, 100], got {options.jpeg_quality}')
+
+
 def camera_topic(options: BagOptions) -> str:
     """Return the image topic written: ``<topic>/compressed`` for compressed frames."""
     topic = options.image_topic
@@ -158,11 +227,12 @@ def write_bag(samples: List[Sample], output: Path, options: BagOptions,
     Write ``samples`` to a new bag at ``output``; return a summary (counts, stamps, topics).
 
     ``label_mapping(path)`` gives the id mapping table for a label file (or None).
+    Raises :class:`DatasetError` for bad options (:func:`check_options`) or input,
+    OutputPathError / OutputWriteError when the bag cannot be written.
     """
-    if options.rate_hz <= 0:
-        raise DatasetError(f'rate must be positive, got {options.rate_hz}')
     if not samples:
         raise DatasetError('no frames to write')
+    check_options(options, len(samples))
     start = options.start_time_s if options.start_time_s is not None else time.time()
     start_ns = int(round(start * 1e9))
     topic = camera_topic(options)
@@ -225,16 +295,28 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='camera topic (/compressed is appended for compressed frames)')
     parser.add_argument('--labels-topic', default='/camera/labels',
                         help='ground-truth topic (empty: no labels)')
-    parser.add_argument('--limit', type=int, default=None, help='only the first N frames')
+    parser.add_argument('--limit', type=positive_int, default=None,
+                        help='only the first N frames')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing bag')
     parser.add_argument('--no-progress', dest='progress', action='store_false')
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``dataset_to_bag``; 0 on success, 1 on bad input."""
-    args = get_args_parser().parse_args(argv)
+    """
+    Run ``dataset_to_bag``; the exit codes are the bag tools' (README, "Bad input and faults").
+
+    0 written; 1 bad input; 2 bad argument or refused output path; 3 the bag
+    could not be written (removed); 130 / 143 stopped by SIGINT / SIGTERM (removed).
+    """
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    return run_stoppable(TOOL, lambda: _run(parser, args))
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
+        check_output_bag(args.output, args.overwrite)
         layout = detect_layout(args.source, args.split) if args.layout == 'auto' \
             else args.layout
         mapping = None
@@ -255,7 +337,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             jpeg_quality=args.jpeg_quality, rate_hz=args.rate, start_time_s=args.start_time,
             frame_id=args.frame_id, image_topic=args.image_topic,
             labels_topic=args.labels_topic, overwrite=args.overwrite, progress=args.progress)
+        try:
+            check_options(options, len(samples))
+        except DatasetError as error:
+            parser.error(str(error))
         summary = write_bag(samples, args.output, options, mapping)
+    except OutputPathError as error:
+        print(f'{TOOL}: error: {error}', file=sys.stderr)
+        return EXIT_OUTPUT_REFUSED
+    except OutputWriteError as error:
+        print(f'{TOOL}: error: {error}', file=sys.stderr)
+        return EXIT_OUTPUT_FAILED
     except (DatasetError, BagError, ValueError) as error:
         print(f'{TOOL}: error: {error}', file=sys.stderr)
         return 1

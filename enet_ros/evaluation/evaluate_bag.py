@@ -10,7 +10,14 @@ folder of label PNGs (matched by stamp or by the frame's recorded file name).
 Reports frames read / evaluated / skipped (with reasons), mIoU and per-class
 IoU, class-average and global accuracy, drivable-area IoU, segment latency
 percentiles and frames per second: as a table, a JSON file, optionally a PNG
-report and an output bag with the node's four topics (input headers kept).
+report and an output bag with the node's four topics (input headers kept, and
+the frame names ``dataset_to_bag`` recorded carried over into its metadata).
+
+Output paths are checked before any frame is read; the table is printed before
+the files are written, so a file that cannot be written (a full disk) loses
+nothing else, and the tool ends with one line naming it (exit code 3). A full
+disk while the output bag is written removes that bag and the evaluation goes
+on. SIGINT and SIGTERM remove a partial output bag (exit codes 130 and 143).
 
 Example::
 
@@ -27,6 +34,7 @@ module needs only rosbags and the core.
 import argparse
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+import json
 from pathlib import Path
 import sys
 import time
@@ -36,10 +44,13 @@ from typing import (AbstractSet, Any, Callable, Dict, Iterable, List, Optional, 
 import numpy as np
 
 from .bag_frames import BagFrame, frame_total, read_frames, resolve_image_topic
-from .bag_io import (array_to_image, BagError, BagWriter, IMAGE, message_to_frame, MessageError,
+from .bag_io import (array_to_image, BagError, BagWriter, check_output_bag, count_mismatches,
+                     frame_names, FRAME_NAMES_KEY, IMAGE, message_to_frame, MessageError,
                      open_bag, RawMessage, storage_of, STORAGES, TopicInfo)
-from .cli import bag_parser, options_from_args
+from .cli import bag_parser, options_from_args, run_stoppable
 from .ground_truth import GroundTruth
+from .outputs import (check_output_file, EXIT_OUTPUT_FAILED, EXIT_OUTPUT_REFUSED,
+                      OutputPathError, OutputWriteError, ResultsNotWritten)
 from .report import format_table, report_head, ReportFrame, write_json, write_report
 from .scoring import latency_summary, parse_class_list, Prediction, Scoreboard, Tally
 from .. import masks
@@ -110,44 +121,97 @@ class _ReportPicker:
 
 
 class _Outputs:
-    """Writes the node's four output topics (and optionally the inputs) to a bag."""
+    """
+    Writes the node's four output topics (and optionally the inputs) to a bag.
 
-    def __init__(self, writer: BagWriter, prefix: str, renderer: masks.OutputRenderer):
+    A context manager around the :class:`BagWriter`. When the bag cannot be
+    written (a full disk), the writer removes it, :attr:`failure` keeps the
+    error, ``log`` says so once and later frames are evaluated without outputs.
+    """
+
+    def __init__(self, writer: BagWriter, prefix: str, renderer: masks.OutputRenderer,
+                 log: Callable[[str], None]):
         self.writer = writer
         self.renderer = renderer
+        self.log = log
+        self.failure: Optional[OutputWriteError] = None
+        self.names: Dict[int, str] = {}
         self.topics = {name: f"{prefix.rstrip('/')}/{name}" for name in masks.LABEL_IMAGES}
-        for topic in self.topics.values():
-            writer.add_topic(topic, IMAGE)
+
+    def __enter__(self) -> '_Outputs':
+        """Open the bag and declare the output topics."""
+        self.writer.__enter__()
+        try:
+            for topic in self.topics.values():
+                self.writer.add_topic(topic, IMAGE)
+        except BaseException:
+            self.writer.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        """Close the bag with the frame names; remove it when the block raised."""
+        if exc_type is None and self.failure is None and self.names:
+            self.writer.set_custom_data(FRAME_NAMES_KEY, json.dumps(
+                {str(stamp): name for stamp, name in sorted(self.names.items())}))
+        try:
+            self.writer.__exit__(exc_type, *exc_info)
+        except OutputWriteError as error:
+            self._failed(error)
+
+    def _failed(self, error: OutputWriteError) -> None:
+        self.failure = error
+        self.log(f'{TOOL}: error: {error}; the evaluation goes on without it')
 
     def write(self, header: Any, log_time: int, labels: np.ndarray, rgb: np.ndarray) -> None:
         """Write labels, colour, overlay and drivable images, rendered as the node does."""
+        if self.failure is not None:
+            return
         images = self.renderer.render(labels, rgb)
-        for name in masks.LABEL_IMAGES:
-            encoding = ENCODINGS[masks.OUTPUT_CHANNELS[name]]
-            self.writer.write(self.topics[name], array_to_image(images[name], encoding, header),
-                              log_time)
+        try:
+            for name in masks.LABEL_IMAGES:
+                encoding = ENCODINGS[masks.OUTPUT_CHANNELS[name]]
+                self.writer.write(self.topics[name],
+                                  array_to_image(images[name], encoding, header), log_time)
+        except OutputWriteError as error:
+            self._failed(error)
 
     def copy(self, raw: RawMessage) -> None:
         """Copy an input message (camera or ground truth) as it is."""
-        self.writer.write_raw(raw.topic, raw.data, raw.log_time)
+        if self.failure is not None:
+            return
+        try:
+            self.writer.write_raw(raw.topic, raw.data, raw.log_time)
+        except OutputWriteError as error:
+            self._failed(error)
 
 
 def _open_outputs(stack: ExitStack, options: EvaluateOptions, reader: Any,
                   metadata: ModelMetadata, drivable: Sequence[str],
-                  input_topics: Sequence[Optional[str]]) -> Optional[_Outputs]:
+                  input_topics: Sequence[Optional[str]],
+                  log: Callable[[str], None]) -> Optional[_Outputs]:
     """Open the output bag (closed by ``stack``) when ``options`` ask for one."""
     if not options.output_bag:
         return None
-    writer = stack.enter_context(BagWriter(
-        options.output_bag, options.output_storage or storage_of(options.bag),
-        overwrite=options.overwrite, reading=options.bag))
+    writer = BagWriter(options.output_bag, options.output_storage or storage_of(options.bag),
+                       overwrite=options.overwrite, reading=options.bag)
     renderer = masks.OutputRenderer(metadata.colors, metadata.class_table.ids_of(drivable),
                                     options.overlay_alpha)
-    outputs = _Outputs(writer, options.output_prefix, renderer)
+    outputs = stack.enter_context(_Outputs(writer, options.output_prefix, renderer, log))
     if options.copy_input:
         for topic in filter(None, input_topics):
             writer.add_topic(topic, reader.topics[topic].msgtype)
     return outputs
+
+
+def check_outputs(options: EvaluateOptions) -> None:
+    """Raise :class:`OutputPathError` for an output path that cannot be written; before work."""
+    if options.output_bag:
+        check_output_bag(options.output_bag, options.overwrite, options.bag)
+    if options.json_path:
+        check_output_file(options.json_path, '--json')
+    if options.report_path:
+        check_output_file(options.report_path, '--report')
 
 
 @dataclass
@@ -190,19 +254,31 @@ def _segment_frames(frames: Iterable[BagFrame], segmenter: SegmenterLike, tally:
 
 def evaluate_bag(options: EvaluateOptions,
                  segmenter: Union[SegmenterLike, Callable[[], SegmenterLike]],
-                 log: Callable[[str], None] = lambda text: print(text, file=sys.stderr)
-                 ) -> Dict[str, Any]:
+                 log: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
+                 show: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """
     Evaluate ``options.bag`` and return the report (also written where options say).
 
     ``segmenter`` is a :class:`Segmenter` (or a test double with its
     ``metadata`` and ``segment``), or a function making one, called only after
-    the bag and its topics have been checked. Raises :class:`BagError` for a
-    bag that cannot be evaluated at all.
+    the output paths, the bag and its topics have been checked. ``show(report)``
+    runs before the files are written. Raises :class:`OutputPathError` for an
+    output path that cannot be written (before any work), :class:`BagError` for
+    a bag that cannot be evaluated at all, and :class:`ResultsNotWritten` (with
+    the report) when an output could not be written.
     """
+    check_outputs(options)
+    warnings: List[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        log(f'{TOOL}: warning: {text}')
+
     with open_bag(options.bag) as reader, ExitStack() as stack:
         image = resolve_image_topic(reader, options.image_topic)
         truth = GroundTruth.resolve(reader, image.name, options.labels_topic, options.labels_dir)
+        for line in count_mismatches(reader):
+            warn(line)
         warning = truth.warning(TOOL, 'latency')
         if warning:
             log(warning)
@@ -215,23 +291,41 @@ def evaluate_bag(options: EvaluateOptions,
         tally = Tally(Scoreboard(metadata, drivable), truth.folder, truth.matcher(reader),
                       on_scored=picker.offer)
         outputs = _open_outputs(stack, options, reader, metadata, drivable,
-                                (image.name, truth.topic))
+                                (image.name, truth.topic), log)
         frames = read_frames(reader, image.name, truth.topic, tally, total, TOOL,
                              options.progress, selected=options.stamps,
-                             on_raw=outputs.copy if outputs and options.copy_input else None)
+                             on_raw=outputs.copy if outputs and options.copy_input else None,
+                             limit=options.limit, warn=warn)
         timing = _segment_frames(frames, segmenter, tally, outputs, picker)
         tally.finish()
-    report = _report(options, image, truth, segmenter, tally, timing)
+        if outputs:
+            names = frame_names(reader)
+            outputs.names = {r['stamp_ns']: names[r['stamp_ns']] for r in tally.records
+                             if r['stamp_ns'] in names}
+    report = _report(options, image, truth, segmenter, tally, timing, warnings, outputs)
+    if show is not None:
+        show(report)
+    failures = [outputs.failure] if outputs and outputs.failure else []
     if options.json_path:
-        write_json(options.json_path, report)
+        try:
+            write_json(options.json_path, report)
+        except OutputWriteError as error:
+            failures.append(error)
     if options.report_path:
-        write_report(options.report_path, picker.frames, report['accuracy'], metadata,
-                     title=f'{options.bag} ({image.name})')
+        try:
+            write_report(options.report_path, picker.frames, report['accuracy'], metadata,
+                         title=f'{options.bag} ({image.name})')
+        except OSError as error:
+            failures.append(OutputWriteError(f"--report '{options.report_path}' could not be "
+                                             f'written: {error.strerror or error}'))
+    if failures:
+        raise ResultsNotWritten(report, failures)
     return report
 
 
 def _report(options: EvaluateOptions, image: TopicInfo, truth: GroundTruth,
-            segmenter: Any, tally: Tally, timing: _Timing) -> Dict[str, Any]:
+            segmenter: Any, tally: Tally, timing: _Timing, warnings: List[str],
+            outputs: Optional[_Outputs]) -> Dict[str, Any]:
     describe = getattr(segmenter, 'describe', None)
     segmented = len(timing.segment_s)
     return {
@@ -243,7 +337,9 @@ def _report(options: EvaluateOptions, image: TopicInfo, truth: GroundTruth,
         'segment_latency': latency_summary(timing.segment_s),
         'fps': segmented / timing.wall_s if segmented and timing.wall_s > 0 else None,
         'wall_s': timing.wall_s,
-        'output_bag': str(options.output_bag) if options.output_bag else None,
+        'output_bag': str(options.output_bag) if outputs and not outputs.failure else None,
+        'output_bag_error': str(outputs.failure) if outputs and outputs.failure else None,
+        'warnings': warnings,
         'per_frame': tally.records,
     }
 
@@ -273,7 +369,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``evaluate_bag``; 0 on success, 1 when nothing could be evaluated or on bad input."""
+    """
+    Run ``evaluate_bag``; the exit codes are the bag tools' (README, "Bad input and faults").
+
+    0 done; 1 bad input or nothing evaluated; 2 bad argument or refused output
+    path; 3 an output could not be written (the table was printed); 130 / 143
+    stopped by SIGINT / SIGTERM.
+    """
     args = get_args_parser().parse_args(argv)
     options = options_from_args(EvaluateOptions, args)
 
@@ -281,17 +383,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         return Segmenter.from_file(args.model or None, device=args.device,
                                    precision=args.precision)
 
-    try:
-        report = evaluate_bag(options, make_segmenter)
-    except (BagError, ModelFileError, SegmenterConfigError, ValueError) as error:
-        print(f'{TOOL}: error: {error}', file=sys.stderr)
-        return 1
-    print(format_table(report))
-    if report['ground_truth'] != 'none' and not report['frames']['evaluated']:
-        print(f'{TOOL}: error: no frame could be evaluated (see the skipped reasons)',
-              file=sys.stderr)
-        return 1
-    return 0
+    def run() -> int:
+        try:
+            report = evaluate_bag(options, make_segmenter,
+                                  show=lambda report: print(format_table(report), flush=True))
+        except OutputPathError as error:
+            print(f'{TOOL}: error: {error}', file=sys.stderr)
+            return EXIT_OUTPUT_REFUSED
+        except ResultsNotWritten as error:
+            for failure in error.failures:
+                print(f'{TOOL}: error: {failure}', file=sys.stderr)
+            return EXIT_OUTPUT_FAILED
+        except (BagError, ModelFileError, SegmenterConfigError, ValueError) as error:
+            print(f'{TOOL}: error: {error}', file=sys.stderr)
+            return 1
+        if report['ground_truth'] != 'none' and not report['frames']['evaluated']:
+            print(f'{TOOL}: error: no frame could be evaluated (see the skipped reasons)',
+                  file=sys.stderr)
+            return 1
+        return 0
+
+    return run_stoppable(TOOL, run)
 
 
 if __name__ == '__main__':

@@ -198,7 +198,9 @@ class GroundTruth:
         if not self.topic:
             return None
         stamps = set()
-        for raw in read_messages(reader, [self.topic]):
+        # A corrupt part is reported by the frame loop, which reads it again; its labels are
+        # not expected here, so its frames are skipped as having no ground truth.
+        for raw in read_messages(reader, [self.topic], on_unreadable=lambda lost: None):
             decoded = _stamp(raw)
             if decoded is not None:
                 stamps.add(decoded[1])

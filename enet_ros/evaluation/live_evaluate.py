@@ -14,6 +14,9 @@ for a reason) or dropped (:mod:`.live_playback`).
 By default the node is started as a subprocess (``python -m
 enet_ros.node.main`` with the package's config/segment.yaml);
 ``--attach`` uses one already running. Needs no ``ros2 bag play``.
+SIGINT and SIGTERM stop the started node and remove a partial recording
+(exit codes 130, 143); output paths are checked before the node starts, and
+the table is printed before the JSON is written.
 
 The parts, one job each: this module starts and stops the node and builds the
 report; :mod:`.live_peer` is the rclpy side (publisher, recorder);
@@ -39,23 +42,27 @@ Example::
 """
 
 import argparse
-from contextlib import ExitStack
+from contextlib import contextmanager, ExitStack
 from dataclasses import dataclass
+import json
 import os
 from pathlib import Path
 import sys
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from .bag_frames import frame_total, resolve_image_topic
-from .bag_io import (BagError, BagWriter, check_output_apart, COMPRESSED_IMAGE, open_bag,
-                     TopicInfo)
-from .cli import bag_parser, options_from_args
+from .bag_io import (BagError, BagWriter, check_output_bag, COMPRESSED_IMAGE, count_mismatches,
+                     frame_names, FRAME_NAMES_KEY, open_bag, TopicInfo)
+from .cli import bag_parser, options_from_args, run_stoppable
 from .ground_truth import GroundTruth
 from .live_peer import LiveError, LivePeer, wait_ready
 from .live_playback import LiveSession, play, rate_hz, wait_recorded
 from .node_process import node_command as process_command, NodeProcess
+from .outputs import (check_output_file, EXIT_OUTPUT_FAILED, EXIT_OUTPUT_REFUSED,
+                      OutputPathError, OutputWriteError, ResultsNotWritten)
 from .report import format_table, report_head, write_json
 from .scoring import latency_summary, parse_class_list, Scoreboard, Tally
+from .signals import shielded
 from ..model_file import load_model_file, ModelFileError
 from ..node.dds import PROFILE_VARIABLES, with_large_image_transport
 
@@ -121,27 +128,52 @@ def _start_node(options: LiveOptions, topics: _Topics, compressed: bool,
     return node
 
 
-def _run_node(reader: Any, image: TopicInfo, truth_topic: Optional[str], options: LiveOptions,
-              session: LiveSession, topics: _Topics,
-              log: Log) -> Tuple[Optional[NodeProcess], Optional[int]]:
-    """Start the node (unless attached), play the bag into it, stop it: (node, exit code)."""
-    node = None
+@contextmanager
+def _recording(recorder: BagWriter) -> Iterator[BagWriter]:
+    """Open ``recorder``; a bag that cannot be closed is kept in its ``failure``, not raised."""
     try:
-        node = _start_node(options, topics, image.msgtype == COMPRESSED_IMAGE, log)
+        with recorder:
+            yield recorder
+    except OutputWriteError as error:
+        if error is not recorder.failure:
+            raise
+
+
+def _run_node(reader: Any, image: TopicInfo, truth_topic: Optional[str], options: LiveOptions,
+              session: LiveSession, topics: _Topics, log: Log,
+              warn: Log) -> Tuple[Optional[NodeProcess], Optional[int], Optional[BagWriter]]:
+    """
+    Start the node (unless attached), play the bag into it, stop it.
+
+    Returns the node, its exit code and the recorder (whose ``failure`` says
+    whether the recording could be written).
+    """
+    node = None
+    recorder = None
+    try:
+        with shielded():  # a signal now waits until ``node`` is set, so finally stops it
+            node = _start_node(options, topics, image.msgtype == COMPRESSED_IMAGE, log)
         with ExitStack() as stack:
-            recorder = (stack.enter_context(BagWriter(options.record_bag, 'mcap', overwrite=True,
-                                                      reading=options.bag))
-                        if options.record_bag else None)
+            recorder = (stack.enter_context(_recording(BagWriter(
+                options.record_bag, 'mcap', overwrite=True, reading=options.bag)))
+                if options.record_bag else None)
             peer = LivePeer(topics.frames, image.msgtype, topics.labels, recorder)
             stack.callback(peer.close)
             wait_ready(peer, node, options.startup_timeout, options.settle)
             play(reader, image.name, truth_topic, frame_total(image.count, options.limit), peer,
-                 session, options.rate, options.wait, TOOL, options.progress)
+                 session, options.rate, options.wait, TOOL, options.progress,
+                 limit=options.limit, warn=warn)
             if recorder is not None:
                 wait_recorded(recorder, session.answered, options.wait)
+                names = frame_names(reader)
+                answered = {r['stamp_ns'] for r in session.tally.records
+                            if r['stamp_ns'] in names}
+                if answered and recorder.failure is None:
+                    recorder.set_custom_data(FRAME_NAMES_KEY, json.dumps(
+                        {str(stamp): names[stamp] for stamp in sorted(answered)}))
     finally:
         node_exit = node.stop() if node is not None else None
-    return node, node_exit
+    return node, node_exit, recorder
 
 
 def _note_transport(log: Log) -> None:
@@ -152,43 +184,75 @@ def _note_transport(log: Log) -> None:
             'first ROS 2 participant starts (see enet_ros.node.dds.with_large_image_transport)')
 
 
+def check_outputs(options: LiveOptions) -> None:
+    """Raise :class:`OutputPathError` for an output path that cannot be written; before work."""
+    if options.record_bag:
+        check_output_bag(options.record_bag, True, options.bag, '--record-bag')
+    if options.json_path:
+        check_output_file(options.json_path, '--json')
+    if options.node_log:
+        check_output_file(options.node_log, '--node-log')
+
+
 def live_evaluate(options: LiveOptions,
-                  log: Log = lambda text: print(text, file=sys.stderr)) -> Dict[str, Any]:
+                  log: Log = lambda text: print(text, file=sys.stderr),
+                  show: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """
     Play ``options.bag`` into the node and return the report; see the module docstring.
 
     Does not change ``os.environ``: the Fast DDS profile of this process is the
     caller's to set before its first ROS 2 participant (the module docstring
-    says why and how). Raises :class:`BagError` for a bag that cannot be played,
-    :class:`LiveError` when the node does not come up, ModelFileError for a bad model.
+    says why and how). ``show(report)`` runs before the JSON is written. Raises
+    :class:`OutputPathError` for an output path that cannot be written (before
+    the node starts), :class:`BagError` for a bag that cannot be played,
+    :class:`LiveError` when the node does not come up, ModelFileError for a bad
+    model, :class:`ResultsNotWritten` (with the report) when an output could not
+    be written.
     """
     if options.rate <= 0:
         raise ValueError(f'rate must be positive, got {options.rate}')
-    if options.record_bag:
-        check_output_apart(options.record_bag, options.bag)
+    check_outputs(options)
+    warnings: List[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        log(f'{TOOL}: warning: {text}')
+
     metadata = load_model_file(options.model or None).metadata
     scoreboard = Scoreboard(metadata, parse_class_list(options.drivable_classes, metadata))
     _note_transport(log)
     with open_bag(options.bag) as reader:
         image = resolve_image_topic(reader, options.image_topic)
         truth = GroundTruth.resolve(reader, image.name, options.labels_topic, options.labels_dir)
+        for line in count_mismatches(reader):
+            warn(line)
         warning = truth.warning(TOOL, 'latency and drops')
         if warning:
             log(warning)
         session = LiveSession(Tally(scoreboard, truth.folder, truth.matcher(reader)))
         topics = _Topics(options.input_topic or image.name,
                          f"/{options.node_name.strip('/')}/labels")
-        node, node_exit = _run_node(reader, image, truth.topic, options, session, topics, log)
+        node, node_exit, recorder = _run_node(reader, image, truth.topic, options, session,
+                                              topics, log, warn)
     session.tally.finish()
-    report = _report(options, image, truth, session, node, node_exit, topics)
+    failures = [recorder.failure] if recorder is not None and recorder.failure else []
+    report = _report(options, image, truth, session, node, node_exit, topics, warnings,
+                     failures)
+    if show is not None:
+        show(report)
     if options.json_path:
-        write_json(options.json_path, report)
+        try:
+            write_json(options.json_path, report)
+        except OutputWriteError as error:
+            failures.append(error)
+    if failures:
+        raise ResultsNotWritten(report, failures)
     return report
 
 
 def _report(options: LiveOptions, image: TopicInfo, truth: GroundTruth, session: LiveSession,
-            node: Optional[NodeProcess], node_exit: Optional[int],
-            topics: _Topics) -> Dict[str, Any]:
+            node: Optional[NodeProcess], node_exit: Optional[int], topics: _Topics,
+            warnings: List[str], failures: List[OutputWriteError]) -> Dict[str, Any]:
     tally = session.tally
     return {
         **report_head(TOOL, options.bag, image, truth, options.model or 'bundled default'),
@@ -204,6 +268,9 @@ def _report(options: LiveOptions, image: TopicInfo, truth: GroundTruth, session:
         'end_to_end_latency': latency_summary(session.latencies),
         'input_rate_hz': rate_hz(session.publish_times),
         'output_rate_hz': rate_hz(session.receive_times),
+        'record_bag': str(options.record_bag) if options.record_bag and not failures else None,
+        'record_bag_error': str(failures[0]) if failures else None,
+        'warnings': warnings,
         'per_frame': tally.records,
     }
 
@@ -242,26 +309,40 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``live_evaluate``; 0 on success, 1 on bad input or when the node answered nothing."""
+    """
+    Run ``live_evaluate``; the exit codes are the bag tools' (README, "Bad input and faults").
+
+    0 done; 1 bad input, the node did not come up or answered nothing; 2 bad
+    argument or refused output path; 3 an output could not be written (the
+    table was printed); 130 / 143 stopped by SIGINT / SIGTERM (node stopped).
+    """
     # This process is ours: choose the large-image Fast DDS profile before any participant
     # starts (frames go out from here, outputs come from the node; see the module docstring).
     os.environ.update(with_large_image_transport(os.environ))
     args = get_args_parser().parse_args(argv)
     options = options_from_args(LiveOptions, args)
-    try:
-        report = live_evaluate(options)
-    except KeyboardInterrupt:
-        print(f'{TOOL}: interrupted', file=sys.stderr)
-        return 130
-    except (BagError, LiveError, ModelFileError, ValueError) as error:
-        print(f'{TOOL}: error: {error}', file=sys.stderr)
-        return 1
-    print(format_table(report))
-    if not report['frames']['answered']:
-        print(f'{TOOL}: error: the node answered none of the '
-              f"{report['frames']['published']} frames", file=sys.stderr)
-        return 1
-    return 0
+
+    def run() -> int:
+        try:
+            report = live_evaluate(options,
+                                   show=lambda report: print(format_table(report), flush=True))
+        except OutputPathError as error:
+            print(f'{TOOL}: error: {error}', file=sys.stderr)
+            return EXIT_OUTPUT_REFUSED
+        except ResultsNotWritten as error:
+            for failure in error.failures:
+                print(f'{TOOL}: error: {failure}', file=sys.stderr)
+            return EXIT_OUTPUT_FAILED
+        except (BagError, LiveError, ModelFileError, ValueError) as error:
+            print(f'{TOOL}: error: {error}', file=sys.stderr)
+            return 1
+        if not report['frames']['answered']:
+            print(f'{TOOL}: error: the node answered none of the '
+                  f"{report['frames']['published']} frames", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_stoppable(TOOL, run)
 
 
 if __name__ == '__main__':

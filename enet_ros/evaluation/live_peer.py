@@ -19,11 +19,21 @@ from typing import Any, Optional, Tuple
 from .bag_io import (BagWriter, COMPRESSED_IMAGE, IMAGE, message_to_labels, MessageError,
                      stamp_to_ns)
 from .node_process import NodeProcess
+from .outputs import OutputWriteError
 from .. import masks
 
 
 class LiveError(RuntimeError):
     """The live evaluation cannot run: the node did not start or never became ready."""
+
+
+def _record(recorder: BagWriter, topic: str, data: bytes) -> None:
+    """Write a received output; a failed bag (disk full) is kept in ``recorder.failure``."""
+    if recorder.failure is None:
+        try:
+            recorder.write_raw(topic, data, time.time_ns())
+        except OutputWriteError:
+            pass  # the writer removed the bag; live_evaluate reports recorder.failure
 
 
 class LivePeer:
@@ -56,8 +66,8 @@ class LivePeer:
                 topic = labels_topic.rsplit('/', 1)[0] + '/' + output
                 recorder.add_topic(topic, IMAGE)
                 self.subscriptions.append(self.node.create_subscription(
-                    Image, topic, lambda data, topic=topic: recorder.write_raw(
-                        topic, data, time.time_ns()), record, raw=True))
+                    Image, topic, lambda data, topic=topic: _record(recorder, topic, data),
+                    record, raw=True))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, name='ros', daemon=True)

@@ -15,8 +15,9 @@ last answer) for the rest. No rclpy here: the peer is passed in.
 
 from collections import OrderedDict
 import queue
+import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .bag_frames import read_frames
 from .bag_io import BagWriter, MessageError
@@ -87,17 +88,19 @@ def rate_hz(times: List[float]) -> Optional[float]:
 
 def play(reader: Any, image_topic: str, truth_topic: Optional[str], total: int, peer: Any,
          session: LiveSession, rate: float, wait: float, desc: str,
-         progress: bool = True) -> None:
+         progress: bool = True, limit: Optional[int] = None,
+         warn: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> None:
     """
     Publish the frames through ``peer`` on schedule, then wait for the last answers.
 
     Frame ``i`` goes out ``(log_time_i - log_time_0) / rate`` seconds after the
     first; answers are handled while waiting. After the last frame, each frame
     still unanswered ``wait`` seconds after the latest answer is dropped.
+    ``total``, ``limit`` and ``warn`` are :func:`~.bag_frames.read_frames`'.
     """
     clock: Optional[Tuple[int, float]] = None  # (first frame's log time, its publish time)
     for frame in read_frames(reader, image_topic, truth_topic, session.tally, total, desc,
-                             progress):
+                             progress, limit=limit, warn=warn):
         if clock is None:
             clock = (frame.raw.log_time, time.monotonic())
         due = clock[1] + (frame.raw.log_time - clock[0]) / 1e9 / rate
@@ -120,6 +123,7 @@ def play(reader: Any, image_topic: str, truth_topic: Optional[str], total: int, 
 def wait_recorded(recorder: BagWriter, answered: int, timeout: float) -> None:
     """Let the outputs published after the last frame's labels reach the recording."""
     deadline = time.monotonic() + timeout
-    while (min(recorder.counts.values(), default=answered) < answered
+    while (recorder.failure is None
+           and min(recorder.counts.values(), default=answered) < answered
            and time.monotonic() < deadline):
         time.sleep(0.05)

@@ -15,6 +15,7 @@ import tempfile
 import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from .signals import shielded
 from ..node.dds import config_file
 
 READY_LINE = 'listening on'
@@ -115,17 +116,20 @@ class NodeProcess:
         Send ``first_signal``, then SIGTERM, then SIGKILL, each after ``timeout``.
 
         Returns the exit code. A temporary log of a clean (exit 0) run is removed.
+        A SIGINT / SIGTERM to a bag tool arriving meanwhile waits until the node
+        has stopped (:func:`~enet_ros.evaluation.signals.shielded`).
         """
         signals = [first_signal] + [s for s in (signal.SIGTERM, signal.SIGKILL)
                                     if s != first_signal]
-        for sig in signals:
-            if self.process.poll() is not None:
-                break
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                continue
+        with shielded():
+            for sig in signals:
+                if self.process.poll() is not None:
+                    break
+                self.process.send_signal(sig)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    continue
         self._log.close()
         if self.temporary_log and self.process.returncode == 0:
             self.log_path.unlink(missing_ok=True)

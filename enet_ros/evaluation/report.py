@@ -21,6 +21,7 @@ import numpy as np
 
 from .bag_io import TopicInfo
 from .ground_truth import GroundTruth
+from .outputs import write_text
 from .scoring import class_tables
 from .. import masks
 from ..model_file import ModelMetadata
@@ -36,10 +37,8 @@ def report_head(tool: str, bag: Path, image: TopicInfo, truth: GroundTruth,
 
 
 def write_json(path: Path, report: Mapping[str, Any]) -> None:
-    """Write ``report`` as indented JSON, creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + '\n')
+    """Write ``report`` as indented JSON, creating the folder; OutputWriteError on failure."""
+    write_text(path, json.dumps(report, indent=2) + '\n', '--json')
 
 
 def _percent(value: Optional[float]) -> str:
@@ -94,6 +93,7 @@ def format_table(report: Mapping[str, Any]) -> str:
                        ('input_rate_hz', 'input rate Hz')):
         if report.get(key) is not None:
             lines.append(f'  {title}: {report[key]:.2f}')
+    lines += [f'  warning: {warning}' for warning in report.get('warnings') or ()]
     return '\n'.join(lines)
 
 

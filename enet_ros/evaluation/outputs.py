@@ -1,0 +1,79 @@
+"""
+Output paths of the bag tools: checked before any work, written after the results are shown.
+
+A tool checks every output path it was given (``--json``, ``--report``,
+``--output-bag``, ``--record-bag``, ``dataset_to_bag``'s bag) before it reads a
+frame, so a path that can never be written (its folder is a file, not
+writable, the file is a folder) costs no evaluation: :class:`OutputPathError`,
+one line, exit code 2. What can still fail later (a full disk) is
+:class:`OutputWriteError`: the tool has printed its table by then, names the
+file in one line and exits with code 3. No rclpy.
+"""
+
+from contextlib import suppress
+import os
+from pathlib import Path
+from typing import Any, Dict, Sequence, Union
+
+PathLike = Union[str, os.PathLike]
+#: Exit code of a tool whose output path was refused before the work started.
+EXIT_OUTPUT_REFUSED = 2
+#: Exit code of a tool whose results were shown but an output could not be written.
+EXIT_OUTPUT_FAILED = 3
+
+
+class OutputPathError(ValueError):
+    """An output path refused before any work: it cannot or must not be written."""
+
+
+class OutputWriteError(OSError):
+    """An output that could not be written (disk full, I/O error); its partial file is gone."""
+
+
+class ResultsNotWritten(OutputWriteError):
+    """The work is done (``report`` holds its results) but outputs could not be written."""
+
+    def __init__(self, report: Dict[str, Any], failures: Sequence[OutputWriteError]):
+        super().__init__('; '.join(str(failure) for failure in failures))
+        self.report = report
+        self.failures = list(failures)
+
+
+def check_folder_for(path: PathLike, what: str) -> None:
+    """
+    Raise :class:`OutputPathError` unless ``path``'s folder exists or can be made, writable.
+
+    ``what`` names the output in the message (e.g. ``--json``).
+    """
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{what} '{path}' cannot be written: '{folder}' is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} '{path}' cannot be written: folder '{folder}' is not "
+                              'writable')
+
+
+def check_output_file(path: PathLike, what: str) -> None:
+    """Raise :class:`OutputPathError` when the file ``path`` cannot be created or replaced."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{what} '{path}' is a folder, not a file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"{what} '{path}' exists and is not writable")
+    check_folder_for(path, what)
+
+
+def write_text(path: PathLike, text: str, what: str) -> None:
+    """Write ``text`` to ``path`` (its folder made); :class:`OutputWriteError` on failure."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as error:
+        with suppress(OSError):
+            path.unlink(missing_ok=True)  # a truncated file is no result
+        raise OutputWriteError(f"{what} '{path}' could not be written: "
+                               f'{error.strerror or error}') from None
