@@ -1,8 +1,16 @@
-"""``enet-train``: train, evaluate and export ENet model files."""
+"""
+``enet-train``: train, evaluate and export ENet model files.
+
+Exit codes: 0 done; 2 bad input (dataset, model file, device, an output path that
+cannot be written, refused before the work); 3 ``evaluate``: the scores were printed
+but ``--json`` could not be written (one line names the file).
+"""
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
 import shutil
 import sys
@@ -15,11 +23,43 @@ import torch
 from .datasets import DatasetError, make_dataset
 from .evaluate import evaluate_segmenter, format_scores
 
+
+class OutputPathError(ValueError):
+    """An output file that cannot be written, refused before the work starts."""
+
+
 #: Errors that are the user's input, reported as one line and exit status 2 (no traceback).
-USER_ERRORS = (DatasetError, ModelFileError, SegmenterConfigError)
+USER_ERRORS = (DatasetError, ModelFileError, SegmenterConfigError, OutputPathError)
+#: Exit status of ``evaluate`` when the scores were printed but --json could not be written.
+EXIT_OUTPUT_FAILED = 3
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Raise :class:`OutputPathError` when ``path`` cannot be written (a folder, no folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{option} '{path}' is a folder, not a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{option} '{path}' cannot be written: '{folder}' is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} '{path}' cannot be written: folder '{folder}' is not "
+                              'writable')
+
+
+def _seen_note(segmenter: Segmenter, split: str) -> Optional[str]:
+    """Return the model's note on a split it was trained on; no crash for odd metadata."""
+    try:
+        return segmenter.metadata.seen_split_note(split)
+    except (TypeError, ValueError, AttributeError) as error:
+        return f"note: the model's training record cannot say whether it saw {split} ({error})"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_file(args.json, '--json')
     segmenter = Segmenter.from_file(str(args.model or ''), device=args.device,
                                     precision=args.precision)
     dataset = make_dataset(args.dataset or segmenter.metadata.dataset, args.data, args.split)
@@ -28,14 +68,24 @@ def _evaluate(args: argparse.Namespace) -> int:
                            f'{dataset.table.dataset} labels are {list(dataset.table.names)}: '
                            'scores would pair the wrong classes (check --dataset and --model)')
     scores = evaluate_segmenter(segmenter, dataset)
+    # The table first, the file after: a file that cannot be written loses nothing printed.
     print(f'{segmenter.describe()}\n{args.split}: {len(dataset)} images')
     print(format_scores(scores, segmenter.metadata.class_names))
-    note = segmenter.metadata.seen_split_note(args.split)
+    note = _seen_note(segmenter, args.split)
     if note:
         print(note)
+    sys.stdout.flush()
     if args.json:
-        Path(args.json).write_text(json.dumps(scores.as_dict(segmenter.metadata.class_names),
-                                              indent=2))
+        text = json.dumps(scores.as_dict(segmenter.metadata.class_names), indent=2)
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(text)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                Path(args.json).unlink(missing_ok=True)  # a truncated file is no result
+            print(f"enet-train: error: --json '{args.json}' could not be written: "
+                  f'{error.strerror or error}', file=sys.stderr)
+            return EXIT_OUTPUT_FAILED
     return 0
 
 
