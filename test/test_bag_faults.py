@@ -21,7 +21,6 @@ from enet_ros.evaluation import bag_io
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions, main as evaluate_main
 from enet_ros.evaluation.live_evaluate import main as live_main
-from enet_ros.evaluation.outputs import OutputPathError
 import pytest
 from rosbags.rosbag2 import Reader
 
@@ -232,14 +231,24 @@ def test_unwritable_output_paths_are_refused_before_any_work(tmp_path, capsys, s
     afile = tmp_path / 'afile'
     afile.write_text('not a folder')
     (tmp_path / 'adir').mkdir()
-    for option, path in (('--json', afile / 'x.json'), ('--report', afile / 'r.png'),
-                         ('--json', tmp_path / 'adir'), ('--output-bag', afile / 'out')):
-        code = evaluate_main([str(small_bag), '--model', str(model_file), option, str(path),
+    out_bag = tmp_path / 'out'
+    for args, path in ((['--json', afile / 'x.json'], afile / 'x.json'),
+                       (['--report', afile / 'r.png'], afile / 'r.png'),
+                       (['--json', tmp_path / 'adir'], tmp_path / 'adir'),
+                       (['--output-bag', afile / 'out'], afile / 'out'),
+                       (['--output-bag', out_bag, '--json', out_bag], out_bag),
+                       (['--output-bag', out_bag, '--json', out_bag / 'x.json'],
+                        out_bag / 'x.json'),
+                       (['--json', tmp_path / 'x', '--report', tmp_path / 'x'], tmp_path / 'x')):
+        code = evaluate_main([str(small_bag), '--model', str(model_file), *map(str, args),
                               '--no-progress'])
         out, err = capsys.readouterr()
         assert code == 2, err
         assert out == ''  # no evaluation ran: no table
         assert err.count('\n') == 1 and f"'{path}'" in err, err
+        assert not out_bag.exists()
+    from enet_ros.evaluation.outputs import OutputPathError
+
     built = []
     with pytest.raises(OutputPathError, match="--json '.*afile/x.json' cannot be written: "
                                               ".*afile' is not a folder"):

@@ -8,8 +8,8 @@ import textwrap
 
 from bag_helpers import (camvid_metadata, HEIGHT, make_camvid, make_labels, quick_cpu,
                          subprocess_env, WIDTH)
-from enet_ros.evaluation.bag_io import (bag_topics, deserialize, open_bag, read_messages,
-                                        stamp_to_ns)
+from enet_ros.evaluation.bag_io import (bag_topics, deserialize, frame_names, open_bag,
+                                        read_messages, stamp_to_ns)
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions
 from enet_ros.evaluation.ground_truth import StampMatcher
@@ -67,7 +67,11 @@ def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, 
             assert topics[f'/segmentation_node/{output}'].count == frames['answered'], output
         stamps = {stamp_to_ns(deserialize(raw.data, raw.msgtype).header.stamp)
                   for raw in read_messages(recorded, ['/segmentation_node/labels'])}
+        recorded_names = frame_names(recorded)
     assert stamps == answered
+    with open_bag(bag) as source:  # the recording carries the frame names of what it holds
+        names = frame_names(source)
+    assert {s: names[s] for s in answered}.items() <= recorded_names.items() <= names.items()
 
     offline = evaluate_bag(EvaluateOptions(bag=bag, stamps=answered, progress=False),
                            Segmenter.from_file(str(model_file), device='cpu'))

@@ -81,8 +81,12 @@ def bag_file_size(bag: Path) -> int:
 
 
 def signal_while_writing(process: subprocess.Popen, bag: Path, sig: int,
-                         timeout: float = 240.0):
-    """Send ``sig`` once ``bag`` has grown to GROWN bytes, the writer frozen meanwhile."""
+                         timeout: float = 240.0, more: int = 0):
+    """
+    Send ``sig`` once ``bag`` has grown to GROWN bytes, the writer frozen meanwhile.
+
+    ``more``: send it that many times again, 2 ms apart, after the process goes on.
+    """
     deadline = time.monotonic() + timeout
     while bag_file_size(bag) < GROWN:
         if process.poll() is not None:
@@ -97,18 +101,24 @@ def signal_while_writing(process: subprocess.Popen, bag: Path, sig: int,
         os.kill(process.pid, sig)
     finally:
         os.kill(process.pid, signal.SIGCONT)
+    for _ in range(more):
+        time.sleep(0.002)
+        if process.poll() is None:
+            os.kill(process.pid, sig)
     out, err = process.communicate(timeout=120)
     return process.returncode, out, err
 
 
-@pytest.mark.parametrize('storage, sig, code', [('mcap', signal.SIGTERM, 143),
-                                                ('sqlite3', signal.SIGTERM, 143),
-                                                ('mcap', signal.SIGINT, 130)])
+@pytest.mark.parametrize('storage, sig, code, more', [('mcap', signal.SIGTERM, 143, 0),
+                                                      ('sqlite3', signal.SIGTERM, 143, 0),
+                                                      ('mcap', signal.SIGINT, 130, 0),
+                                                      ('mcap', signal.SIGTERM, 143, 20)])
 def test_dataset_to_bag_stopped_removes_its_partial_bag(tmp_path, long_split, storage, sig,
-                                                        code):
+                                                        code, more):
+    """SIGTERM as SIGINT: partial bag removed, one line, 128 + signal (also after a burst)."""
     out = tmp_path / 'bag'
     process = tool('dataset_to_bag', long_split, out, '--storage', storage, '--no-progress')
-    returncode, _, err = signal_while_writing(process, out, sig)
+    returncode, _, err = signal_while_writing(process, out, sig, more=more)
     assert returncode == code, err
     assert err.strip() == (f'dataset_to_bag: stopped by {signal.Signals(sig).name}: the work '
                            'was not finished, no results were written and a partial output bag '
@@ -121,6 +131,7 @@ def test_dataset_to_bag_stopped_removes_its_partial_bag(tmp_path, long_split, st
                                                 ('sqlite3', signal.SIGINT, 130)])
 def test_evaluate_bag_stopped_removes_its_partial_output_bag(tmp_path, long_bag, model_file,
                                                              storage, sig, code):
+    """evaluate_bag stopped mid-run: no table, no JSON, no output bag; the input untouched."""
     out = tmp_path / 'out'
     process = tool('evaluate_bag', long_bag, '--model', model_file, '--output-bag', out,
                    '--output-storage', storage, '--json', tmp_path / 'eval.json',
@@ -158,7 +169,7 @@ def test_bag_left_by_sigkill_is_unfinished_and_replaceable(tmp_path, capsys, lon
     process = tool('dataset_to_bag', long_split, left, '--storage', storage, '--no-progress')
     returncode, _, _ = signal_while_writing(process, left, signal.SIGKILL)
     assert returncode == -signal.SIGKILL
-    files = bag_io.unfinished_bag_files(left)
+    files = sorted(p for p in left.iterdir() if p.suffix in ('.mcap', '.db3'))
     assert files and not (left / 'metadata.yaml').exists()
     copy = tmp_path / 'copy'
     copy.mkdir()
@@ -235,12 +246,12 @@ def test_live_evaluate_sigterm_stops_the_node_and_removes_the_recording(tmp_path
         time.sleep(2.0)  # the playback is under way (a frame every 2 s)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=90)
-        assert process.returncode == 143, err
-        assert 'live_evaluate: stopped by SIGTERM' in err and 'Traceback' not in err
         deadline = time.monotonic() + 10
         while any(alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(alive(pid) for pid in children), 'the node outlived live_evaluate'
+        assert process.returncode == 143, err
+        assert 'live_evaluate: stopped by SIGTERM' in err and 'Traceback' not in err
         assert not record.exists()
     finally:
         for pid in children + [process.pid]:

@@ -49,8 +49,8 @@ from .bag_io import (array_to_image, BagError, BagWriter, check_output_bag, coun
                      open_bag, RawMessage, storage_of, STORAGES, TopicInfo)
 from .cli import bag_parser, options_from_args, run_stoppable
 from .ground_truth import GroundTruth
-from .outputs import (check_output_file, EXIT_OUTPUT_FAILED, EXIT_OUTPUT_REFUSED,
-                      OutputPathError, OutputWriteError, ResultsNotWritten)
+from .outputs import (check_distinct, check_output_file, EXIT_OUTPUT_FAILED,
+                      EXIT_OUTPUT_REFUSED, OutputPathError, OutputWriteError, ResultsNotWritten)
 from .report import format_table, report_head, ReportFrame, write_json, write_report
 from .scoring import latency_summary, parse_class_list, Prediction, Scoreboard, Tally
 from .. import masks
@@ -212,6 +212,9 @@ def check_outputs(options: EvaluateOptions) -> None:
         check_output_file(options.json_path, '--json')
     if options.report_path:
         check_output_file(options.report_path, '--report')
+    given = {'--output-bag': options.output_bag, '--json': options.json_path,
+             '--report': options.report_path}
+    check_distinct({option: path for option, path in given.items() if path}, ['--output-bag'])
 
 
 @dataclass

@@ -58,8 +58,8 @@ from .ground_truth import GroundTruth
 from .live_peer import LiveError, LivePeer, wait_ready
 from .live_playback import LiveSession, play, rate_hz, wait_recorded
 from .node_process import node_command as process_command, NodeProcess
-from .outputs import (check_output_file, EXIT_OUTPUT_FAILED, EXIT_OUTPUT_REFUSED,
-                      OutputPathError, OutputWriteError, ResultsNotWritten)
+from .outputs import (check_distinct, check_output_file, EXIT_OUTPUT_FAILED,
+                      EXIT_OUTPUT_REFUSED, OutputPathError, OutputWriteError, ResultsNotWritten)
 from .report import format_table, report_head, write_json
 from .scoring import latency_summary, parse_class_list, Scoreboard, Tally
 from .signals import shielded
@@ -165,12 +165,11 @@ def _run_node(reader: Any, image: TopicInfo, truth_topic: Optional[str], options
                  limit=options.limit, warn=warn)
             if recorder is not None:
                 wait_recorded(recorder, session.answered, options.wait)
-                names = frame_names(reader)
-                answered = {r['stamp_ns'] for r in session.tally.records
-                            if r['stamp_ns'] in names}
-                if answered and recorder.failure is None:
+                names = frame_names(reader)  # those of the frames played, answered or not
+                played = {r['stamp_ns'] for r in session.tally.records if r['stamp_ns'] in names}
+                if played and recorder.failure is None:
                     recorder.set_custom_data(FRAME_NAMES_KEY, json.dumps(
-                        {str(stamp): names[stamp] for stamp in sorted(answered)}))
+                        {str(stamp): names[stamp] for stamp in sorted(played)}))
     finally:
         node_exit = node.stop() if node is not None else None
     return node, node_exit, recorder
@@ -192,6 +191,9 @@ def check_outputs(options: LiveOptions) -> None:
         check_output_file(options.json_path, '--json')
     if options.node_log:
         check_output_file(options.node_log, '--node-log')
+    given = {'--record-bag': options.record_bag, '--json': options.json_path,
+             '--node-log': options.node_log}
+    check_distinct({option: path for option, path in given.items() if path}, ['--record-bag'])
 
 
 def live_evaluate(options: LiveOptions,

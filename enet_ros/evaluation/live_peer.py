@@ -48,7 +48,9 @@ class LivePeer:
 
         self._rclpy = rclpy
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        # No arguments: rcl would read this tool's own command line (its -p name:=value) as
+        # deprecated remapping rules for this peer.
+        rclpy.init(args=[], context=self.context)
         self.node = rclpy.create_node('enet_live_evaluate', context=self.context)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                               reliability=ReliabilityPolicy.RELIABLE)

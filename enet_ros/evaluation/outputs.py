@@ -66,6 +66,25 @@ def check_output_file(path: PathLike, what: str) -> None:
     check_folder_for(path, what)
 
 
+def check_distinct(outputs: Dict[str, PathLike], bags: Sequence[str] = ()) -> None:
+    """
+    Raise :class:`OutputPathError` when two outputs are one path, or a file is inside a bag.
+
+    ``outputs``: option -> path of the outputs given; ``bags``: which of them are bag folders.
+    """
+    resolved = {option: Path(path).resolve() for option, path in outputs.items()}
+    options = list(resolved)
+    for index, option in enumerate(options):
+        for other in options[index + 1:]:
+            if resolved[option] == resolved[other]:
+                raise OutputPathError(f'{option} and {other} are the same path '
+                                      f"'{outputs[option]}'")
+            for bag, inner in ((option, other), (other, option)):
+                if bag in bags and resolved[bag] in resolved[inner].parents:
+                    raise OutputPathError(f"{inner} '{outputs[inner]}' would be written inside "
+                                          f"the bag {bag} '{outputs[bag]}'")
+
+
 def write_text(path: PathLike, text: str, what: str) -> None:
     """Write ``text`` to ``path`` (its folder made); :class:`OutputWriteError` on failure."""
     path = Path(path)

@@ -46,7 +46,6 @@ class _State:
     """What the handler knows: stopping already, inside a shielded block, a held signal."""
 
     def __init__(self) -> None:
-        self.installed = False
         self.stopping = False
         self.shield_depth = 0
         self.pending: Optional[int] = None
@@ -67,15 +66,26 @@ def _handler(signum: int, _frame: object) -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into :class:`Stopped` while the block runs (main thread)."""
+    """
+    Turn SIGINT and SIGTERM into :class:`Stopped` while the block runs (main thread only).
+
+    After a stop both signals are ignored (SIG_IGN) for the rest of the process, which is
+    ending: a second SIGTERM must not turn exit code 143 into death by the signal.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python handles signals in the main thread only; a tool run in a thread
+        return  # leaves them to its caller
     previous: Dict[int, object] = {sig: signal.signal(sig, _handler) for sig in STOP_SIGNALS}
-    _STATE.installed, _STATE.stopping, _STATE.pending = True, False, None
+    _STATE.stopping, _STATE.pending = False, None
     try:
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        _STATE.installed, _STATE.stopping, _STATE.pending = False, False, None
+            # Stopping: more signals (a burst of SIGTERM) are ignored until the process exits,
+            # so that it ends with the tool's exit code; SIG_IGN, unlike a Python handler,
+            # stays in force while the interpreter shuts down.
+            signal.signal(sig, signal.SIG_IGN if _STATE.stopping else handler)
+        _STATE.pending = None
 
 
 @contextmanager
