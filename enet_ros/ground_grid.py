@@ -142,8 +142,9 @@ class CameraIntrinsics:
         bad = [f'd[{i}]={c}' for i, c in enumerate(self.d)
                if not (math.isfinite(c) and abs(c) <= MAX_DISTORTION_COEFFICIENT)]
         if bad:
-            raise ValueError(f"distortion coefficients must be finite and at most "
-                             f"{MAX_DISTORTION_COEFFICIENT:g} in magnitude, got {', '.join(bad)}")
+            raise ValueError('distortion coefficients must be finite and at most '
+                             f'{MAX_DISTORTION_COEFFICIENT:g} in magnitude, got '
+                             + ', '.join(bad))
         if any(self.d) and self.distortion_model not in DISTORTION_MODELS:
             raise ValueError(f'unsupported distortion model {self.distortion_model!r}; '
                              f'supported: {sorted(DISTORTION_MODELS)} or none')

@@ -443,8 +443,8 @@ def test_camera_info_fields():
     ({'distortion_model': 'plumb_bob', 'd': (0.1, 1e300)}, r'd\[1\]=1e\+300'),
 ])
 def test_non_finite_or_absurd_intrinsics_are_refused(fields, message):
-    """NaN / inf anywhere in K or D, or a focal length no lens has: ValueError with the field."""
-    values = dict(width=640, height=480, fx=500.0, fy=500.0, cx=319.5, cy=239.5)
+    """A NaN / inf anywhere in K or D, or a focal length no lens has: ValueError with the field."""
+    values = {'width': 640, 'height': 480, 'fx': 500.0, 'fy': 500.0, 'cx': 319.5, 'cy': 239.5}
     values.update(fields)
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # and no numpy overflow on the way
