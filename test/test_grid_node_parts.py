@@ -3,9 +3,9 @@ The drivable grid's ROS pieces without a node process.
 
 CameraInfo parsing, the reusable OccupancyGrid (header and info), the pose
 from parameters, the grid_* / camera_pose.* validation, the per-camera
-projection cache, the diagnostics keys, and the TF pose source against a
-stand-in ``tf2_ros`` module (this environment has no tf2_ros wheel; the
-stand-in has the real module's names and signatures).
+projection cache, the diagnostics keys, and the TF pose source with the real
+``tf2_ros``: its TransformListener on a node that spins on a helper thread, as
+in the node, and broadcasters on a second node in its own ROS context.
 """
 
 import math
