@@ -58,6 +58,15 @@ _RADIAL_SCAN_LIMIT = 20.0     # normalised radius searched for the model's monot
 _RADIAL_SCAN_STEPS = 200001
 _MIN_RADIAL_SLOPE = 0.1       # rays where the lens squeezes the image 10x or more are not used
 
+#: Focal lengths accepted, per pixel of the image's larger side: from a field of view of
+#: 178 degrees (a pinhole model cannot reach 180) down to 0.06 degrees. Outside these a
+#: CameraInfo is garbage (fx = 1e-300 marked 48,636 cells occupied; 1e300 overflowed).
+MIN_FOCAL_PER_SIDE = 0.01
+MAX_FOCAL_PER_SIDE = 1000.0
+#: Largest distortion coefficient magnitude accepted (calibrated lenses stay within tens;
+#: 1e300 overflowed the undistortion).
+MAX_DISTORTION_COEFFICIENT = 1e6
+
 
 def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
     """3x3 rotation matrix of a quaternion (x, y, z, w), as in geometry_msgs; normalised first."""
@@ -107,10 +116,35 @@ class CameraIntrinsics:
     def __post_init__(self):
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f'camera size must be positive, got {self.width}x{self.height}')
+        named = {'fx': self.fx, 'fy': self.fy, 'cx': self.cx, 'cy': self.cy, 'skew': self.skew}
+        bad = [f'{name}={value}' for name, value in named.items() if not math.isfinite(value)]
+        if bad:
+            raise ValueError(f"camera matrix has non-finite {', '.join(bad)}")
         if not (self.fx > 0 and self.fy > 0):
             raise ValueError(f'focal lengths must be positive, got fx={self.fx} fy={self.fy} '
                              '(an uncalibrated CameraInfo has K all zero)')
+        side = max(self.width, self.height)
+        low, high = side * MIN_FOCAL_PER_SIDE, side * MAX_FOCAL_PER_SIDE
+        for name in ('fx', 'fy'):
+            if not low <= named[name] <= high:
+                raise ValueError(
+                    f'{name}={named[name]:g} is absurd for a {self.width}x{self.height} image: '
+                    f'a pinhole focal length lies in [{low:g}, {high:g}] pixels (a field of '
+                    'view between 178 and 0.06 degrees)')
+        for name, size in (('cx', self.width), ('cy', self.height)):
+            if not -size <= named[name] <= 2 * size:
+                raise ValueError(f'principal point {name}={named[name]:g} is more than the '
+                                 f'image size ({size}) outside the image')
+        if abs(self.skew) > min(self.fx, self.fy):
+            raise ValueError(f'skew={self.skew:g} is larger than the focal length: pixel axes '
+                             'more than 45 degrees from perpendicular')
         object.__setattr__(self, 'd', tuple(float(c) for c in self.d))
+        bad = [f'd[{i}]={c}' for i, c in enumerate(self.d)
+               if not (math.isfinite(c) and abs(c) <= MAX_DISTORTION_COEFFICIENT)]
+        if bad:
+            raise ValueError('distortion coefficients must be finite and at most '
+                             f'{MAX_DISTORTION_COEFFICIENT:g} in magnitude, got '
+                             + ', '.join(bad))
         if any(self.d) and self.distortion_model not in DISTORTION_MODELS:
             raise ValueError(f'unsupported distortion model {self.distortion_model!r}; '
                              f'supported: {sorted(DISTORTION_MODELS)} or none')

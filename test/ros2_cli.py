@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from printed import wait_for_printed
 
@@ -42,10 +42,17 @@ def tools_missing() -> Optional[str]:
 
 
 def tool_env(base: Dict[str, str]) -> Dict[str, str]:
-    """Return ``base`` with this venv's tools first on PATH."""
+    """
+    Return ``base`` with this venv's tools first on PATH, as a sourced ROS install sets it.
+
+    The venv stands in for ``/opt/ros/$ROS_DISTRO``, whose setup.bash also sets
+    ``AMENT_PREFIX_PATH``: the ament index there is what ``ros2 interface`` and
+    ``ros2 pkg`` read (the workspace's setup.bash adds its own prefix in front).
+    """
     env = dict(base)
     env['PATH'] = f'{VENV_BIN}{os.pathsep}{env.get("PATH", "")}'
     env['VIRTUAL_ENV'] = str(VENV_BIN.parent)
+    env.setdefault('AMENT_PREFIX_PATH', str(VENV_BIN.parent))
     return env
 
 
@@ -144,3 +151,70 @@ class TerminalProcess:
             self.kill_group()
         self._log.close()
         self.log_path.unlink(missing_ok=True)
+
+
+def start_daemon(workspace: Path, env: Dict[str, str]) -> None:
+    """
+    Start the ROS 2 daemon of ``env``'s domain as a terminal leaves it: running on its own.
+
+    The daemon that any ``ros2`` command spawns stays in that command's process
+    group, and :meth:`TerminalProcess.close` kills the group: every command would
+    then meet a daemon started a moment ago, which has not discovered the node yet
+    ("Node not found"). A user's daemon keeps running; stop it with ``ros2 daemon
+    stop``.
+    """
+    result = subprocess.run(in_workspace(workspace, 'ros2 daemon start'), env=tool_env(env),
+                            capture_output=True, text=True, timeout=60,
+                            start_new_session=True)
+    if result.returncode != 0:
+        raise AssertionError(f'ros2 daemon start failed ({result.returncode}):\n'
+                             f'{result.stdout}{result.stderr}')
+
+
+def ros2(workspace: Path, env: Dict[str, str], arguments: str,
+         timeout: float = 120.0) -> Tuple[int, str]:
+    """Run ``ros2 <arguments>`` in the workspace's shell; return its exit code and output."""
+    process = TerminalProcess(in_workspace(workspace, f'ros2 {arguments}'), env)
+    try:
+        return process.wait_exit(timeout), process.log()
+    finally:
+        process.close()
+
+
+def ros2_until(workspace: Path, env: Dict[str, str], arguments: str, text: str,
+               timeout: float = 60.0) -> str:
+    """
+    Run ``ros2 <arguments>`` again until its output has ``text``; return that output.
+
+    As a user does when a command answers before the ROS 2 daemon, which the
+    first ``ros2`` command in a domain starts, has discovered the node (``ros2
+    lifecycle get`` then says "Node not found"): list it until it shows, then the
+    other verbs find it too (see :func:`start_daemon`).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        code, log = ros2(workspace, env, arguments)
+        if code == 0 and text in log:
+            return log
+        if time.monotonic() > deadline:
+            raise AssertionError(f'ros2 {arguments}: no {text!r} in {timeout:.0f} s; last '
+                                 f'(exit {code}):\n{log}')
+        time.sleep(1.0)
+
+
+def topic_hz(workspace: Path, env: Dict[str, str], topic: str, seconds: float,
+             window: int = 30) -> float:
+    """Run ``ros2 topic hz`` for ``seconds``, stop it with Ctrl-C; return the last average."""
+    process = TerminalProcess(in_workspace(
+        workspace, f'ros2 topic hz --window {window} {topic}'), env)
+    try:
+        time.sleep(seconds)
+        log = process.log()
+    finally:
+        process.press_ctrl_c(times=1)
+        process.close()
+    rates = [float(line.split(':')[1]) for line in log.splitlines()
+             if line.startswith('average rate:')]
+    if not rates:
+        raise AssertionError(f'ros2 topic hz {topic}: no rate in {seconds} s:\n{log}')
+    return rates[-1]

@@ -60,9 +60,9 @@ class RosPeer:
 
     def __init__(self, env: dict, name: str = 'test_peer'):
         # Fast DDS reads these once per process, when its first participant starts.
-        for name in PROFILE_VARIABLES + ('FASTDDS_BUILTIN_TRANSPORTS',):
-            if env.get(name):
-                os.environ[name] = env[name]
+        for variable in PROFILE_VARIABLES + ('FASTDDS_BUILTIN_TRANSPORTS',):
+            if env.get(variable):
+                os.environ[variable] = env[variable]
         os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = env['ROS_AUTOMATIC_DISCOVERY_RANGE']
         self.context = Context()
         rclpy.init(context=self.context, domain_id=int(env['ROS_DOMAIN_ID']))

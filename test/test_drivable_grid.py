@@ -7,7 +7,9 @@ footprint on the ground (seen cells 0, the rest -1), which is computed here
 with the test's own pinhole geometry; with no class drivable every seen cell
 is 100. One node serves two named cameras: ``front`` (camera_info and pose
 given) and ``rear`` (no camera_info ever), with the pose from the
-camera_pose.<name>.* parameters (this environment has no tf2_ros).
+camera_pose.<name>.* parameters (``grid_pose_source: parameters``: these tests
+are about that source; the pose from TF, the default where tf2_ros is
+importable, is tested in test_grid_tf.py).
 """
 
 import math
@@ -163,7 +165,8 @@ class _Rig:
             self.images[camera].publish(msg)
             if self.peer.wait_for(lambda: all(v is not None for v in found().values()), 3.0):
                 return found()
-        raise AssertionError(f'no {keys} for stamp {wanted}: {found()}\n{self.node.tail(40)}')
+        received = {key: msg is not None for key, msg in found().items()}
+        raise AssertionError(f'no {keys} for stamp {wanted}: {received}\n{self.node.tail(40)}')
 
     def grid_when(self, camera: str, accept, timeout: float = 30.0):
         """
@@ -216,7 +219,7 @@ def rig(module_ros_env, random_model_file):
     node = NodeProcess(module_ros_env, {
         'model_path': random_model_file, 'network_width': 64, 'network_height': 48,
         'torch_compile': False, 'cameras': ['front', 'rear'],
-        'drivable_classes': list(CAMVID_11.names),
+        'drivable_classes': list(CAMVID_11.names), 'grid_pose_source': 'parameters',
         'camera_pose.front.height': CAMERA_HEIGHT, 'camera_pose.front.pitch': PITCH,
         **grid_parameters()})
     peer = RosPeer(module_ros_env)
@@ -337,3 +340,59 @@ def test_camera_info_of_another_size_is_refused(rig):
     rig.infos['front'].publish(camera_info())
     rig.grid_when('front', lambda grid: True)
     assert rig.node.process.poll() is None
+
+
+@pytest.mark.parametrize('field, index, value, text', [
+    ('k', 2, math.nan, 'non-finite cx=nan'),
+    ('k', 1, math.nan, 'non-finite skew=nan'),
+    ('d', 0, math.nan, 'd[0]=nan'),
+    ('k', 0, 1e-300, 'fx=1e-300 is absurd'),
+    ('k', 0, math.inf, 'non-finite fx=inf'),
+    ('d', 0, 1e300, 'd[0]=1e+300'),
+])
+def test_invalid_intrinsics_give_no_grid_and_say_why(rig, field, index, value, text):
+    """K or D with NaN, inf or absurd values: no grid (not an all-unknown one), reason counted."""
+    info = camera_info()
+    values = list(getattr(info, field))
+    values[index] = value
+    setattr(info, field, values)
+    rig.infos['front'].publish(info)
+    deadline = time.monotonic() + 30
+    while text not in rig.node.log() and time.monotonic() < deadline:
+        rig.send('front', rig.frame('front'), ['front/labels'])
+    assert text in rig.node.log(), rig.node.tail()
+    assert 'invalid_camera_info' in rig.node.log()
+
+    def refused():
+        return int(rig.diagnostics('front').get('grid_skipped_invalid_camera_info', 0))
+
+    before = refused()
+    msg = rig.frame('front')
+    rig.send('front', msg, ['front/labels'])
+    assert rig.peer.wait_for(lambda: refused() > before, 10.0), rig.diagnostics('front')
+    assert not any(stamp_ns(m) == stamp_ns(msg) for m in rig.peer.messages('front/grid'))
+    assert text in rig.diagnostics('front')['grid_status']
+    assert 'overflow' not in rig.node.log() and 'RuntimeWarning' not in rig.node.log()
+    rig.infos['front'].publish(camera_info())
+    rig.grid_when('front', lambda grid: True)
+
+
+def test_camera_info_changing_every_frame_is_named_as_such(rig):
+    """A CameraInfo whose fx changes every frame: the warning names it, not a moving pose."""
+    focal = FOCAL
+    for _ in range(5):
+        focal += 1.0
+        info = camera_info()
+        info.k = [focal] + list(info.k)[1:4] + [focal] + list(info.k)[5:]
+        rig.infos['front'].publish(info)
+        time.sleep(0.3)  # the new CameraInfo before the next frame, as a driver sends them
+        rig.grid_when('front', lambda grid: True)
+    changing = "camera_info's intrinsics keep changing ("
+    assert rig.peer.wait_for(lambda: changing in rig.node.log(), 10.0), rig.node.tail()
+    assert 'fx ' in rig.node.log().split(changing)[1].split(')')[0]
+    assert 'keeps changing; use a frame fixed to the vehicle' not in rig.node.log()
+    assert rig.peer.wait_for(lambda: int(rig.diagnostics('front').get(
+        'grid_rebuilt_changing_camera_info', 0)) >= 1, 10.0), rig.diagnostics('front')
+    assert rig.diagnostics('front')['grid_rebuilt_moving_pose'] == '0'
+    rig.infos['front'].publish(camera_info())
+    rig.grid_when('front', lambda grid: True)

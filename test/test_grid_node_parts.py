@@ -3,17 +3,14 @@ The drivable grid's ROS pieces without a node process.
 
 CameraInfo parsing, the reusable OccupancyGrid (header and info), the pose
 from parameters, the grid_* / camera_pose.* validation, the per-camera
-projection cache, the diagnostics keys, and the TF pose source against a
-stand-in ``tf2_ros`` module (this environment has no tf2_ros wheel; the
-stand-in has the real module's names and signatures).
+projection cache, the diagnostics keys, and the TF pose source with the real
+``tf2_ros``: its TransformListener on a node that spins on a helper thread, as
+in the node, and broadcasters on a second node in its own ROS context.
 """
 
 import math
-import sys
-import types
 
-from enet_ros.ground_grid import (CameraIntrinsics, CameraPose, GridSpec, GroundProjection,
-                                  quaternion_to_matrix)
+from enet_ros.ground_grid import CameraIntrinsics, CameraPose, GridSpec, GroundProjection
 from enet_ros.node import grid as node_grid
 from enet_ros.node.cameras import Camera
 from enet_ros.node.config import (ConfigError, GRID_OUTPUT, grid_settings, OUTPUTS,
@@ -74,9 +71,16 @@ def test_camera_info_rectified_uses_p_and_no_distortion():
     ({'distortion_model': 'equidistant'}, 'invalid_camera_info', 'unsupported distortion'),
     ({'binning_x': 2}, 'camera_info_unsupported', 'binning 2x0'),
     ({'width': 0}, 'invalid_camera_info', 'size must be positive'),
+    ({'k': K[:2] + [math.nan] + K[3:]}, 'invalid_camera_info', 'non-finite cx=nan'),
+    ({'k': [K[0], math.nan] + K[2:]}, 'invalid_camera_info', 'non-finite skew=nan'),
+    ({'d': [math.nan] + D[1:]}, 'invalid_camera_info', r'd\[0\]=nan'),
+    ({'k': [1e-300] + K[1:]}, 'invalid_camera_info', 'fx=1e-300 is absurd'),
+    ({'k': [math.inf] + K[1:]}, 'invalid_camera_info', 'non-finite fx=inf'),
+    ({'k': [1e300] + K[1:]}, 'invalid_camera_info', 'fx=1e[+]300 is absurd'),
+    ({'d': [1e300] + D[1:]}, 'invalid_camera_info', r'd\[0\]=1e\+300'),
 ])
 def test_camera_info_refused_with_a_reason(fields, reason, text):
-    """Uncalibrated, unknown distortion, binned or empty: refused, with a counter key."""
+    """Uncalibrated, unknown distortion, binned, empty, non-finite or absurd: refused."""
     with pytest.raises(GridUnavailable, match=text) as caught:
         intrinsics_from_camera_info(camera_info(**fields))
     assert caught.value.reason == reason
@@ -242,16 +246,20 @@ def test_projection_rebuilt_only_when_an_input_changes():
     same, built = grid.projection_for(CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5),
                                       CameraPose.from_parameters(1.5, pitch=0.3), spec, 0.0)
     assert same is first and not built
-    for args in [(intrinsics, CameraPose.from_parameters(1.5, pitch=0.31), spec, 0.0),
-                 (intrinsics, pose, GridSpec(0.2, 50, 40, 0.0, -4.0, 12.0), 0.0),
-                 (CameraIntrinsics(64, 48, 55.0, 55.0, 31.5, 23.5), pose, spec, 0.0),
-                 (intrinsics, pose, spec, 0.1)]:
+    for args, changed in [
+            ((intrinsics, CameraPose.from_parameters(1.5, pitch=0.31), spec, 0.0), ('pose',)),
+            ((intrinsics, pose, GridSpec(0.2, 50, 40, 0.0, -4.0, 12.0), 0.0), ('pose', 'grid')),
+            ((CameraIntrinsics(64, 48, 55.0, 55.0, 31.5, 23.5), pose, spec, 0.0),
+             ('camera_info', 'grid')),
+            ((intrinsics, pose, spec, 0.1), ('camera_info', 'grid'))]:
         rebuilt, built = grid.projection_for(*args)
-        assert built and rebuilt is not first
+        assert built and rebuilt is not first and grid.changed == changed
         first = rebuilt
     assert grid.builds_in_a_row == 4  # a moving pose (grid_frame odom) would look like this
+    assert grid.changed_in_a_row == {'camera_info': 2, 'grid': 3}  # what changed, in a row
+    assert grid.intrinsics_change == 'fx 55.0 -> 50.0, fy 55.0 -> 50.0'
     grid.projection_for(intrinsics, pose, spec, 0.1)
-    assert grid.builds_in_a_row == 0
+    assert grid.builds_in_a_row == 0 and grid.changed_in_a_row == {}
 
 
 def test_projection_below_the_ground_is_a_pose_problem():
@@ -268,95 +276,190 @@ def test_projection_below_the_ground_is_a_pose_problem():
 
 def test_pose_source_resolution(monkeypatch):
     """auto: TF where tf2_ros imports, else parameters; 'tf' without tf2_ros is an error."""
-    monkeypatch.setattr(node_grid, 'tf_importable', lambda: False)
-    assert resolve_pose_source('auto') == 'parameters'
+    import tf2_ros
+
+    assert node_grid.tf_importable()  # the real tf2_ros, as on every ROS 2 install
+    assert 'site-packages' in tf2_ros.__file__ and 'test' not in tf2_ros.__file__
+    assert resolve_pose_source('auto') == 'tf'
+    assert resolve_pose_source('tf') == 'tf'
     assert resolve_pose_source('parameters') == 'parameters'
+    monkeypatch.setattr(node_grid, 'tf_importable', lambda: False)  # a system without it
+    assert resolve_pose_source('auto') == 'parameters'
     with pytest.raises(ConfigError, match='grid_pose_source'):
         resolve_pose_source('tf')
-    monkeypatch.setattr(node_grid, 'tf_importable', lambda: True)
-    assert resolve_pose_source('auto') == 'tf'
-    assert resolve_pose_source('parameters') == 'parameters'
 
 
-class _FakeTf:
-    """A stand-in tf2_ros: Buffer, TransformListener and TransformException as in tf2_ros."""
+def _transform(parent: str, child: str, stamp_s: float, translation=(0.0, 0.0, 0.0),
+               rotation=(0.0, 0.0, 0.0, 1.0)):
+    """Return a geometry_msgs/TransformStamped parent <- child at ``stamp_s``."""
+    from geometry_msgs.msg import TransformStamped
 
-    def __init__(self):
-        fake = self
+    msg = TransformStamped()
+    msg.header.frame_id, msg.child_frame_id = parent, child
+    msg.header.stamp = _stamp(stamp_s)
+    t, q = msg.transform.translation, msg.transform.rotation
+    t.x, t.y, t.z = translation
+    q.x, q.y, q.z, q.w = rotation
+    return msg
 
-        class TransformException(Exception):
-            pass
 
-        class Buffer:
-            def __init__(self, cache_time=None, node=None):
-                fake.buffer = self
-                self.calls = []
-                self.transform = None
+def _stamp(seconds: float):
+    from builtin_interfaces.msg import Time
 
-            def lookup_transform(self, target_frame, source_frame, time, timeout=None):
-                self.calls.append((target_frame, source_frame, time))
-                if self.transform is None:
-                    raise TransformException(f'"{source_frame}" passed to lookupTransform '
-                                             'does not exist')
-                return self.transform
+    sec = int(seconds)
+    return Time(sec=sec, nanosec=int(round((seconds - sec) * 1e9)))
 
-        class TransformListener:
-            def __init__(self, buffer, node, *, spin_thread=False, qos=None, static_qos=None):
-                fake.listener = self
-                self.buffer, self.node, self.spin_thread = buffer, node, spin_thread
-                self.unregistered = False
 
-            def unregister(self):
-                self.unregistered = True
-
-        self.modules = {'tf2_ros': types.ModuleType('tf2_ros'),
-                        'tf2_ros.buffer': types.ModuleType('tf2_ros.buffer'),
-                        'tf2_ros.transform_listener': types.ModuleType(
-                            'tf2_ros.transform_listener')}
-        self.modules['tf2_ros'].TransformException = TransformException
-        self.modules['tf2_ros'].Buffer = Buffer
-        self.modules['tf2_ros'].TransformListener = TransformListener
-        self.modules['tf2_ros.buffer'].Buffer = Buffer
-        self.modules['tf2_ros.transform_listener'].TransformListener = TransformListener
+#: The optical frame 1.4 m up, 1.8 m ahead, looking forward and down (a unit quaternion).
+CAMERA_Q = (-0.6, 0.6, -0.372, 0.372)
+CAMERA_Q = tuple(v / math.sqrt(sum(c * c for c in CAMERA_Q)) for v in CAMERA_Q)
 
 
 @pytest.fixture
-def fake_tf(monkeypatch):
-    """Install the stand-in tf2_ros in sys.modules for one test."""
-    fake = _FakeTf()
-    for name, module in fake.modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return fake
+def tf_pair(ros_env):
+    """
+    Yield (TfPoseSource, broadcasting peer): the real tf2_ros across two ROS contexts.
+
+    The source's node spins on a helper thread, as the segmentation node's executor does;
+    the broadcaster is another node in its own context (same domain), as another process.
+    """
+    from ros_harness import RosPeer
+
+    listening = RosPeer(ros_env, name='grid_tf_listener')
+    broadcasting = RosPeer(ros_env, name='grid_tf_broadcaster')
+    source = node_grid.TfPoseSource(listening.node)
+    try:
+        yield source, broadcasting
+    finally:
+        source.close()
+        broadcasting.close()
+        listening.close()
 
 
-def test_tf_pose_source(fake_tf):
-    """Listener on the node without its own thread; newest transform grid <- optical frame."""
-    from geometry_msgs.msg import TransformStamped
-    from rclpy.time import Time
+def _lookup_when(source, wanted, *args, timeout: float = 20.0):
+    """Look up until ``wanted(result)`` holds (the broadcast travels); return the result."""
+    import time
 
-    node = object()
-    source = node_grid.TfPoseSource(node)
-    assert fake_tf.listener.node is node and fake_tf.listener.buffer is fake_tf.buffer
-    assert fake_tf.listener.spin_thread is False
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = source.lookup(*args)
+        except GridUnavailable as error:
+            result = error
+        if wanted(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+def test_tf_pose_from_a_static_transform(tf_pair):
+    """No transform: no_transform at once; a static one that appears later answers any stamp."""
+    import time
+
+    from tf2_ros import StaticTransformBroadcaster
+
+    source, peer = tf_pair
+    started = time.monotonic()
     with pytest.raises(GridUnavailable, match='no transform base_link <- cam_optical') as caught:
-        source.lookup('base_link', 'cam_optical')
-    assert caught.value.reason == 'no_pose'
-    transform = TransformStamped()
-    transform.transform.translation.x, transform.transform.translation.z = 1.8, 1.4
-    q = (-0.6, 0.6, -0.37, 0.37)  # optical frame looking forward and down
-    (transform.transform.rotation.x, transform.transform.rotation.y,
-     transform.transform.rotation.z, transform.transform.rotation.w) = q
-    fake_tf.buffer.transform = transform
-    pose = source.lookup('base_link', 'cam_optical')
-    target, frame, time = fake_tf.buffer.calls[-1]
-    assert (target, frame) == ('base_link', 'cam_optical')
-    assert isinstance(time, Time) and time.nanoseconds == 0  # the newest transform
-    np.testing.assert_allclose(pose.translation, [1.8, 0.0, 1.4])
-    np.testing.assert_allclose(pose.rotation, quaternion_to_matrix(*q))
-    with pytest.raises(GridUnavailable, match='no frame_id'):
-        source.lookup('base_link', '')
-    source.close()
-    assert fake_tf.listener.unregistered
+        source.lookup('base_link', 'cam_optical', _stamp(1700000000.5), 0.5)
+    assert caught.value.reason == 'no_transform'
+    assert time.monotonic() - started < 0.25  # an unknown frame is not waited for
+    with pytest.raises(GridUnavailable, match='no frame_id') as caught:
+        source.lookup('base_link', '', _stamp(1.0), 0.5)
+    assert caught.value.reason == 'no_frame_id'
+
+    StaticTransformBroadcaster(peer.node).sendTransform(
+        _transform('base_link', 'cam_optical', 0.0, (1.8, 0.0, 1.4), CAMERA_Q))
+    pose = _lookup_when(source, lambda r: isinstance(r, CameraPose), 'base_link',
+                        'cam_optical', _stamp(1700000000.5), 0.05)
+    assert isinstance(pose, CameraPose), pose
+    expected = CameraPose.from_quaternion((1.8, 0.0, 1.4), CAMERA_Q)
+    np.testing.assert_allclose(pose.matrix(), expected.matrix(), atol=1e-12)
+    for stamp in (0.0, 12.25, 1.9e9):  # a static transform answers every stamp (0: newest)
+        np.testing.assert_allclose(source.lookup('base_link', 'cam_optical', _stamp(stamp),
+                                                 0.0).matrix(), expected.matrix(), atol=1e-12)
+
+
+def test_tf_pose_at_the_image_stamp_with_a_bounded_wait(tf_pair):
+    """A moving transform is interpolated at the stamp; a newer image waits, bounded."""
+    import threading
+    import time
+
+    from tf2_ros import TransformBroadcaster
+
+    source, peer = tf_pair
+    broadcaster = TransformBroadcaster(peer.node)
+    peer.wait_for_subscribers(broadcaster.pub_tf)  # /tf is volatile: sent before, lost
+    t0 = 1000.0  # small: its tenths are exact to well below a nanosecond
+    broadcaster.sendTransform([_transform('odom', 'cam', t0, (1.0, 0.0, 1.5)),
+                               _transform('odom', 'cam', t0 + 0.2, (3.0, 0.0, 1.5))])
+    pose = _lookup_when(source, lambda r: isinstance(r, CameraPose), 'odom', 'cam',
+                        _stamp(t0 + 0.1), 0.0)
+    assert isinstance(pose, CameraPose), pose
+    np.testing.assert_allclose(pose.translation, [2.0, 0.0, 1.5], atol=1e-9)  # not the newest
+    np.testing.assert_allclose(source.lookup('odom', 'cam', _stamp(0.0)).translation,
+                               [3.0, 0.0, 1.5])  # stamp 0: the newest
+
+    # Newer than every transform, none comes: refused once the wait is over, not later.
+    started = time.monotonic()
+    with pytest.raises(GridUnavailable, match=r'0\.300 s older than the image') as caught:
+        source.lookup('odom', 'cam', _stamp(t0 + 0.5), 0.2)
+    waited = time.monotonic() - started
+    assert caught.value.reason == 'stale_transform'
+    assert 'grid_tf_timeout' in str(caught.value)
+    assert 0.2 <= waited < 0.2 + 0.1, waited
+
+    # One that arrives during the wait is taken at once: the listener's callbacks run on
+    # the other thread's executor while this one waits (no deadlock, no polling delay).
+    timer = threading.Timer(0.3, broadcaster.sendTransform,
+                            [_transform('odom', 'cam', t0 + 0.6, (7.0, 0.0, 1.5))])
+    started = time.monotonic()
+    timer.start()
+    try:
+        pose = source.lookup('odom', 'cam', _stamp(t0 + 0.5), 5.0)
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 2.0
+    np.testing.assert_allclose(pose.translation, [6.0, 0.0, 1.5], atol=1e-9)
+
+    with pytest.raises(GridUnavailable, match='older than the transforms') as caught:
+        source.lookup('odom', 'cam', _stamp(t0 - 60.0), 0.5)
+    assert caught.value.reason == 'old_image'
+
+
+@pytest.mark.parametrize('translation, rotation, text', [
+    ((math.nan, 0.0, 1.4), CAMERA_Q, 'non-finite values'),
+    ((1.8, 0.0, 1.4), (0.0, 0.0, 0.0, 2.0), 'not a unit quaternion'),
+    ((1.8, 0.0, 1.4), (0.0, 0.0, 0.0, 0.0), 'not a unit quaternion'),
+])
+def test_tf_invalid_transform_is_refused_with_the_reason(tf_pair, translation, rotation, text):
+    """A NaN or a non-unit quaternion: not stored, the lookup names it; a valid one then works."""
+    from tf2_ros import TransformBroadcaster
+
+    source, peer = tf_pair
+    broadcaster = TransformBroadcaster(peer.node)
+    peer.wait_for_subscribers(broadcaster.pub_tf)  # /tf is volatile: sent before, lost
+    broadcaster.sendTransform(_transform('base_link', 'cam_bad', 100.0, translation, rotation))
+    error = _lookup_when(source, lambda r: getattr(r, 'reason', '') == 'invalid_transform',
+                         'base_link', 'cam_bad', _stamp(100.0), 0.0)
+    assert isinstance(error, GridUnavailable) and error.reason == 'invalid_transform', error
+    assert text in str(error) and 'base_link -> cam_bad' in str(error)
+    broadcaster.sendTransform(_transform('base_link', 'cam_bad', 101.0, (1.8, 0.0, 1.4),
+                                         CAMERA_Q))
+    pose = _lookup_when(source, lambda r: isinstance(r, CameraPose), 'base_link', 'cam_bad',
+                        _stamp(101.0), 0.0)
+    assert isinstance(pose, CameraPose), pose
+
+
+def test_transform_problem():
+    """The checks behind invalid_transform, with tf2's tolerance for a unit quaternion."""
+    assert node_grid.transform_problem(_transform('a', 'b', 0.0, (1.0, 2.0, 3.0),
+                                                  CAMERA_Q)) is None
+    assert node_grid.transform_problem(_transform('a', 'b', 0.0,
+                                                  rotation=(0.0, 0.0, 0.0, 1.004))) is None
+    assert 'norm 1.01' in node_grid.transform_problem(
+        _transform('a', 'b', 0.0, rotation=(0.0, 0.0, 0.0, 1.01)))
+    assert 'non-finite' in node_grid.transform_problem(
+        _transform('a', 'b', 0.0, rotation=(0.0, math.inf, 0.0, 1.0)))
 
 
 # ----------------------------------------------------------------- diagnostics

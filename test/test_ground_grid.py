@@ -9,6 +9,7 @@ BAND_NEAR and BAND_FAR metres.
 
 import math
 from unittest import mock
+import warnings
 
 from enet_ros import ground_grid
 from enet_ros.ground_grid import (CameraIntrinsics, CameraPose, FREE, GridSpec, ground_points,
@@ -426,6 +427,38 @@ def test_camera_info_fields():
         CameraIntrinsics.from_camera_info_fields(WIDTH, HEIGHT, [0.0] * 9, [], '')
     with pytest.raises(ValueError, match='9 elements'):
         CameraIntrinsics.from_camera_info_fields(WIDTH, HEIGHT, k[:6], [], '')
+
+
+@pytest.mark.parametrize('fields, message', [
+    ({'cx': math.nan}, 'non-finite cx=nan'),
+    ({'skew': math.nan}, 'non-finite skew=nan'),
+    ({'fy': math.inf}, 'non-finite fy=inf'),
+    ({'fx': 1e-300}, 'fx=1e-300 is absurd for a 640x480 image'),
+    ({'fx': 1e300}, r'fx=1e\+300 is absurd'),
+    ({'fy': 6.0}, 'fy=6 is absurd'),          # a field of view beyond 178 degrees
+    ({'cx': -700.0}, 'principal point cx=-700'),
+    ({'cy': 1e9}, 'principal point cy=1e[+]09'),
+    ({'skew': 600.0}, 'skew=600 is larger than the focal length'),
+    ({'distortion_model': 'plumb_bob', 'd': (math.nan, 0.0, 0.0, 0.0, 0.0)}, r'd\[0\]=nan'),
+    ({'distortion_model': 'plumb_bob', 'd': (0.1, 1e300)}, r'd\[1\]=1e\+300'),
+])
+def test_non_finite_or_absurd_intrinsics_are_refused(fields, message):
+    """A NaN / inf anywhere in K or D, or a focal length no lens has: ValueError with the field."""
+    values = {'width': 640, 'height': 480, 'fx': 500.0, 'fy': 500.0, 'cx': 319.5, 'cy': 239.5}
+    values.update(fields)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # and no numpy overflow on the way
+        with pytest.raises(ValueError, match=message):
+            CameraIntrinsics(**values)
+
+
+def test_plausible_extremes_are_accepted():
+    """A 170-degree lens, a 0.1-degree telescope, an off-centre principal point, big k's."""
+    for fx in (640 / (2 * math.tan(math.radians(85))), 640 / (2 * math.tan(math.radians(0.05)))):
+        CameraIntrinsics(640, 480, fx, fx, 319.5, 239.5)
+    CameraIntrinsics(640, 480, 500.0, 500.0, 700.0, -100.0, skew=2.0)
+    CameraIntrinsics(640, 480, 500.0, 500.0, 319.5, 239.5, distortion_model='rational_polynomial',
+                     d=(25.0, 12.0, 0.001, -0.001, 0.5, 25.3, 18.0, 2.1))
 
 
 def test_invalid_setups_are_refused():

@@ -76,13 +76,24 @@ class _Camera:
 
 @pytest.fixture
 def managed(ros_env, random_model_file):
-    """Yield a managed node started with a bad model_path, its lifecycle client and camera."""
+    """
+    Yield a managed node started with a bad model_path, its lifecycle client and camera.
+
+    The grid's camera pose comes from TF (grid_pose_source auto, tf2_ros importable): the
+    peer sends the static transform base_link <- camera, as a robot_state_publisher would;
+    each configure makes a new listener, which gets it again (transient local).
+    """
+    from enet_ros.node.config import PoseValues
+    from test_grid_tf import camera_transform
+    from tf2_ros import StaticTransformBroadcaster
+
     node = NodeProcess(ros_env, {
         'model_path': '/nonexistent/model.safetensors', 'network_width': 64,
-        'network_height': 48, 'torch_compile': False, 'camera_pose.height': CAMERA_HEIGHT,
-        'camera_pose.pitch': PITCH}, lifecycle=True)
+        'network_height': 48, 'torch_compile': False}, lifecycle=True)
     peer = RosPeer(ros_env)
     try:
+        StaticTransformBroadcaster(peer.node).sendTransform(camera_transform(
+            'base_link', 'camera', PoseValues(height=CAMERA_HEIGHT, pitch=PITCH).pose()))
         node.wait_for_text(UNCONFIGURED_LINE)
         yield node, LifecycleClient(peer, NODE), _Camera(peer)
     finally:

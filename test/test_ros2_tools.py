@@ -17,7 +17,8 @@ import time
 from enet_ros.labels import CAMVID_11
 import numpy as np
 import pytest
-from ros2_cli import build_workspace, in_workspace, TerminalProcess, tools_missing
+from ros2_cli import (build_workspace, in_workspace, ros2, ros2_until, start_daemon,
+                      TerminalProcess, tools_missing, topic_hz)
 from ros_harness import image_array, make_image_msg, OUTPUT_TOPICS, RosPeer, stamp_ns
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
@@ -407,31 +408,145 @@ def test_ros2_launch_lifecycle_ctrl_c_during_configure_exits_cleanly(workspace, 
 
 
 def test_ros2_lifecycle_command_drives_the_node(workspace, fast_start_env):
-    """The real ``ros2 lifecycle nodes / get / set`` against the node started by ros2 launch."""
-    import importlib.util
+    """
+    The real ``ros2 lifecycle nodes / get / set`` against the node started by ros2 launch.
 
-    if importlib.util.find_spec('ros2service') is None:
-        pytest.skip('ros2 lifecycle cannot run here: it imports ros2service, which is not '
-                    'among the ROS 2 tool wheels (../shared/ros2-tools)')
-
-    def ros2(arguments: str) -> str:
-        process = TerminalProcess(in_workspace(workspace, f'ros2 {arguments}'), fast_start_env)
-        try:
-            assert process.wait_exit(120) == 0, process.log()
-            return process.log()
-        finally:
-            process.close()
+    configure, activate, deactivate, cleanup, configure, shutdown, as the README lists
+    them. A daemon that has just started has not seen the node yet ("Node not found"):
+    ``ros2 lifecycle nodes`` is run until it lists it, as a user would.
+    """
+    def lifecycle(arguments: str) -> str:
+        code, log = ros2(workspace, fast_start_env, f'lifecycle {arguments}')
+        assert code == 0, log
+        return log
 
     launched = _lifecycle_launch(workspace, fast_start_env, '/cam/cli')
     try:
-        assert NODE in ros2('lifecycle nodes')
-        assert 'unconfigured [1]' in ros2(f'lifecycle get {NODE}')
-        assert 'Transitioning successful' in ros2(f'lifecycle set {NODE} configure')
-        assert 'inactive [2]' in ros2(f'lifecycle get {NODE}')
-        assert 'Transitioning successful' in ros2(f'lifecycle set {NODE} activate')
-        assert 'active [3]' in ros2(f'lifecycle get {NODE}')
-        assert 'Transitioning successful' in ros2(f'lifecycle set {NODE} shutdown')
+        start_daemon(workspace, fast_start_env)
+        ros2_until(workspace, fast_start_env, 'lifecycle nodes', NODE)
+        assert lifecycle(f'get {NODE}').strip() == 'unconfigured [1]'
+        for transition, state in [('configure', 'inactive [2]'), ('activate', 'active [3]'),
+                                  ('deactivate', 'inactive [2]'),
+                                  ('cleanup', 'unconfigured [1]'),
+                                  ('configure', 'inactive [2]')]:
+            assert 'Transitioning successful' in lifecycle(f'set {NODE} {transition}')
+            assert lifecycle(f'get {NODE}').strip() == state, launched.log()
+        assert 'Transitioning successful' in lifecycle(f'set {NODE} shutdown')
         _assert_clean_exit(launched, launched.wait_exit(60))
     finally:
         launched.close()
-        ros2('daemon stop')
+        ros2(workspace, fast_start_env, 'daemon stop')
+
+
+#: The CLI test's camera: 320x240, and its calibration.
+CLI_K = [250.0, 0.0, 159.5, 0.0, 250.0, 119.5, 0.0, 0.0, 1.0]
+
+
+class _CalibratedCamera(_Camera):
+    """A _Camera that also publishes its CameraInfo and its pose on TF, as a vehicle does."""
+
+    def __init__(self, peer: RosPeer, image_topic: str):
+        from enet_ros.node.config import PoseValues
+        from sensor_msgs.msg import CameraInfo
+        from test_grid_tf import camera_transform
+        from tf2_ros import StaticTransformBroadcaster
+
+        super().__init__(peer, image_topic)
+        self.info_publisher = peer.publisher(CameraInfo, image_topic.rsplit('/', 1)[0]
+                                             + '/camera_info')
+        self.info = CameraInfo(width=320, height=240, distortion_model='plumb_bob',
+                               k=CLI_K, d=[0.0] * 5)
+        self.info.header.frame_id = 'camera'
+        self.static = StaticTransformBroadcaster(peer.node)
+        self.static.sendTransform(camera_transform(
+            'base_link', 'camera', PoseValues(height=1.5, pitch=0.25).pose()))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            stamp = time.time_ns()
+            self.info.header.stamp.sec, self.info.header.stamp.nanosec = divmod(
+                stamp, 1_000_000_000)
+            self.info_publisher.publish(self.info)
+            self.publisher.publish(make_image_msg(self.pixels, 'rgb8', stamp))
+            self._stop.wait(0.1)
+
+
+def test_ros2_command_line_against_the_live_node(workspace, fast_start_env, peer, tmp_path):
+    """
+    What users type against a running node, with the real ros2 tools, as the README shows.
+
+    ros2 param describe / set / get (a live value, refusals with their reason), ros2
+    topic hz of ~/labels near the camera's 10 Hz and then near max_rate_hz, ros2 topic
+    echo --once of ~/drivable_grid and /diagnostics, and ros2 interface show of every
+    type the node publishes (from ros2 node info).
+    """
+    params = tmp_path / 'small.yaml'  # a small network: 10 Hz on a loaded 2-core machine
+    params.write_text('/**:\n  ros__parameters:\n    network_width: 160\n'
+                      '    network_height: 120\n')
+    launched = _launched(workspace, fast_start_env,
+                         f'image:=/cam/live/image params_file:={params}')
+    env = fast_start_env
+    try:
+        launched.wait_for_text(READY, timeout=120)
+        with _CalibratedCamera(peer, '/cam/live/image'):
+            start_daemon(workspace, env)
+            ros2_until(workspace, env, 'node list', NODE)
+
+            code, log = ros2(workspace, env, f'param describe {NODE} max_rate_hz')
+            assert code == 0, log
+            for text in ('Parameter name: max_rate_hz', 'Type: double',
+                         'Description: process at most this many frames per second',
+                         'Min value: 0.0', 'Max value: 1000.0'):
+                assert text in log, log
+
+            input_hz = topic_hz(workspace, env, '/cam/live/image', 8.0)
+            labels_hz = topic_hz(workspace, env, f'{NODE}/labels', 8.0)
+            assert input_hz == pytest.approx(10.0, rel=0.15), input_hz
+            assert labels_hz == pytest.approx(input_hz, rel=0.15), (labels_hz, input_hz)
+
+            code, log = ros2(workspace, env, f'param set {NODE} max_rate_hz 5.0')
+            assert code == 0 and log.strip() == 'Set parameter successful', log
+            code, log = ros2(workspace, env, f'param get {NODE} max_rate_hz')
+            assert code == 0 and log.strip() == 'Double value is: 5.0', log
+            labels_hz = topic_hz(workspace, env, f'{NODE}/labels', 8.0)
+            assert labels_hz == pytest.approx(5.0, rel=0.15), labels_hz
+
+            for arguments, reason in [
+                    ('max_rate_hz -1.0', 'max_rate_hz out of range Min: 0.0, Max: 1000.0'),
+                    ('drivable_classes "[Nope]"', "unknown class name(s) ['Nope']"),
+                    ('device cpu', 'Trying to set a read-only parameter: device')]:
+                code, log = ros2(workspace, env, f'param set {NODE} {arguments}')
+                # ros2 param set exits 0 on a refusal (upstream); the line says it.
+                assert 'Setting parameter failed: ' in log and reason in log, log
+            code, log = ros2(workspace, env, f'param get {NODE} max_rate_hz')
+            assert log.strip() == 'Double value is: 5.0', log
+
+            grid = ros2_until(workspace, env, f'topic echo --once {NODE}/drivable_grid '
+                              'nav_msgs/msg/OccupancyGrid', 'frame_id: base_link')
+            for text in ('resolution: 0.1', 'width: 300', 'height: 200', 'data:'):
+                assert text in grid, grid
+            diagnostics = ros2_until(workspace, env, 'topic echo --once /diagnostics '
+                                     'diagnostic_msgs/msg/DiagnosticArray',
+                                     'key: grid_pose_source')
+            assert f"name: '{NODE}: segmentation'" in diagnostics, diagnostics
+            assert '- key: grid_status\n    value: ok' in diagnostics, diagnostics
+
+            info = ros2_until(workspace, env, f'node info {NODE}',
+                              f'{NODE}/drivable_grid: nav_msgs/msg/OccupancyGrid')
+            published = info.split('Publishers:')[1].split('Service Servers:')[0]
+            types = sorted({line.split(': ')[1].strip() for line in published.splitlines()
+                            if ': ' in line})
+            assert {'sensor_msgs/msg/Image', 'nav_msgs/msg/OccupancyGrid',
+                    'diagnostic_msgs/msg/DiagnosticArray'} <= set(types), types
+            fields = {'sensor_msgs/msg/Image': 'string encoding',
+                      'nav_msgs/msg/OccupancyGrid': 'int8[] data',
+                      'diagnostic_msgs/msg/DiagnosticArray': 'DiagnosticStatus[] status'}
+            for message_type in types:
+                code, log = ros2(workspace, env, f'interface show {message_type}')
+                assert code == 0 and fields.get(message_type, '') in log, (message_type, log)
+                assert len(log.splitlines()) >= 2, (message_type, log)
+        launched.press_ctrl_c()
+        _assert_clean_exit(launched, launched.wait_exit(60))
+    finally:
+        launched.close()
+        ros2(workspace, env, 'daemon stop')

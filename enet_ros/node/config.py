@@ -79,6 +79,8 @@ class GridSettings:
     grid_range: float
     ground_z: float
     rectified_image: bool
+    #: Longest wait (s) for a transform newer than the image (grid_tf_timeout).
+    tf_timeout_s: float = 0.05
 
     def spec(self) -> GridSpec:
         """Return the grid's layout for the projection."""
@@ -235,8 +237,14 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
         'transform from this frame to the image header frame_id', False, STRING)),
     'grid_pose_source': ('auto', _descriptor(
         "where the camera pose above the ground comes from: 'auto' (TF when tf2_ros is "
-        "importable, else the camera_pose.* parameters), 'tf' or 'parameters'", True,
+        "importable, as on every ROS 2 install, else the camera_pose.* parameters), 'tf' or "
+        "'parameters'", True,
         STRING)),
+    'grid_tf_timeout': (0.05, _descriptor(
+        "with TF: the camera pose is looked up at the image's stamp; when the transforms "
+        'end before it, wait at most this many seconds for a newer one (on the inference '
+        'thread), then skip the grid (counted as stale_transform)', False, DOUBLE,
+        float_range=(0.0, 1.0))),
     'grid_resolution': (0.1, _descriptor(
         'metres per grid cell', False, DOUBLE, float_range=(0.01, 10.0))),
     'grid_width': (300, _descriptor(
@@ -358,13 +366,17 @@ def grid_settings(values: Mapping[str, Any]) -> GridSettings:
     for name in ('grid_origin_x', 'grid_origin_y', 'grid_ground_z'):
         if not math.isfinite(float(values[name])):
             raise ConfigError(f'parameter {name}: {values[name]} must be finite')
+    tf_timeout = float(values.get('grid_tf_timeout', 0.05))
+    if not 0.0 <= tf_timeout <= 1.0:
+        raise ConfigError(f'parameter grid_tf_timeout: {tf_timeout} is outside [0, 1] s')
     return GridSettings(frame=frame, resolution=float(values['grid_resolution']),
                         width=int(values['grid_width']), height=int(values['grid_height']),
                         origin_x=float(values['grid_origin_x']),
                         origin_y=float(values['grid_origin_y']),
                         grid_range=float(values['grid_range']),
                         ground_z=float(values['grid_ground_z']),
-                        rectified_image=bool(values['grid_rectified_image']))
+                        rectified_image=bool(values['grid_rectified_image']),
+                        tf_timeout_s=tf_timeout)
 
 
 def pose_values(values: Mapping[str, Any], camera: str) -> PoseValues:

@@ -27,7 +27,7 @@ def camera_status(node_name: str, camera: Camera, thresholds: HealthThresholds,
     keys: ``grid_pose_source`` ('tf' or 'parameters'), ``grid_status`` (why
     the last frame got no grid, else 'ok'; such a problem makes the level
     WARN), ``grid_build_ms`` (the last pixel-to-cell map build),
-    ``grid_published`` and ``grid_skipped_<reason>`` counters.
+    ``grid_published``, ``grid_rebuilt_<cause>`` and ``grid_skipped_<reason>`` counters.
     """
     snapshot = camera.stats.snapshot(thresholds)
     values: Dict[str, str] = {
@@ -56,7 +56,7 @@ def camera_status(node_name: str, camera: Camera, thresholds: HealthThresholds,
     values['grid_published'] = str(snapshot.totals.get('grid_published', 0))
     values['grid_rebuilt_moving_pose'] = str(snapshot.totals.get('grid_rebuilt_moving_pose', 0))
     for key, count in sorted(snapshot.totals.items()):
-        if key.startswith('grid_skipped_'):
+        if key.startswith(('grid_skipped_', 'grid_rebuilt_')):
             values[key] = str(count)
     if problem:
         level = max(level, WARN)

@@ -10,13 +10,17 @@ the pose or the grid layout change (0.03-0.7 s, logged); a frame then costs
 one gather and one segmented sum (about 1 ms at 1280x720).
 
 The pose comes from TF (:class:`TfPoseSource`: ``grid_frame`` <- the image's
-``frame_id``, the newest transform) when ``tf2_ros`` is importable, otherwise
-from the ``camera_pose.*`` parameters (:func:`resolve_pose_source`).
+``frame_id`` at the image's stamp, waiting at most ``grid_tf_timeout`` for a
+transform newer than the image) when ``tf2_ros`` is importable, as on every
+ROS 2 install, otherwise from the ``camera_pose.*`` parameters
+(:func:`resolve_pose_source`).
 """
 
 import array
+import math
+import threading
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from nav_msgs.msg import OccupancyGrid
 import numpy as np
@@ -34,7 +38,7 @@ class GridUnavailable(Exception):
 
 
 def tf_importable() -> bool:
-    """Tell whether tf2_ros can be imported (every ROS 2 install; not the wheels used here)."""
+    """Tell whether tf2_ros can be imported (every ROS 2 install has it)."""
     try:
         import tf2_ros  # noqa: F401
     except ImportError:
@@ -128,47 +132,187 @@ class GridBuffer:
         return self.msg
 
 
+#: Largest accepted | |q|^2 - 1 | of a transform's rotation (Humble's tf2 refused beyond
+#: this; Jazzy's normalizes any non-zero quaternion silently, so a rotation written into the
+#: wrong fields would pass unnoticed).
+QUATERNION_TOLERANCE = 0.01
+
+
+def transform_problem(transform: Any) -> Optional[str]:
+    """Return why a geometry_msgs/TransformStamped is not a pose (NaN, non-unit), or None."""
+    t, q = transform.transform.translation, transform.transform.rotation
+    translation, rotation = (t.x, t.y, t.z), (q.x, q.y, q.z, q.w)
+    if not all(math.isfinite(v) for v in translation + rotation):
+        return (f'non-finite values in translation {translation} / rotation (x, y, z, w) '
+                f'{rotation}')
+    norm2 = sum(v * v for v in rotation)
+    if abs(norm2 - 1.0) > QUATERNION_TOLERANCE:
+        return (f'rotation (x, y, z, w) {rotation} is not a unit quaternion (norm '
+                f'{math.sqrt(norm2):.4g})')
+    return None
+
+
+def _stamp_s(stamp: Any) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _checked_buffer(cache_s: float) -> Any:
+    """
+    Return a tf2_ros Buffer that refuses invalid transforms and wakes waiters on new data.
+
+    A transform with NaN or a non-unit quaternion (:func:`transform_problem`)
+    is not stored; the newest refusal per child frame is kept for the
+    lookup's message. ``new_data`` (a Condition) is notified after every
+    transform, stored or refused.
+    """
+    from rclpy.duration import Duration
+    from tf2_ros.buffer import Buffer
+
+    class CheckedBuffer(Buffer):
+        def __init__(self):
+            super().__init__(cache_time=Duration(seconds=cache_s))
+            self.new_data = threading.Condition()
+            #: child frame -> (parent frame, problem) of its newest refused transform
+            self.refused: Dict[str, Tuple[str, str]] = {}
+
+        def set_transform(self, transform: Any, authority: str) -> None:
+            self._store(transform, authority, super().set_transform)
+
+        def set_transform_static(self, transform: Any, authority: str) -> None:
+            self._store(transform, authority, super().set_transform_static)
+
+        def _store(self, transform: Any, authority: str, store: Any) -> None:
+            problem = transform_problem(transform)
+            if problem is None:
+                store(transform, authority)
+            with self.new_data:
+                if problem is None:
+                    self.refused.pop(transform.child_frame_id, None)
+                else:
+                    self.refused[transform.child_frame_id] = (transform.header.frame_id,
+                                                              problem)
+                self.new_data.notify_all()
+
+    return CheckedBuffer()
+
+
 class TfPoseSource:
     """
-    The camera's pose from TF: a tf2_ros Buffer filled by a TransformListener on the node.
+    The camera's pose from TF, looked up at the image's stamp with a short, bounded wait.
 
-    Only constructed where tf2_ros is importable (not in this project's test
-    environment, whose wheels have no tf2_ros). The listener subscribes
-    /tf and /tf_static on the node (in a callback group of its own); a lookup
-    takes the newest transform and never waits.
+    A tf2_ros Buffer (that refuses NaN and non-unit quaternions, see
+    :func:`_checked_buffer`) is filled by a TransformListener on the node
+    (``spin_thread=False``: the node's executor, on its helper thread, runs
+    the listener's callbacks). :meth:`lookup` runs on the inference thread;
+    it waits only when the transforms exist but end before the image's stamp
+    (the next one is on its way), and never longer than ``timeout_s``, on a
+    condition the listener's callbacks notify, so it cannot deadlock with the
+    executor. An image stamped 0 (no time) gets the newest transform, as tf2
+    gives it for time 0; a static transform answers every stamp.
     """
 
+    #: Seconds of transforms kept (tf2's default); an older image is refused.
+    CACHE_S = 10.0
+
     def __init__(self, node: Any):
-        from tf2_ros.buffer import Buffer
         from tf2_ros.transform_listener import TransformListener
 
-        self._buffer = Buffer()
+        self._buffer = _checked_buffer(self.CACHE_S)
         self._listener = TransformListener(self._buffer, node, spin_thread=False)
 
-    def lookup(self, grid_frame: str, camera_frame: str) -> CameraPose:
-        """Return the pose of ``camera_frame`` (optical) in ``grid_frame``, or raise."""
+    def lookup(self, grid_frame: str, camera_frame: str, stamp: Any,
+               timeout_s: float = 0.0) -> CameraPose:
+        """
+        Return the pose of ``camera_frame`` (optical) in ``grid_frame`` at ``stamp``, or raise.
+
+        ``stamp``: the image's builtin_interfaces/Time. Waits at most
+        ``timeout_s`` for a transform newer than the image. GridUnavailable
+        reasons: ``no_frame_id``, ``no_transform``, ``invalid_transform``,
+        ``stale_transform`` (the newest transform is older than the image by
+        more than the wait), ``old_image`` (older than the transforms kept).
+        """
         from rclpy.time import Time
-        from tf2_ros import TransformException
+        from tf2_ros import ExtrapolationException, TransformException
 
         if not camera_frame:
-            raise GridUnavailable('no_pose', 'the image has no frame_id: no TF pose for the '
-                                             'drivable grid')
+            raise GridUnavailable('no_frame_id', 'the image has no frame_id: no TF pose for '
+                                                 'the drivable grid')
+        when = Time(seconds=stamp.sec, nanoseconds=stamp.nanosec)
         try:
-            transform = self._buffer.lookup_transform(grid_frame, camera_frame, Time())
+            try:
+                transform = self._buffer.lookup_transform_core(grid_frame, camera_frame, when)
+            except ExtrapolationException as error:
+                transform = self._wait_newer(grid_frame, camera_frame, when, stamp, timeout_s,
+                                             error)
         except TransformException as error:
-            raise GridUnavailable('no_pose', f'no transform {grid_frame} <- {camera_frame} '
-                                             f'for the drivable grid: {error}') from None
-        translation, rotation = transform.transform.translation, transform.transform.rotation
-        try:
-            return CameraPose.from_quaternion((translation.x, translation.y, translation.z),
-                                              (rotation.x, rotation.y, rotation.z, rotation.w))
-        except ValueError as error:
-            raise GridUnavailable('no_pose', f'transform {grid_frame} <- {camera_frame}: '
-                                             f'{error}') from None
+            raise self._unavailable(grid_frame, camera_frame, error) from None
+        problem = transform_problem(transform)
+        if problem is None:
+            translation, rotation = transform.transform.translation, transform.transform.rotation
+            try:
+                return CameraPose.from_quaternion(
+                    (translation.x, translation.y, translation.z),
+                    (rotation.x, rotation.y, rotation.z, rotation.w))
+            except ValueError as error:
+                problem = str(error)
+        raise GridUnavailable('invalid_transform', f'transform {grid_frame} <- {camera_frame}: '
+                                                   f'{problem}')
+
+    def _wait_newer(self, grid_frame: str, camera_frame: str, when: Any, stamp: Any,
+                    timeout_s: float, error: Exception) -> Any:
+        """After an extrapolation error: wait (bounded) if the image is newer than the data."""
+        from rclpy.time import Time
+
+        newest = self._buffer.lookup_transform_core(grid_frame, camera_frame, Time())
+        image_s, newest_s = _stamp_s(stamp), _stamp_s(newest.header.stamp)
+        if image_s < newest_s:
+            raise GridUnavailable('old_image', (
+                f'the image (stamp {image_s:.3f}) is older than the transforms {grid_frame} '
+                f'<- {camera_frame} that TF keeps ({self.CACHE_S:g} s; {str(error).strip()}); '
+                "is the camera's clock TF's clock?"))
+        deadline = time.monotonic() + timeout_s
+        buffer = self._buffer
+        with buffer.new_data:
+            while not buffer.can_transform_core(grid_frame, camera_frame, when)[0]:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise GridUnavailable('stale_transform', (
+                        f'the newest transform {grid_frame} <- {camera_frame} (stamp '
+                        f'{newest_s:.3f}) is {image_s - newest_s:.3f} s older than the image '
+                        f'(stamp {image_s:.3f}), and none newer came within {timeout_s:g} s '
+                        '(grid_tf_timeout)'))
+                buffer.new_data.wait(remaining)
+        return buffer.lookup_transform_core(grid_frame, camera_frame, when)
+
+    def _unavailable(self, grid_frame: str, camera_frame: str,
+                     error: Exception) -> GridUnavailable:
+        """Return the reason of a failed lookup, naming refused transforms that touch it."""
+        with self._buffer.new_data:
+            refused = dict(self._buffer.refused)
+        ends = {grid_frame, camera_frame}
+        touching = [f'{parent} -> {child}: {problem}' for child, (parent, problem)
+                    in refused.items() if child in ends or parent in ends]
+        if touching:
+            return GridUnavailable('invalid_transform', (
+                f'no transform {grid_frame} <- {camera_frame}: refused {"; ".join(touching)}'))
+        others = (f' (also refused: {"; ".join(f"{p} -> {c}" for c, (p, _) in refused.items())})'
+                  if refused else '')
+        text = str(error).strip() or type(error).__name__
+        return GridUnavailable('no_transform', f'no transform {grid_frame} <- {camera_frame} '
+                                               f'for the drivable grid: {text}{others}')
 
     def close(self) -> None:
         """Destroy the listener's subscriptions."""
         self._listener.unregister()
+
+
+def _difference(old: CameraIntrinsics, new: CameraIntrinsics) -> str:
+    """Name the fields that differ between two intrinsics, with both values (the first 3)."""
+    names = [field for field in ('width', 'height', 'fx', 'fy', 'cx', 'cy', 'skew',
+                                 'distortion_model', 'd')
+             if getattr(old, field) != getattr(new, field)]
+    return ', '.join(f'{name} {getattr(old, name)} -> {getattr(new, name)}'
+                     for name in names[:3])
 
 
 class CameraGrid:
@@ -190,6 +334,11 @@ class CameraGrid:
         self.build_ms: Optional[float] = None
         #: Frames in a row whose projection had to be built (the pose keeps changing).
         self.builds_in_a_row = 0
+        #: What the last build changed, and per input the builds in a row it changed in.
+        self.changed: Tuple[str, ...] = ()
+        self.changed_in_a_row: Dict[str, int] = {}
+        #: The intrinsics' fields that the last CameraInfo change changed (for the warning).
+        self.intrinsics_change = ''
         self._scratch: Optional[np.ndarray] = None
 
     def on_camera_info(self, msg: Any) -> None:
@@ -217,11 +366,21 @@ class CameraGrid:
 
     def projection_for(self, intrinsics: CameraIntrinsics, pose: CameraPose, spec: GridSpec,
                        ground_z: float) -> Tuple[GroundProjection, bool]:
-        """Return the projection for these inputs (built only if one changed), and if built."""
+        """
+        Return the projection for these inputs (built only if one changed), and if built.
+
+        A build records what changed (:attr:`changed`: 'camera_info', 'pose',
+        'grid') and :attr:`changed_in_a_row` counts, per input, the builds in
+        a row that it changed in.
+        """
         current = self.projection
-        if (current is not None and current.intrinsics == intrinsics and current.grid == spec
-                and current.ground_z == ground_z and current.pose.close_to(pose)):
+        changed = () if current is None else tuple(name for name, same in (
+            ('camera_info', current.intrinsics == intrinsics),
+            ('pose', current.pose.close_to(pose)),
+            ('grid', current.grid == spec and current.ground_z == ground_z)) if not same)
+        if current is not None and not changed:
             self.builds_in_a_row = 0
+            self.changed_in_a_row = {}
             return current, False
         started = time.monotonic()
         try:
@@ -230,6 +389,11 @@ class CameraGrid:
             raise GridUnavailable('bad_pose', f'camera pose refused: {error}') from None
         self.build_ms = (time.monotonic() - started) * 1e3
         self.builds_in_a_row += 1
+        self.changed = changed
+        self.changed_in_a_row = {name: self.changed_in_a_row.get(name, 0) + 1
+                                 for name in changed}
+        if current is not None and 'camera_info' in changed:
+            self.intrinsics_change = _difference(current.intrinsics, intrinsics)
         return self.projection, True
 
     def drivable_scratch(self, height: int, width: int) -> np.ndarray:

@@ -167,7 +167,7 @@ class FrameProcessing:
                 raise GridUnavailable('camera_info_size_mismatch', (
                     f'camera_info is {intrinsics.width}x{intrinsics.height} but the image is '
                     f'{width}x{height}; they must describe the same image'))
-            pose = self._grid_pose(camera, msg.header.frame_id, state)
+            pose = self._grid_pose(camera, msg, state)
             projection, built = grid.projection_for(intrinsics, pose, state.grid_spec,
                                                     settings.ground_z)
         except GridUnavailable as error:
@@ -178,29 +178,50 @@ class FrameProcessing:
                        f'no drivable grid for {camera.label} ({topic}): {error} '
                        f'[{error.reason}]; the other outputs are published')
             return
-        if built and grid.builds_in_a_row >= MOVING_POSE_BUILDS:
-            camera.stats.count('grid_rebuilt_moving_pose')
-            self._warn(f'grid:{camera.name}:moving', (
-                f'{camera.label}: the ground projection was rebuilt for '
-                f'{grid.builds_in_a_row} frames in a row ({grid.build_ms:.0f} ms each): the '
-                f"camera's pose in grid_frame '{settings.frame}' keeps changing; use a frame "
-                'fixed to the vehicle (base_link, base_footprint), not odom or map'))
-        elif built:
-            spec = state.grid_spec
-            self.get_logger().info(
-                f'{camera.label}: ground projection built in {grid.build_ms:.0f} ms '
-                f'({width}x{height} camera, {spec.width}x{spec.height} cells of '
-                f'{spec.resolution:g} m in {settings.frame}, pose from {self.grid_pose_source})')
+        if built:
+            self._report_build(camera, state)
         projection.fill(drivable, out=grid.buffer.view(state.grid_spec, settings.ground_z))
         camera.publishers[GRID_OUTPUT].publish(grid.buffer.stamp(msg.header.stamp,
                                                                  settings.frame))
         camera.stats.count('grid_published')
         grid.problem = None
 
-    def _grid_pose(self, camera: Camera, frame_id: str, state: NodeState) -> CameraPose:
-        """Return the camera's optical-frame pose in grid_frame; raise GridUnavailable."""
+    def _report_build(self, camera: Camera, state: NodeState) -> None:
+        """Log a projection build; warn (throttled) when an input changes frame after frame."""
+        grid, settings, spec = camera.grid, state.settings.grid, state.grid_spec
+        repeated = [name for name, count in grid.changed_in_a_row.items()
+                    if count >= MOVING_POSE_BUILDS]
+        if 'pose' in repeated:
+            camera.stats.count('grid_rebuilt_moving_pose')
+            self._warn(f'grid:{camera.name}:moving', (
+                f'{camera.label}: the ground projection was rebuilt for '
+                f'{grid.builds_in_a_row} frames in a row ({grid.build_ms:.0f} ms each): the '
+                f"camera's pose in grid_frame '{settings.frame}' keeps changing; use a frame "
+                'fixed to the vehicle (base_link, base_footprint), not odom or map'))
+        if 'camera_info' in repeated:
+            camera.stats.count('grid_rebuilt_changing_camera_info')
+            self._warn(f'grid:{camera.name}:camera_info', (
+                f'{camera.label}: the ground projection was rebuilt for '
+                f'{grid.builds_in_a_row} frames in a row ({grid.build_ms:.0f} ms each): the '
+                f"camera_info's intrinsics keep changing ({grid.intrinsics_change}); a "
+                'calibrated camera sends the same camera_info with every frame'))
+        if 'grid' in repeated:
+            self._warn(f'grid:{camera.name}:layout', (
+                f'{camera.label}: the ground projection was rebuilt for '
+                f'{grid.builds_in_a_row} frames in a row: the grid_* parameters keep changing'))
+        if not repeated:
+            self.get_logger().info(
+                f'{camera.label}: ground projection built in {grid.build_ms:.0f} ms '
+                f'({grid.projection.intrinsics.width}x{grid.projection.intrinsics.height} '
+                f'camera, {spec.width}x{spec.height} cells of {spec.resolution:g} m in '
+                f'{settings.frame}, pose from {self.grid_pose_source})')
+
+    def _grid_pose(self, camera: Camera, msg: Any, state: NodeState) -> CameraPose:
+        """Return the camera's optical-frame pose in grid_frame at ``msg``'s stamp."""
+        settings = state.settings.grid
         if self._tf is not None:
-            return self._tf.lookup(state.settings.grid.frame, frame_id)
+            return self._tf.lookup(settings.frame, msg.header.frame_id, msg.header.stamp,
+                                   settings.tf_timeout_s)
         pose = state.poses.get(camera.name)
         if pose is None:
             raise GridUnavailable('no_pose', (

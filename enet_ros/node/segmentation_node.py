@@ -174,8 +174,8 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         if self.grid_pose_source == 'tf':
             self._tf = TfPoseSource(self)
-            source = (f'TF ({self._state.settings.grid.frame} <- the image frame_id, newest '
-                      'transform)')
+            source = (f"TF ({self._state.settings.grid.frame} <- the image's frame_id at its "
+                      'stamp)')
         elif self.startup.grid_pose_source == 'parameters':
             source = 'the camera_pose.* parameters (grid_pose_source: parameters)'
         else:
