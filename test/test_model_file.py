@@ -324,8 +324,8 @@ def test_deeply_nested_metadata_is_refused(tmp_path: Path, good_tensors):
         deep = {'down': deep}
     path = _write(tmp_path / 'deep2.safetensors', good_tensors, _metadata_dict(training=deep))
     _expect_error(path, 'bad metadata', 'training.down.down', 'more than 32 levels')
-    path = _write(tmp_path / 'digits.safetensors', good_tensors,
-                  json.dumps(_metadata_dict()).replace('"void_id": 11', '"void_id": ' + '1' * 5000))
+    digits = json.dumps(_metadata_dict()).replace('"void_id": 11', '"void_id": ' + '1' * 5000)
+    path = _write(tmp_path / 'digits.safetensors', good_tensors, digits)
     _expect_error(path, 'bad metadata', 'not valid JSON')
 
 
@@ -353,7 +353,7 @@ def test_deeply_nested_metadata_is_refused(tmp_path: Path, good_tensors):
     ({'format_version': True}, 'unsupported format_version True'),
 ])
 def test_metadata_of_the_wrong_json_type_names_the_key(tmp_path: Path, good_tensors, changes,
-                                                        fragment):
+                                                       fragment):
     """Each value outside the documented schema: one line naming the key, no TypeError."""
     path = _write(tmp_path / 'types.safetensors', good_tensors, _metadata_dict(**changes))
     error = _expect_error(path, 'bad metadata', fragment)
@@ -367,7 +367,7 @@ def test_metadata_of_the_wrong_json_type_names_the_key(tmp_path: Path, good_tens
     ('Sky\ud800', 'unpaired surrogate'),
 ])
 def test_control_characters_in_class_names_are_refused(tmp_path: Path, good_tensors, name,
-                                                        fragment):
+                                                       fragment):
     """A NUL showed as '' in the node's class_names: names with control characters are refused."""
     names = [name] + list(CAMVID_11.names[1:])
     path = _write(tmp_path / 'names.safetensors', good_tensors,

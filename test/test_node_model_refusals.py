@@ -121,8 +121,8 @@ def test_warmup_sizes_are_checked_before_anything_is_allocated():
 
 
 def test_bad_models_at_run_time_are_refused_and_the_node_goes_on(ros_env, random_model_file,
-                                                                  bad_models, tmp_path):
-    """Setting model_path to each bad model (or a 5000-character path) is refused with the reason."""
+                                                                 bad_models, tmp_path):
+    """Setting model_path to each bad model (or a 5000-character path): refused, with why."""
     from sensor_msgs.msg import Image
 
     node = NodeProcess(ros_env, {'model_path': str(random_model_file), **TINY})

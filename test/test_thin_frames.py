@@ -11,7 +11,6 @@ out of memory).
 
 import json
 import os
-from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -37,7 +36,7 @@ RATIO = 16
 
 #: Segments a 4K frame, then frames of as many pixels 4 and 1 pixel wide (and 4 high), under
 #: RLIMIT_AS = the address space after the 4K frame plus 1 GiB; prints one JSON line.
-CHILD = textwrap.dedent('''
+CHILD = textwrap.dedent("""
     import json, resource, sys, time
     import numpy as np
     from enet_ros.segmenter import normalization_constants, normalize, Segmenter
@@ -63,7 +62,7 @@ CHILD = textwrap.dedent('''
             seconds[f'{width}x{height}'] = f'{type(error).__name__}: {str(error)[:200]}'
         del image
     print(json.dumps(seconds))
-''')
+""")
 
 
 def test_segmenter_memory_does_not_depend_on_the_aspect_ratio(random_model_file):
