@@ -34,15 +34,16 @@ MAX_PIXELS = 3840 * 2160
 #: image_msgs.MAX_ASPECT_RATIO, the limit the README documents.
 RATIO = 16
 
-#: Segments a 4K frame, then frames of as many pixels 4 and 1 pixel wide (and 4 high), under
-#: RLIMIT_AS = the address space after the 4K frame plus 1 GiB; prints one JSON line.
+#: Segments a 4K frame, then frames of as many pixels 4 and 1 pixel wide (and 4 high), with
+#: confidence, under RLIMIT_AS = the address space after the 4K frame plus 1 GiB; prints one
+#: JSON line.
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
     import numpy as np
     from enet_ros.segmenter import normalization_constants, normalize, Segmenter
 
     segmenter = Segmenter.from_file(sys.argv[1], device='cpu', optimize=False, warmup=False)
-    segmenter.segment(np.zeros((2160, 3840, 3), np.uint8))
+    segmenter.segment(np.zeros((2160, 3840, 3), np.uint8), with_confidence=True)
 
     def vm_kib():
         with open('/proc/self/status') as status:
@@ -55,8 +56,8 @@ CHILD = textwrap.dedent("""
         image = np.zeros((height, width, 3), np.uint8)
         started = time.perf_counter()
         try:
-            labels = segmenter.segment(image).labels
-            assert labels.shape == (height, width), labels.shape
+            result = segmenter.segment(image, with_confidence=True)
+            assert result.labels.shape == result.confidence.shape == (height, width)
             seconds[f'{width}x{height}'] = time.perf_counter() - started
         except (MemoryError, RuntimeError) as error:  # torch: RuntimeError "can't allocate"
             seconds[f'{width}x{height}'] = f'{type(error).__name__}: {str(error)[:200]}'

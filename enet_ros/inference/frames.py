@@ -133,10 +133,10 @@ def _take_nearest(grid, rows, cols):
     """
     Return ``grid[rows][:, cols]``: an hxw map (tensor or array) picked out to HxW.
 
-    One axis at a time (numpy's fancy indexing is ~4x faster so than at once),
-    in the order whose intermediate is the smaller (H x w rows first, h x W
-    columns first): rows first on a frame much taller than wide made a
-    1x8294400 frame's intermediate 4 GB.
+    One axis at a time, in the order whose intermediate is the smaller (H x w
+    rows first, h x W columns first): rows first always made a 1x8294400
+    frame's intermediate 4 GB (labels; confidence: 16 GB). Either order picks
+    the same pixels.
     """
     height, width = grid.shape[:2]
     if isinstance(grid, torch.Tensor):
