@@ -8,6 +8,7 @@ files (training and the bag tools share it).
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping, Optional, Sequence, Tuple
+import unicodedata
 
 import numpy as np
 
@@ -126,3 +127,21 @@ def cityscapes_id_to_train_id() -> np.ndarray:
     for label_id, train_id in CITYSCAPES_ID_TO_TRAIN_ID.items():
         table[label_id] = train_id
     return table
+
+
+def name_problem(name: str) -> Optional[str]:
+    """
+    Say why ``name`` cannot be a class or dataset name, or return None if it can.
+
+    Names travel as ROS string parameters and diagnostics values: a control
+    character (a NUL ends a C string: the node's ``class_names`` showed '')
+    or a lone surrogate (not encodable as UTF-8) would arrive changed or not
+    at all.
+    """
+    for index, char in enumerate(name):
+        category = unicodedata.category(char)
+        if category == 'Cc':
+            return f'has a control character ({char!r} at index {index})'
+        if category == 'Cs':
+            return f'has an unpaired surrogate ({char!r} at index {index})'
+    return None

@@ -16,11 +16,22 @@ colors              C ``[r, g, b]`` palette entries, 0-255
 void_id             ground-truth id ignored by metrics (or null); never predicted
 drivable_classes    default drivable class names, a subset of class_names
 mean, std           RGB normalisation on [0, 1] pixel values
-input_size          ``[width, height]`` of the network input, multiples of 8
+input_size          ``[width, height]`` of the network input, multiples of 8, each
+                    side at most :data:`MAX_INPUT_SIDE` and at most
+                    :data:`MAX_INPUT_PIXELS` pixels in all
 val_miou            held-out validation mIoU in [0, 1], or null (also null for a
                     model trained on its validation split: see ``training``)
-training            free-form record of how the weights were made (optional)
+training            free-form record of how the weights were made (optional, an
+                    object); where present, ``val_seen_in_training`` is a list of
+                    split names and ``train_only_run`` an object whose
+                    ``val_miou`` is a number or null
 =================== ===========================================================
+
+Every key is checked against this schema, JSON types included (a boolean is
+not a number; a string is not a list of names): metadata that does not fit is
+refused with one line naming the key. Names (``dataset``, ``class_names``)
+hold no control characters; nesting deeper than :data:`MAX_METADATA_DEPTH`
+levels is refused.
 
 Weights are stored as fp32 ``state_dict`` tensors of :class:`enet_ros.model.ENet`.
 """
@@ -36,7 +47,7 @@ import uuid
 
 import torch
 
-from .labels import ClassTable
+from .labels import ClassTable, name_problem
 from .model import ENet, OUTPUT_STRIDE
 
 FORMAT_VERSION = 1
@@ -44,6 +55,15 @@ METADATA_KEY = 'enet_ros'
 BUNDLED_MODEL = Path(__file__).resolve().parent / 'models' / 'enet_camvid.safetensors'
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The largest network input side: the range of the node's network_width / network_height.
+MAX_INPUT_SIDE = 4096
+#: The most network input pixels: a 3840x2160 frame, the node's default max_pixels. ENet
+#: needs about 230 bytes a pixel to run in fp32 on the CPU (2 GB at this size); a network
+#: input larger than the largest frame accepted buys nothing.
+MAX_INPUT_PIXELS = 3840 * 2160
+#: Deepest nesting of JSON arrays and objects in the metadata (the schema itself needs 3).
+MAX_METADATA_DEPTH = 32
 
 PathLike = Union[str, os.PathLike]
 
@@ -120,15 +140,22 @@ class ModelMetadata:
 
     @classmethod
     def from_json(cls, text: str) -> 'ModelMetadata':
-        """Parse and validate; raise ValueError with the reason."""
+        """Parse and validate against the schema; raise ValueError naming the key at fault."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as error:
+        except RecursionError:
+            raise ValueError('metadata is nested too deeply to parse (more than '
+                             f'{MAX_METADATA_DEPTH} levels are refused)') from None
+        except ValueError as error:  # JSONDecodeError, or e.g. a 5000-digit number
             raise ValueError(f'metadata is not valid JSON ({error})') from None
         if not isinstance(data, dict):
             raise ValueError('metadata is not a JSON object')
+        deep = _nested_deeper_than(data, MAX_METADATA_DEPTH)
+        if deep is not None:
+            raise ValueError(f'metadata key {deep} is nested more than {MAX_METADATA_DEPTH} '
+                             'levels deep')
         version = data.get('format_version')
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:
             raise ValueError(f'unsupported format_version {version!r} '
                              f'(this enet_ros reads version {FORMAT_VERSION})')
         known = set(cls.__dataclass_fields__)
@@ -139,23 +166,137 @@ class ModelMetadata:
         missing = [key for key in required if key not in data]
         if missing:
             raise ValueError(f'metadata lacks {missing}')
-        try:
-            return cls(
-                class_names=tuple(data['class_names']),
-                colors=tuple(tuple(c) for c in data['colors']),
-                void_id=data['void_id'],
-                drivable_classes=tuple(data['drivable_classes']),
-                input_size=tuple(data['input_size']),
-                dataset=data.get('dataset', 'unknown'),
-                mean=tuple(data.get('mean', IMAGENET_MEAN)),
-                std=tuple(data.get('std', IMAGENET_STD)),
-                val_miou=data.get('val_miou'),
-                training=dict(data.get('training') or {}),
-                architecture=data.get('architecture', 'enet'),
-                format_version=version,
-            )
-        except TypeError as error:
-            raise ValueError(f'metadata has a value of the wrong type ({error})') from None
+        for key, value in data.items():
+            _check_json_type(key, value)
+        training = data.get('training') or {}
+        for key, check in _TRAINING_KEYS.items():
+            if training.get(key) is not None:
+                check(f'training.{key}', training[key])
+        return cls(
+            class_names=tuple(data['class_names']),
+            colors=tuple(tuple(c) for c in data['colors']),
+            void_id=data['void_id'],
+            drivable_classes=tuple(data['drivable_classes']),
+            input_size=tuple(data['input_size']),
+            dataset=data.get('dataset', 'unknown'),
+            mean=tuple(data.get('mean', IMAGENET_MEAN)),
+            std=tuple(data.get('std', IMAGENET_STD)),
+            val_miou=data.get('val_miou'),
+            training=dict(training),
+            architecture=data.get('architecture', 'enet'),
+            format_version=version,
+        )
+
+
+def _json_kind(value: object) -> str:
+    """Name a JSON value's type for a message: 'a list', 'a boolean', ..."""
+    if value is None:
+        return 'null'
+    if isinstance(value, bool):
+        return f'a boolean ({json.dumps(value)})'
+    if isinstance(value, (int, float)):
+        return f'a number ({value!r})'
+    if isinstance(value, str):
+        return 'a string'
+    return 'a list' if isinstance(value, list) else 'an object'
+
+
+def _integer(value: object) -> bool:
+    """Return whether ``value`` is a JSON integer (not a boolean, not a float)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    """Return whether ``value`` is a JSON number (not a boolean)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _expect(key: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f'metadata key {key} must be {expected}, not {_json_kind(value)}')
+
+
+def _list_of(key: str, value: object, test, item: str, length: Optional[int] = None) -> None:
+    """Check that ``value`` is a list (of ``length`` items) whose items pass ``test``."""
+    count = '' if length is None else f'{length} '
+    _expect(key, value, isinstance(value, list), f'a list of {count}{item}s')
+    if length is not None and len(value) != length:
+        raise ValueError(f'metadata key {key} must be a list of {length} {item}s, not '
+                         f'{len(value)}')
+    article = 'an' if item[0] in 'aeiou' else 'a'
+    for index, entry in enumerate(value):
+        _expect(f'{key}[{index}]', entry, test(entry), f'{article} {item}')
+
+
+def _check_json_type(key: str, value: object) -> None:
+    """Raise ValueError naming ``key`` when ``value`` is not of the schema's JSON type."""
+    if key in ('architecture', 'dataset'):
+        _expect(key, value, isinstance(value, str), 'a string')
+    elif key in ('class_names', 'drivable_classes'):
+        _list_of(key, value, lambda v: isinstance(v, str), 'string')
+    elif key == 'colors':
+        _expect(key, value, isinstance(value, list), 'a list of [r, g, b] integer triples')
+        for index, color in enumerate(value):
+            _list_of(f'colors[{index}]', color, _integer, 'integer', 3)
+    elif key == 'input_size':
+        _list_of(key, value, _integer, 'integer', 2)
+    elif key in ('mean', 'std'):  # the numbers: _metadata_problems
+        _expect(key, value, isinstance(value, list), 'a list of 3 numbers')
+    elif key == 'void_id':
+        _expect(key, value, value is None or _integer(value), 'an integer or null')
+    elif key == 'val_miou':
+        _expect(key, value, value is None or _number(value), 'a number or null')
+    elif key == 'training':
+        _expect(key, value, value is None or isinstance(value, dict), 'an object or null')
+
+
+def _check_train_only_run(key: str, value: object) -> None:
+    _expect(key, value, isinstance(value, dict), 'an object')
+    held_out = value.get('val_miou')
+    _expect(f'{key}.val_miou', held_out, held_out is None or _number(held_out),
+            'a number or null')
+
+
+#: The keys of the free-form ``training`` record that enet_ros reads, and their checks.
+_TRAINING_KEYS = {
+    'val_seen_in_training': lambda key, value: _list_of(key, value,
+                                                        lambda v: isinstance(v, str), 'string'),
+    'train_only_run': _check_train_only_run,
+}
+
+
+def _nested_deeper_than(data: object, limit: int) -> Optional[str]:
+    """Return the key path of a value nested more than ``limit`` levels deep, else None."""
+    stack = [(data, 1, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        else:
+            continue
+        if depth > limit:
+            return ''.join(f'[{k}]' if isinstance(k, int) else f'.{k}' for k in path)[1:]
+        stack.extend((child, depth + 1, path + (key,)) for key, child in items)
+    return None
+
+
+def input_size_problem(size: Tuple[int, ...]) -> Optional[str]:
+    """
+    Say what is wrong with a network input ``(width, height)``, or None if it is usable.
+
+    Positive multiples of 8 (ENet's output stride), each side at most
+    :data:`MAX_INPUT_SIDE`, at most :data:`MAX_INPUT_PIXELS` pixels.
+    """
+    if len(size) != 2 or not all(_integer(v) and v > 0 and v % OUTPUT_STRIDE == 0
+                                 for v in size):
+        return f'must be [width, height], positive multiples of {OUTPUT_STRIDE}'
+    width, height = size
+    if max(width, height) > MAX_INPUT_SIDE or width * height > MAX_INPUT_PIXELS:
+        return (f'is too large: each side at most {MAX_INPUT_SIDE} and at most '
+                f'{MAX_INPUT_PIXELS} pixels (3840 x 2160) in all')
+    return None
 
 
 def _finite_number(value: object) -> bool:
@@ -168,37 +309,52 @@ def _metadata_problems(meta: ModelMetadata) -> list:
     problems = []
     if meta.architecture != 'enet':
         problems.append(f"architecture is {meta.architecture!r}, expected 'enet'")
+    if not isinstance(meta.dataset, str):
+        problems.append(f'dataset {meta.dataset!r} must be a string')
+    elif name_problem(meta.dataset):
+        problems.append(f'dataset {meta.dataset!r} {name_problem(meta.dataset)}')
     names = meta.class_names
     if not names or not all(isinstance(n, str) and n for n in names):
         problems.append('class_names must be a non-empty list of non-empty strings')
     elif len(set(names)) != len(names):
         problems.append('class_names has duplicates')
+    else:
+        bad = [(index, name_problem(n)) for index, n in enumerate(names) if name_problem(n)]
+        if bad:
+            index, problem = bad[0]
+            problems.append(f'class_names[{index}] {names[index]!r} {problem}')
     if len(meta.colors) != len(names) or not all(
-            len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            len(c) == 3 and all(_integer(v) and 0 <= v <= 255 for v in c)
             for c in meta.colors):
         problems.append(f'colors must be {len(names)} [r, g, b] triples of 0-255 integers')
     if meta.void_id is not None and (
-            not isinstance(meta.void_id, int) or 0 <= meta.void_id < len(names)
+            not _integer(meta.void_id) or 0 <= meta.void_id < len(names)
             or not 0 <= meta.void_id <= 255):
         problems.append(f'void_id {meta.void_id!r} must be null or an id in '
                         f'[{len(names)}, 255] (outside the predicted classes)')
     unknown = [n for n in meta.drivable_classes if n not in names]
     if unknown:
         problems.append(f'drivable_classes {unknown} are not class names')
-    size = meta.input_size
-    if (len(size) != 2 or not all(isinstance(v, int) and v > 0 and v % OUTPUT_STRIDE == 0
-                                  for v in size)):
-        problems.append(f'input_size {list(size)} must be [width, height], positive '
-                        f'multiples of {OUTPUT_STRIDE}')
+    size_problem = input_size_problem(meta.input_size)
+    if size_problem:
+        problems.append(f'input_size {list(meta.input_size)} {size_problem}')
     for key in ('mean', 'std'):
         values = getattr(meta, key)
         if len(values) != 3 or not all(_finite_number(v) for v in values):
             problems.append(f'{key} must be three finite numbers')
     if len(meta.std) == 3 and any(_finite_number(v) and v <= 0 for v in meta.std):
         problems.append('std must be positive')
-    if meta.val_miou is not None and not (
-            isinstance(meta.val_miou, (int, float)) and 0 <= meta.val_miou <= 1):
+    if meta.val_miou is not None and not (_number(meta.val_miou) and 0 <= meta.val_miou <= 1):
         problems.append(f'val_miou {meta.val_miou!r} must be null or in [0, 1]')
+    if not isinstance(meta.training, dict):
+        problems.append('training must be an object')
+    else:
+        for key, check in _TRAINING_KEYS.items():
+            if meta.training.get(key) is not None:
+                try:
+                    check(f'training.{key}', meta.training[key])
+                except ValueError as error:
+                    problems.append(str(error).replace('metadata key ', '', 1))
     if len(names) > 255:
         problems.append('at most 255 classes fit a mono8 label image')
     return problems
@@ -270,11 +426,16 @@ def load_model_file(path: Optional[PathLike] = None) -> LoadedModel:
     from safetensors import safe_open
 
     path = Path(path) if path else BUNDLED_MODEL
-    if not path.exists():
+    try:
+        exists, regular = path.exists(), path.is_file()
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte, ...
+        raise ModelFileError(path, f'cannot be used as a path '
+                                   f'({getattr(error, "strerror", None) or error})') from None
+    if not exists:
         hint = (' (the bundled default is missing: reinstall enet_ros or set model_path)'
                 if path == BUNDLED_MODEL else '')
         raise ModelFileError(path, f'does not exist{hint}')
-    if not path.is_file():
+    if not regular:
         raise ModelFileError(path, 'is not a regular file')
     try:
         with open(path, 'rb') as stream:

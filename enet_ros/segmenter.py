@@ -60,7 +60,7 @@ from .inference.eager import EagerPath
 from .inference.frames import (argmax_classes, FramePipeline, labels_from_logits,
                                normalization_constants, normalize, Segmentation)
 from .inference.network import NonFiniteWeightsError, prepare_network
-from .model_file import load_model_file, LoadedModel, ModelMetadata
+from .model_file import input_size_problem, load_model_file, LoadedModel, ModelMetadata
 
 __all__ = [
     'argmax_classes', 'COMPILE_ENV', 'cpu_supports_bf16', 'DEVICE_CHOICES', 'labels_from_logits',
@@ -76,7 +76,10 @@ class Segmenter:
     ENet inference from uint8 images to label maps; see the module docstring.
 
     Arguments beyond the model, device, precision and network input size
-    (``(width, height)``, multiples of 8; default from the model file):
+    (``(width, height)``, multiples of 8, at most
+    :data:`~enet_ros.model_file.MAX_INPUT_SIDE` a side and
+    :data:`~enet_ros.model_file.MAX_INPUT_PIXELS` pixels; default from the
+    model file):
 
     * ``warmup``: run frames at construction, so that compilation and graph
       capture happen here and not on the first camera frame.
@@ -140,6 +143,10 @@ class Segmenter:
         self.metadata: ModelMetadata = model.metadata
         self.model_path = model.path
         self.input_size = check_input_size(input_size or model.metadata.input_size)
+        too_large = input_size_problem(self.input_size)
+        if too_large:
+            raise SegmenterConfigError('network input size {}x{} {}'.format(*self.input_size,
+                                                                            too_large))
         sizes = parse_frame_sizes(warmup_sizes)
         if sizes and not warmup:
             raise SegmenterConfigError('warmup_sizes given with warmup=False')

@@ -313,3 +313,80 @@ def test_seen_split_note_only_for_a_split_trained_on():
     recorded = replace(seen, training={'val_seen_in_training': ['val'],
                                        'train_only_run': {'val_miou': 0.641586}})
     assert "scored 64.16 mIoU on 'val'" in recorded.seen_split_note('val')
+
+
+def test_deeply_nested_metadata_is_refused(tmp_path: Path, good_tensors):
+    """200000 '[' (json.loads: RecursionError) or 40 levels in the training record: refused."""
+    path = _write(tmp_path / 'deep.safetensors', good_tensors, '[' * 200000)
+    _expect_error(path, 'bad metadata', 'nested too deeply')
+    deep: Any = 'bottom'
+    for _ in range(40):
+        deep = {'down': deep}
+    path = _write(tmp_path / 'deep2.safetensors', good_tensors, _metadata_dict(training=deep))
+    _expect_error(path, 'bad metadata', 'training.down.down', 'more than 32 levels')
+    digits = json.dumps(_metadata_dict()).replace('"void_id": 11', '"void_id": ' + '1' * 5000)
+    path = _write(tmp_path / 'digits.safetensors', good_tensors, digits)
+    _expect_error(path, 'bad metadata', 'not valid JSON')
+
+
+@pytest.mark.parametrize('changes, fragment', [
+    ({'dataset': ['camvid']}, 'dataset must be a string, not a list'),
+    ({'colors': [[True, False, True]] * 11}, 'colors[0][0] must be an integer, not a boolean'),
+    ({'colors': [[1.0, 2, 3]] * 11}, 'colors[0][0] must be an integer'),
+    ({'training': {'val_seen_in_training': 5}},
+     'training.val_seen_in_training must be a list of strings, not a number'),
+    ({'training': {'val_seen_in_training': 'val'}},
+     'training.val_seen_in_training must be a list of strings, not a string'),
+    ({'training': {'train_only_run': [0.5]}}, 'training.train_only_run must be an object'),
+    ({'training': {'train_only_run': {'val_miou': '64'}}},
+     'training.train_only_run.val_miou must be a number or null'),
+    ({'training': [['epoch', 3]]}, 'training must be an object or null, not a list'),
+    ({'class_names': 'SkyBuildingPoleRoadPavementTreeSignSymbolFenceCarPedestrianBicy'},
+     'class_names must be a list of strings, not a string'),
+    ({'drivable_classes': {'Road': 1}}, 'drivable_classes must be a list of strings'),
+    ({'input_size': [64.0, 48]}, 'input_size[0] must be an integer, not a number'),
+    ({'input_size': [True, 48]}, 'input_size[0] must be an integer, not a boolean'),
+    ({'void_id': True}, 'void_id must be an integer or null, not a boolean'),
+    ({'val_miou': False}, 'val_miou must be a number or null, not a boolean'),
+    ({'mean': 'imagenet'}, 'mean must be a list of 3 numbers, not a string'),
+    ({'architecture': ['enet']}, 'architecture must be a string'),
+    ({'format_version': True}, 'unsupported format_version True'),
+])
+def test_metadata_of_the_wrong_json_type_names_the_key(tmp_path: Path, good_tensors, changes,
+                                                       fragment):
+    """Each value outside the documented schema: one line naming the key, no TypeError."""
+    path = _write(tmp_path / 'types.safetensors', good_tensors, _metadata_dict(**changes))
+    error = _expect_error(path, 'bad metadata', fragment)
+    assert '\n' not in str(error)
+
+
+@pytest.mark.parametrize('name, fragment', [
+    ('Sky\x00', "control character ('\\x00' at index 3)"),
+    ('Sky\nline', 'control character'),
+    ('Sky\x7f', 'control character'),
+    ('Sky\ud800', 'unpaired surrogate'),
+])
+def test_control_characters_in_class_names_are_refused(tmp_path: Path, good_tensors, name,
+                                                       fragment):
+    """A NUL showed as '' in the node's class_names: names with control characters are refused."""
+    names = [name] + list(CAMVID_11.names[1:])
+    path = _write(tmp_path / 'names.safetensors', good_tensors,
+                  _metadata_dict(class_names=names))
+    _expect_error(path, 'bad metadata', 'class_names[0]', fragment)
+    path = _write(tmp_path / 'dataset.safetensors', good_tensors, _metadata_dict(dataset=name))
+    _expect_error(path, 'bad metadata', 'dataset', fragment)
+    with pytest.raises(ValueError, match='control character|surrogate'):
+        replace(ModelMetadata.from_class_table(CAMVID_11, (64, 48)), class_names=tuple(names))
+
+
+@pytest.mark.parametrize('size, accepted', [
+    ([40000, 40000], False), ([4096, 2160], False), ([8, 8192], False), ([8192, 8], False),
+    ([3840, 2160], True), ([4096, 2024], True), ([2048, 1024], True),
+])
+def test_input_size_is_bounded(tmp_path: Path, good_tensors, size, accepted):
+    """input_size [40000, 40000] built a 19 GB network: at most 4096 a side and 3840 x 2160."""
+    path = _write(tmp_path / 'size.safetensors', good_tensors, _metadata_dict(input_size=size))
+    if accepted:
+        assert list(load_model_file(path).metadata.input_size) == size
+    else:
+        _expect_error(path, 'bad metadata', f'input_size {size} is too large')

@@ -1,9 +1,13 @@
-"""max_rate_hz's schedule (enet_ros.node.cameras.RateLimit) on simulated camera clocks."""
+"""max_rate_hz's schedule (enet_ros.node.cameras.RateLimit): simulated clocks, a real node."""
 
 import random
+import threading
+import time
 from typing import List
 
 from enet_ros.node.cameras import RateLimit
+import numpy as np
+from ros_harness import make_image_msg, NodeProcess, RosPeer, set_parameters
 
 
 def _processed(stamps: List[float], interval: float) -> List[float]:
@@ -41,3 +45,82 @@ def test_no_limit_keeps_every_frame_and_a_gap_restarts_the_schedule():
     kept = _processed(stamps, 0.1)
     assert kept[10] == 10.0
     assert all(b - a > 0.09 for a, b in zip(kept, kept[1:]))
+
+
+def test_a_rate_change_applies_from_the_last_frame():
+    """Lowered then raised, or raised then lowered: the next frame is due by the new rate."""
+    rate = RateLimit()
+    assert rate.due(0.0, 1000.0)  # 0.001 Hz: the first frame is due
+    rate.processed(0.0, 1000.0)
+    assert not rate.due(5.0, 1000.0)
+    assert rate.due(5.0, 0.1)  # raised to 10 Hz: due again (it used to wait 1000 s)
+    rate.processed(5.0, 0.1)
+    assert not rate.due(5.05, 0.1) and rate.due(5.1, 0.1)
+    rate = RateLimit()
+    rate.processed(0.0, 0.1)
+    assert not rate.due(0.5, 1.0)  # lowered to 1 Hz: not before 0.75 s
+    assert rate.due(0.75, 1.0)
+    for interval in (1e300, float('inf')):  # 1e-300 Hz, and 5e-324 Hz (1 / 5e-324 is inf)
+        rate = RateLimit()
+        assert rate.due(0.0, interval)
+        rate.processed(0.0, interval)
+        assert not rate.due(1e6, interval)
+        assert rate.due(1.0, 0.1)  # raised to 10 Hz: due (it used to be never)
+
+
+def _stream_frames(publisher, stop: threading.Event, period: float = 0.05) -> None:
+    """Publish a 64x48 frame every ``period`` seconds, new stamps, until ``stop``."""
+    pixels = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    index = 0
+    while not stop.is_set():
+        index += 1
+        publisher.publish(make_image_msg(pixels, 'rgb8', 1_900_000_000_000_000_000 + index))
+        stop.wait(period)
+
+
+def test_node_rate_lowered_then_raised_resumes(ros_env, random_model_file):
+    """
+    max_rate_hz set to 0.001 (one frame), then 10: frames flow again at once; 1e-300 too.
+
+    The node used to keep the next slot of the slow rate: after 0.001 Hz nothing came
+    for 1000 s whatever the rate was raised to, after 1e-300 Hz never.
+    """
+    from sensor_msgs.msg import Image
+
+    node = NodeProcess(ros_env, {'model_path': str(random_model_file), 'network_width': 64,
+                                 'network_height': 48, 'torch_compile': False,
+                                 'publish': ['labels']})
+    peer = RosPeer(ros_env)
+    stop = threading.Event()
+    streamer = None
+    try:
+        node.wait_ready()
+        peer.subscribe(Image, '/segmentation_node/labels', 'labels')
+        publisher = peer.publisher(Image, '/image')
+        peer.wait_for_subscribers(publisher)
+
+        def outputs() -> int:
+            return len(peer.messages('labels'))
+
+        for slow in (0.001, 1e-300):
+            [result] = set_parameters(peer, {'max_rate_hz': slow})
+            assert result.successful, result.reason
+            if streamer is None:
+                streamer = threading.Thread(target=_stream_frames, args=(publisher, stop))
+                streamer.start()
+                assert peer.wait_for(lambda: outputs() >= 1, 30.0), node.log()
+            time.sleep(1.0)  # a frame in flight when the rate changed may still come
+            before = outputs()
+            time.sleep(2.0)
+            assert outputs() == before, f'frames at {slow} Hz'
+            [result] = set_parameters(peer, {'max_rate_hz': 10.0})
+            assert result.successful, result.reason
+            assert peer.wait_for(lambda: outputs() >= before + 5, 10.0), \
+                f'{outputs() - before} frames in 10 s after raising {slow} Hz to 10 Hz'
+        assert node.process.poll() is None, node.log()
+    finally:
+        stop.set()
+        if streamer is not None:
+            streamer.join()
+        peer.close()
+        assert node.stop() == 0

@@ -249,3 +249,10 @@ def test_cuda_fp16_matches_cpu(random_model_file: Path):
     result = gpu.segment(image, with_confidence=True)
     assert result.labels.shape == (360, 480) and result.confidence.dtype == np.float32
     assert np.mean(result.labels == cpu.segment(image).labels) > 0.98
+
+
+@pytest.mark.parametrize('size', [(4096, 4096), (8192, 8), (3848, 2160)])
+def test_network_input_size_is_bounded(random_model_file: Path, size):
+    """An input size override over 4096 a side or 3840 x 2160 pixels is refused up front."""
+    with pytest.raises(SegmenterConfigError, match='too large: each side at most 4096'):
+        Segmenter.from_file(str(random_model_file), device='cpu', input_size=size, warmup=False)

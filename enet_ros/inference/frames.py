@@ -7,8 +7,9 @@ a view into a message buffer works); output an HxW uint8 label map at the
 input resolution, values in ``[0, C)``, and on request an HxW float32
 confidence map (softmax probability of the chosen class).
 
-Per frame: upload, resize to the network input (bilinear, antialiased),
-normalise, forward (the path's), argmax on the device, nearest-neighbour
+Per frame: upload, resize to the network input (bilinear, antialiased; its
+working memory bounded by the frame's and the network input's size, whatever
+the aspect ratio), normalise, forward (the path's), argmax on the device, nearest-neighbour
 resize of the labels back to HxW, download. On the CPU the label resize runs
 in numpy after the download (about 4x faster there); the device version
 (:meth:`FramePipeline.device_pipeline`) has no host synchronisation and no
@@ -110,6 +111,43 @@ def as_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image)
 
 
+def _resize(frame: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """
+    Resize a 1x3xHxW float frame to 1x3x``height``x``width``: bilinear, antialiased.
+
+    torch's antialiased resize is separable and on the CPU resizes the columns
+    first, through a ``H x width`` intermediate: for a frame much taller than
+    wide that is far larger than the frame (a 1x8294400 frame and a 480-wide
+    network: 48 GB). :meth:`FramePipeline.network_input` therefore resizes
+    the rows first (a one-axis resize skips the other pass) whenever the
+    columns-first intermediate would be the larger; the intermediate is then
+    never larger than the frame or the network input, whatever the aspect
+    ratio, and the work grows with the frame's pixels only. The separable
+    passes are the same either way (up to float rounding).
+    """
+    return F.interpolate(frame, size=(height, width), mode='bilinear', align_corners=False,
+                         antialias=True)
+
+
+def _take_nearest(grid, rows, cols):
+    """
+    Return ``grid[rows][:, cols]``: an hxw map (tensor or array) picked out to HxW.
+
+    One axis at a time, in the order whose intermediate is the smaller (H x w
+    rows first, h x W columns first): rows first always made a 1x8294400
+    frame's intermediate 4 GB (labels; confidence: 16 GB). Either order picks
+    the same pixels.
+    """
+    height, width = grid.shape[:2]
+    if isinstance(grid, torch.Tensor):
+        if len(rows) * width <= height * len(cols):
+            return grid.index_select(0, rows).index_select(1, cols)
+        return grid.index_select(1, cols).index_select(0, rows)
+    if len(rows) * width <= height * len(cols):
+        return grid[rows][:, cols]
+    return grid[:, cols][rows]
+
+
 class FramePipeline:
     """
     Pre- and post-processing around a forward, for one network input size and device.
@@ -155,9 +193,11 @@ class FramePipeline:
             frame = frame.flip(1)
         frame = frame.float()
         net_width, net_height = self.input_size
-        if frame.shape[-2:] != (net_height, net_width):
-            frame = F.interpolate(frame, size=(net_height, net_width), mode='bilinear',
-                                  align_corners=False, antialias=True)
+        height, width = frame.shape[-2:]
+        if (height, width) != (net_height, net_width):
+            if height * net_width > net_height * width:
+                frame = _resize(frame, net_height, width)  # rows first: see _resize
+            frame = _resize(frame, net_height, net_width)
         normalised = normalize(frame, self._mean, self._inv_std)
         # A permuted HWC frame is channels_last in memory; make it what the network runs.
         return normalised.to(self.dtype).contiguous(memory_format=self.memory_format)
@@ -186,9 +226,9 @@ class FramePipeline:
             confidence = torch.softmax(logits.float(), dim=1).amax(dim=1)[0]
         if resize_labels and labels.shape != (height, width):
             rows, cols = self.label_index(height, width)
-            labels = labels.index_select(0, rows).index_select(1, cols)
+            labels = _take_nearest(labels, rows, cols)
             if confidence is not None:
-                confidence = confidence.index_select(0, rows).index_select(1, cols)
+                confidence = _take_nearest(confidence, rows, cols)
         return labels, confidence
 
     def segment(self, image: np.ndarray, forward: Forward, bgr: bool = False,
@@ -203,7 +243,7 @@ class FramePipeline:
         if on_host and labels.shape != image.shape[:2]:
             # Same nearest map as on the device; numpy's fancy indexing is ~4x faster here.
             rows, cols = (index.numpy() for index in self.label_index(*image.shape[:2]))
-            labels = labels[rows][:, cols]
+            labels = _take_nearest(labels, rows, cols)
             if confidence is not None:
-                confidence = confidence[rows][:, cols]
+                confidence = _take_nearest(confidence, rows, cols)
         return Segmentation(labels, confidence)

@@ -8,6 +8,7 @@ hands them out round robin, so a fast camera cannot starve a slow one.
 """
 
 from dataclasses import dataclass, field
+import math
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -36,18 +37,27 @@ class RateLimit:
     and the next slot is one interval after the last, not after the frame, so
     jitter neither lowers the rate nor lets the average pass the limit. After a
     gap of more than an interval the schedule restarts from the frame.
+
+    Only the last slot used is kept, and the next one is that plus the interval
+    asked with: a changed ``max_rate_hz`` applies from the last frame at once.
+    (Keeping the next slot instead meant that a frame processed at 0.001 Hz
+    put the next one 1000 s ahead, and a rate raised later waited for it.)
     """
 
-    next_due: float = float('-inf')
+    last_slot: float = float('-inf')
 
     def due(self, received: float, interval: float) -> bool:
         """Return whether a frame received at ``received`` (s) is due; 0 interval: always."""
-        return not interval or received >= self.next_due - RATE_SLACK * interval
+        if not interval or self.last_slot == float('-inf'):
+            return True
+        return received >= self.last_slot + (1.0 - RATE_SLACK) * interval
 
     def processed(self, received: float, interval: float) -> None:
         """Book the frame received at ``received`` as processed: its slot is used."""
-        following = self.next_due + interval
-        self.next_due = following if following >= received else received + interval
+        slot = self.last_slot + interval
+        # An infinite interval (a rate of 5e-324 Hz) gives no slot: restart from the frame.
+        in_time = math.isfinite(slot) and slot + interval >= received
+        self.last_slot = slot if in_time else received
 
 
 @dataclass

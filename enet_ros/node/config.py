@@ -23,8 +23,11 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 ParameterType)
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from .image_msgs import check_frame_shape, InvalidImage
 from ..ground_grid import CameraPose, GridSpec
+from ..inference.config import parse_frame_sizes, SegmenterConfigError
 from ..masks import OUTPUT_IMAGES
+from ..model_file import input_size_problem
 
 #: The image outputs (sensor_msgs/Image, the input's size and header).
 IMAGE_OUTPUTS = OUTPUT_IMAGES
@@ -298,7 +301,8 @@ CAMERAS_DESCRIPTION = _descriptor(
 WARMUP_SIZES_DESCRIPTION = _descriptor(
     "camera frame sizes to prepare at start-up, e.g. ['1280x720']: on CUDA the labels-only "
     'graphs (RGB, BGR) are captured then, not on the first frame (confidence or GPU-drawn '
-    'images: at their first frame); on the CPU each is run once', True, STRINGS)
+    'images: at their first frame); on the CPU each is run once. Sizes of frames the node '
+    'refuses (over max_pixels, a side over 16 times the other) are refused', True, STRINGS)
 CAMERA_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 
 DRIVABLE_DESCRIPTION = _descriptor(
@@ -325,6 +329,11 @@ def startup_settings(values: Dict[str, Any]) -> StartupSettings:
             raise ConfigError(f'parameter {name}: {values[name]} is not a multiple of 8')
     if (values['network_width'] == 0) != (values['network_height'] == 0):
         raise ConfigError('parameters network_width and network_height: set both or neither')
+    network_size = (int(values['network_width']), int(values['network_height']))
+    too_large = network_size[0] and input_size_problem(network_size)
+    if too_large:
+        raise ConfigError('parameters network_width and network_height: '
+                          '{}x{} {}'.format(*network_size, too_large))
     cameras = tuple(str(name) for name in values.get('cameras') or ())
     bad = [name for name in cameras if not CAMERA_NAME.match(name)]
     if bad:
@@ -335,7 +344,7 @@ def startup_settings(values: Dict[str, Any]) -> StartupSettings:
     return StartupSettings(
         model_path=str(values['model_path']),
         cameras=cameras,
-        warmup_sizes=tuple(str(size) for size in values.get('warmup_sizes') or ()),
+        warmup_sizes=warmup_sizes(values.get('warmup_sizes') or (), int(values['max_pixels'])),
         device=str(values['device']),
         precision=str(values['precision']),
         network_width=int(values['network_width']),
@@ -349,6 +358,31 @@ def startup_settings(values: Dict[str, Any]) -> StartupSettings:
         diagnostics_period_s=float(values['diagnostics_period']),
         grid_pose_source=choice('grid_pose_source', POSE_SOURCES),
     )
+
+
+def warmup_sizes(entries: Sequence[str], max_pixels: int) -> Tuple[str, ...]:
+    """
+    Check the warmup_sizes entries ('WIDTHxHEIGHT'); raise ConfigError naming the parameter.
+
+    A size is refused where its frames would be: more pixels than
+    ``max_pixels`` (its value at start-up) or a bad shape (see
+    :func:`~enet_ros.node.image_msgs.check_frame_shape`). Warming such a size
+    up would only cost memory (100000x100000: 30 GB) for frames never segmented.
+    """
+    try:
+        sizes = parse_frame_sizes(entries)
+    except SegmenterConfigError as error:
+        raise ConfigError(f'parameter warmup_sizes: {error}') from None
+    for width, height in sizes:
+        if width * height > max_pixels:
+            raise ConfigError(f'parameter warmup_sizes: {width}x{height} has more pixels than '
+                              f'max_pixels {max_pixels} (frames that large are refused)')
+        try:
+            check_frame_shape(width, height, 'warm-up size')
+        except InvalidImage as error:
+            raise ConfigError(f'parameter warmup_sizes: {error} (frames of that shape are '
+                              'refused)') from None
+    return tuple(str(entry) for entry in entries)
 
 
 def grid_settings(values: Mapping[str, Any]) -> GridSettings:

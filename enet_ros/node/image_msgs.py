@@ -7,6 +7,9 @@ narrower image. Here every message is checked before a byte is interpreted,
 and a bad one raises :class:`InvalidImage` with a short machine-readable
 ``reason`` (used as a counter key) and a human-readable message.
 
+Frames whose sides differ more than :data:`MAX_ASPECT_RATIO` times are
+refused too (``bad_shape``), after the checks of the message's layout.
+
 Raw images are converted without copying where the encoding allows it: the
 result is a view into the message's buffer (rows may be padded: ``step``
 larger than ``width * channels`` gives a strided view).
@@ -46,7 +49,12 @@ ENCODINGS = {
     '8uc4': (4, 1, 'bgr'),
 }
 REJECTION_REASONS = ('unsupported_encoding', 'zero_size', 'bad_step', 'bad_data_length',
-                     'too_large', 'bad_compressed_format', 'decode_failed')
+                     'too_large', 'bad_shape', 'bad_compressed_format', 'decode_failed')
+#: How many times its shorter side a frame's longer side may be (else reason ``bad_shape``).
+#: The network sees every frame stretched to its own input (4:3 for the bundled model): a
+#: frame over 16:1 is squeezed more than 12 times along one axis, past anything it learnt
+#: from (a 360-degree panorama strip 30 degrees high is 12:1; 32:9 monitors are 3.6:1).
+MAX_ASPECT_RATIO = 16
 
 
 class InvalidImage(ValueError):
@@ -79,6 +87,13 @@ class CameraFrame:
         return self.pixels[..., ::-1] if self.bgr else self.pixels
 
 
+def check_frame_shape(width: int, height: int, what: str = 'image') -> None:
+    """Raise :class:`InvalidImage` (``bad_shape``) if one side is over 16 times the other."""
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InvalidImage('bad_shape', f'{what} is {width}x{height}: one side is more than '
+                                        f'{MAX_ASPECT_RATIO} times the other')
+
+
 def check_raw_image(msg, max_pixels: int) -> None:
     """Validate a sensor_msgs/Image's fields; raise :class:`InvalidImage` if unusable."""
     encoding = msg.encoding.lower()
@@ -100,6 +115,7 @@ def check_raw_image(msg, max_pixels: int) -> None:
         raise InvalidImage('bad_data_length', f'data is {len(msg.data)} bytes, expected height '
                                               f'{msg.height} x step {msg.step} = '
                                               f'{msg.height * msg.step}')
+    check_frame_shape(msg.width, msg.height)
 
 
 def raw_image_to_frame(msg, max_pixels: int) -> CameraFrame:
@@ -202,6 +218,7 @@ def compressed_image_to_frame(msg, max_pixels: int) -> CameraFrame:
     if width * height > max_pixels:
         raise InvalidImage('too_large', f'compressed image is {width}x{height}, more than '
                                         f'max_pixels {max_pixels}')
+    check_frame_shape(width, height, 'compressed image')
     # IMREAD_COLOR: 3-channel BGR, 8-bit (grey, alpha and 16-bit input are converted);
     # IGNORE_ORIENTATION: keep the stored geometry, ignoring a JPEG EXIF Orientation tag.
     try:

@@ -45,11 +45,19 @@ class ParameterHandling:
             return []
 
     def _load_model(self, model_path: str) -> LoadedModel:
-        """Read and validate a model file; raise ConfigError naming the parameter."""
+        """
+        Read and validate a model file; raise ConfigError naming the parameter.
+
+        Any failure is a refused file: in the parameter callback an exception
+        other than ConfigError would end the executor, and with it the node.
+        """
         try:
             return load_model_file(model_path or None)
         except ModelFileError as error:
             raise ConfigError(f'parameter model_path: {error}') from None
+        except Exception as error:  # noqa: B902 - e.g. MemoryError: refused, the node lives
+            raise ConfigError(f"parameter model_path: model file '{model_path}' cannot be "
+                              f'loaded ({type(error).__name__}: {error})') from None
 
     def _make_segmenter(self, loaded: LoadedModel) -> Segmenter:
         """Build and warm a Segmenter for ``loaded`` with the start-up device settings."""
