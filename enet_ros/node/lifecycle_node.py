@@ -62,8 +62,10 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
             f'{UNCONFIGURED_LINE} (a lifecycle manager, or: ros2 lifecycle set '
             f'{self.get_fully_qualified_name()} configure, then activate)')
 
-    def _create_output_publisher(self, msg_type: Any, topic: str, qos: Any) -> Any:
-        return self.create_lifecycle_publisher(msg_type, topic, qos)
+    def _create_output_publisher(self, msg_type: Any, topic: str, qos: Any,
+                                 event_callbacks: Any = None) -> Any:
+        return self.create_lifecycle_publisher(msg_type, topic, qos,
+                                               event_callbacks=event_callbacks)
 
     def _destroy_output_publisher(self, publisher: Any) -> None:
         self.destroy_lifecycle_publisher(publisher)
