@@ -86,6 +86,8 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
         #: does not wait for the model build to end (process.py).
         self.configuring = threading.Event()
         self.configure_thread: Optional[threading.Thread] = None
+        #: The thread running on_configure (configure_thread, or a trigger_configure caller).
+        self._configuring_on: Optional[threading.Thread] = None
         self._transition: Optional[str] = None
         self._exit_timer = None
         period = self.declare_parameter('bond_heartbeat_period', DEFAULT_HEARTBEAT_PERIOD_S,
@@ -145,7 +147,7 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
 
     def _refuse_while_configuring(self, parameters: List[Any]) -> SetParametersResult:
         """Refuse parameter changes from outside while configure reads the parameters."""
-        if self.configuring.is_set() and threading.current_thread() is not self.configure_thread:
+        if self.configuring.is_set() and threading.current_thread() is not self._configuring_on:
             return SetParametersResult(successful=False, reason=(
                 'the configure transition is reading the parameters and loading the model; '
                 'set it when it has finished'))
@@ -171,6 +173,7 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Validate the parameters and load the model; fail with the reason if they are bad."""
+        self._configuring_on = threading.current_thread()
         self.configuring.set()
         self.get_logger().info(f'{CONFIGURING_LINE} (compiled on the CPU: up to a minute)')
         try:
