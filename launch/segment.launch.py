@@ -10,8 +10,8 @@ ros2 launch enet_ros segment.launch.py cameras:="[front, left]" \
 
 With lifecycle:=true the managed node (segmentation_lifecycle_node) starts
 unconfigured and does nothing until it is configured and activated, by a
-lifecycle manager (nav2_lifecycle_manager with node_names [segmentation_node] and
-bond_timeout 0.0: the node makes no bond)
+lifecycle manager (nav2_lifecycle_manager with node_names [segmentation_node]; the node
+keeps the bond the manager waits for, so its default bond_timeout works)
 or by hand: ros2 lifecycle set /segmentation_node configure, then activate.
 """
 

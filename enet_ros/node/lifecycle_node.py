@@ -18,9 +18,11 @@ of its steps differs:
   param set`` (start-up settings such as ``device`` too: they are read at
   each configure; only ``cameras`` needs a restart) and configure again.
   Publishers are made, as lifecycle publishers (``inactive``);
-- ``activate``: the camera subscriptions and the diagnostics start;
+- ``activate``: the camera subscriptions and the diagnostics start, the class
+  map is published on ``~/label_info``, and the bond that Nav2's lifecycle
+  manager waits for starts (:mod:`~enet_ros.node.lifecycle_bond`);
 - ``deactivate``: they stop (a frame in progress finishes first, and is not
-  published); the model stays loaded;
+  published) and the bond is broken cleanly; the model stays loaded;
 - ``cleanup``: the model, the publishers and the TF listener are released
   (``unconfigured`` again; ``configure`` works again, e.g. after a
   ``model_path`` change);
@@ -29,13 +31,31 @@ of its steps differs:
 
 Parameters stay declared through every state; ``class_names`` and
 ``drivable_classes`` appear at the first configure (they come from the model).
+
+The lifecycle services answer during a transition: configure (loading and
+compiling the model, up to a minute) runs on a thread of its own while the
+executor thread keeps serving ``get_state`` (it says ``configuring``) and
+the rest. rclpy runs a transition inside its ``change_state`` service
+callback, and a single executor thread (process.py says why there is one)
+then answers nothing else until the callback returns; here that callback is
+a coroutine that awaits the configure thread. Another ``change_state``
+during a transition is refused (as rclcpp's lifecycle nodes do), and so are
+parameter changes during configure, which reads them.
 """
 
 import threading
-from typing import Any
+from typing import Any, List, Optional
 
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleNodeMixin, LifecycleState
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.task import Future
 
+from .lifecycle_bond import DEFAULT_HEARTBEAT_PERIOD_S, LifecycleBond
 from .segmentation_node import NODE_NAME, SegmentationMixin
 
 #: Printed once the node is up and waiting for its configure transition.
@@ -44,6 +64,11 @@ UNCONFIGURED_LINE = 'unconfigured: waiting for the configure transition'
 CONFIGURING_LINE = 'configuring: loading and warming the model'
 #: Seconds between the shutdown transition's answer and the node's exit.
 EXIT_DELAY_S = 0.2
+BOND_PERIOD_DESCRIPTION = ParameterDescriptor(
+    description="seconds between the heartbeats of the bond that Nav2's lifecycle manager "
+    "waits for after activate (topic bond, id = the node name), as Nav2's own servers; "
+    '0 = no bond (then give the manager bond_timeout: 0.0)', read_only=True,
+    type=ParameterType.PARAMETER_DOUBLE)
 
 
 class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
@@ -52,24 +77,103 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
     MANAGED = True
 
     def __init__(self, **node_kwargs: Any):
-        LifecycleNode.__init__(self, NODE_NAME, **node_kwargs)
+        # LifecycleNode.__init__ without its callback group: the lifecycle services get a
+        # reentrant one, so get_state runs while a change_state coroutine awaits configure.
+        Node.__init__(self, NODE_NAME, **node_kwargs)
+        LifecycleNodeMixin.__init__(self, callback_group=ReentrantCallbackGroup())
         self._init_segmentation()
-        #: Set while the configure transition runs (on the executor thread): a stop then
+        #: Set while the configure transition runs (on :attr:`configure_thread`): a stop then
         #: does not wait for the model build to end (process.py).
         self.configuring = threading.Event()
+        self.configure_thread: Optional[threading.Thread] = None
+        #: The thread running on_configure (configure_thread, or a trigger_configure caller).
+        self._configuring_on: Optional[threading.Thread] = None
+        self._transition: Optional[str] = None
         self._exit_timer = None
+        period = self.declare_parameter('bond_heartbeat_period', DEFAULT_HEARTBEAT_PERIOD_S,
+                                        BOND_PERIOD_DESCRIPTION).value
+        self._bond = LifecycleBond(self, period)
+        self.add_on_set_parameters_callback(self._refuse_while_configuring)
+        [change_state] = [s for s in self.services if s.srv_type is ChangeState]
+        self._change_state = change_state.callback
+        change_state.callback = self._on_change_state
         self.get_logger().info(
             f'{UNCONFIGURED_LINE} (a lifecycle manager, or: ros2 lifecycle set '
             f'{self.get_fully_qualified_name()} configure, then activate)')
 
-    def _create_output_publisher(self, msg_type: Any, topic: str, qos: Any) -> Any:
-        return self.create_lifecycle_publisher(msg_type, topic, qos)
+    async def _on_change_state(self, request: ChangeState.Request,
+                               response: ChangeState.Response) -> ChangeState.Response:
+        """
+        Run a transition: configure on its own thread (awaited), the others at once.
+
+        Runs on the executor thread; rclpy's callback does the transition.
+        """
+        configure = (request.transition.label == 'configure' if request.transition.label
+                     else request.transition.id == Transition.TRANSITION_CONFIGURE)
+        label = 'configure' if configure else (request.transition.label
+                                               or f'transition id {request.transition.id}')
+        if self._transition is not None:
+            self.get_logger().warning(f"transition '{label}' refused: the '{self._transition}' "
+                                      'transition is still running')
+            response.success = False
+            return response
+        self._transition = label
+        try:
+            if configure:
+                done = Future(executor=self.executor)
+                done.add_done_callback(lambda _: None)  # its result then wakes the executor
+                self.configure_thread = threading.Thread(
+                    target=self._transition_on_thread, args=(request, response, done),
+                    name='configure', daemon=True)
+                self.configure_thread.start()
+                return await done
+            return self._change_state(request, response)
+        finally:
+            self._transition = None
+
+    def _transition_on_thread(self, request: ChangeState.Request,
+                              response: ChangeState.Response, done: Future) -> None:
+        try:
+            result = self._change_state(request, response)
+        except Exception as error:  # noqa: B902 - the request must get its answer
+            self.get_logger().error(f'the configure transition failed: '
+                                    f'{type(error).__name__}: {error}')
+            response.success = False
+            result = response
+        try:
+            done.set_result(result)
+        except Exception:  # noqa: B902 - the executor is gone: the process is exiting
+            pass
+
+    def _refuse_while_configuring(self, parameters: List[Any]) -> SetParametersResult:
+        """Refuse parameter changes from outside while configure reads the parameters."""
+        if self.configuring.is_set() and threading.current_thread() is not self._configuring_on:
+            return SetParametersResult(successful=False, reason=(
+                'the configure transition is reading the parameters and loading the model; '
+                'set it when it has finished'))
+        return SetParametersResult(successful=True)
+
+    def _guard_parameters(self) -> None:
+        """Also keep refusing outside changes first until configure has finished."""
+        super()._guard_parameters()
+        self.remove_on_set_parameters_callback(self._refuse_while_configuring)
+        self.add_on_set_parameters_callback(self._refuse_while_configuring)
+
+    def prepare_exit(self) -> None:
+        """Break the bond before the process ends (the context must still be up)."""
+        self._bond.stop('the node is exiting')
+
+    def _create_output_publisher(self, msg_type: Any, topic: str, qos: Any,
+                                 event_callbacks: Any = None) -> Any:
+        return self.create_lifecycle_publisher(msg_type, topic, qos,
+                                               event_callbacks=event_callbacks)
 
     def _destroy_output_publisher(self, publisher: Any) -> None:
         self.destroy_lifecycle_publisher(publisher)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Validate the parameters and load the model; fail with the reason if they are bad."""
+        self._configuring_on = threading.current_thread()
         self.configuring.set()
         self.get_logger().info(f'{CONFIGURING_LINE} (compiled on the CPU: up to a minute)')
         try:
@@ -84,17 +188,19 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Enable the publishers, then subscribe to the cameras."""
+        """Enable the publishers, subscribe to the cameras, start the bond."""
         result = super().on_activate(state)  # enables the lifecycle publishers
         if result != TransitionCallbackReturn.SUCCESS:
             return result
         self._activate()
+        self._bond.start()
         self.get_logger().info('active')
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Unsubscribe (after the frame in progress), then disable the publishers."""
+        """Unsubscribe (after the frame in progress), disable the publishers, break the bond."""
         self._deactivate()
+        self._bond.stop('deactivate')
         self.get_logger().info('deactivated (inactive): the model stays loaded')
         return super().on_deactivate(state)
 
@@ -106,9 +212,9 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Release everything; the process exits once this transition has answered."""
+        self._bond.stop('shutdown')
         self._cleanup()
-        # A timer in the lifecycle services' callback group (mutually exclusive) runs only
-        # after this transition's response has been sent.
+        # A timer runs on the executor thread, after this transition's response has been sent.
         self._exit_timer = self.create_timer(EXIT_DELAY_S, self._exit_after_shutdown)
         self.get_logger().info('shut down (finalized): exiting')
         return TransitionCallbackReturn.SUCCESS
@@ -117,6 +223,7 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
         """Release everything after a transition raised; the node becomes unconfigured."""
         self.get_logger().error(f'error in a transition from {state.label}: releasing '
                                 'everything (unconfigured)')
+        self._bond.stop('error in a transition')
         self._cleanup()
         return TransitionCallbackReturn.SUCCESS
 

@@ -101,7 +101,7 @@ def _exit_now(code: int) -> None:
     """
     End the process at once with ``code``, output flushed, the interpreter not finalized.
 
-    Used when the executor thread is still inside torch.compile: finalizing the
+    Used when a thread is still inside torch.compile: finalizing the
     interpreter under it destroyed C++ threads that were still running
     (``terminate called without an active exception``, exit -6, now and then).
     """
@@ -119,24 +119,18 @@ def _shut_down(node: Optional[AnyNode], executor: Optional[SingleThreadedExecuto
     """
     End the spin, then tear the executor and the node down.
 
-    Return the exit code and whether the executor thread was left running (a
-    configure transition building the model). Order matters: tearing the
+    Return the exit code and whether a thread was left running (the executor,
+    or a configure transition building the model). Order matters: tearing the
     executor down under a running spin crashed the process now and then, so if
     the spin thread does not end, nothing is torn down and the process exits
-    with an error instead.
+    with an error instead. The managed node breaks its bond first, while the
+    context can still publish that.
     """
     if node is not None:
         node.stop()
+        if isinstance(node, SegmentationLifecycleNode):
+            node.prepare_exit()
     rclpy.try_shutdown()  # ends the spin (wakes the executor)
-    configuring = getattr(node, 'configuring', None)
-    if spinner is not None and configuring is not None and configuring.is_set():
-        # The executor thread is building the model (torch.compile: up to a minute) and
-        # cannot be interrupted; waiting would outlast ros2 launch's SIGTERM and SIGKILL.
-        spinner.join(timeout=CONFIGURE_JOIN_TIMEOUT_S)
-        if spinner.is_alive():
-            rclpy.logging.get_logger(NODE_NAME).info(
-                'stopped during the configure transition: the model being built is abandoned')
-            return code, True
     if spinner is not None:
         spinner.join(timeout=SPIN_JOIN_TIMEOUT_S)
         if spinner.is_alive():
@@ -144,6 +138,15 @@ def _shut_down(node: Optional[AnyNode], executor: Optional[SingleThreadedExecuto
                 f'the ROS executor did not stop within {SPIN_JOIN_TIMEOUT_S:.0f} s; exiting '
                 'without tearing it down')
             return code or EXIT_EXECUTOR_FAILED, True
+    configure_thread = getattr(node, 'configure_thread', None)
+    if configure_thread is not None and configure_thread.is_alive():
+        # Building the model (torch.compile: up to a minute) cannot be interrupted; waiting
+        # would outlast ros2 launch's SIGTERM and SIGKILL.
+        configure_thread.join(timeout=CONFIGURE_JOIN_TIMEOUT_S)
+        if configure_thread.is_alive():
+            rclpy.logging.get_logger(NODE_NAME).info(
+                'stopped during the configure transition: the model being built is abandoned')
+            return code, True
     if executor is not None:
         executor.shutdown()
     if node is not None:

@@ -9,11 +9,13 @@ class ids), ``~/colored`` (rgb8), ``~/overlay`` (rgb8), ``~/drivable``
 (mono8, 0 or 255), ``~/confidence`` (mono8, probability x 255) and
 ``~/drivable_grid`` (nav_msgs/OccupancyGrid: the drivable mask projected onto
 the ground through the CameraInfo and the camera's pose, see
-:mod:`enet_ros.node.grid`). With ``cameras: [front, left]`` each camera
-subscribes ``<name>/image`` and ``<name>/camera_info`` and publishes
-``~/<name>/labels`` and so on; one model serves all. Every image output has
-its input's size and header; the grid has the image's stamp and
-``grid_frame``. ``/diagnostics`` about once a second, one status per camera.
+:mod:`enet_ros.node.grid`), and ``~/label_info`` (vision_msgs/LabelInfo, latched:
+the class of each label id, see :mod:`enet_ros.node.label_info`). With
+``cameras: [front, left]`` each camera subscribes ``<name>/image`` and
+``<name>/camera_info`` and publishes ``~/<name>/labels`` and so on; one model
+serves all. Every image output has its input's size and header; the grid has
+the image's stamp and ``grid_frame``. ``/diagnostics`` about once a second
+(diagnostic_updater), one status per camera.
 
 Two nodes share these parts (:class:`SegmentationMixin`): :class:`SegmentationNode`
 configures and activates itself in its constructor, and
@@ -48,18 +50,25 @@ import copy
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_updater import Updater
 from nav_msgs.msg import OccupancyGrid
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import PublisherEventCallbacks
+from rclpy.exceptions import ParameterException
+from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
+from rclpy.qos import qos_policy_name_from_kind
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from vision_msgs.msg import LabelInfo
 
 from .cameras import Camera, FrameSlots, topic_prefix
-from .config import (CAMERA_NAME, CAMERAS_DESCRIPTION, GRID_OUTPUT, IMAGE_OUTPUTS, PARAMETERS,
-                     pose_descriptor, POSE_FIELDS, pose_parameter, qos_profile, startup_settings,
-                     StartupSettings, WARMUP_SIZES_DESCRIPTION)
-from .diagnostics import diagnostic_array
+from .config import (CAMERA_NAME, CAMERAS_DESCRIPTION, ConfigError, GRID_OUTPUT, IMAGE_OUTPUTS,
+                     PARAMETERS, pose_descriptor, POSE_FIELDS, pose_parameter, qos_profile,
+                     startup_settings, StartupSettings, WARMUP_SIZES_DESCRIPTION)
+from .diagnostics import CameraDiagnostics
 from .grid import resolve_pose_source, TfPoseSource
 from .image_msgs import ImageBuffer
+from .label_info import label_info_key, label_info_msg, LABEL_INFO_OUTPUT, label_info_qos
 from .log_bridge import forward_core_logs
 from .model_swap import ModelSwap
 from .parameters import CONFIGURE_TIME_PARAMETERS, ParameterHandling, STRING_ARRAY
@@ -69,6 +78,11 @@ from .. import masks
 from ..segmenter import Segmenter
 
 NODE_NAME = 'segmentation_node'
+RCLError = rclpy_implementation.RCLError
+#: diagnostic_updater's parameter for its period; ``diagnostics_period`` is its default.
+UPDATER_PERIOD = 'diagnostic_updater.period'
+#: The range of both: a period of 0 would publish as fast as the executor turns.
+DIAGNOSTICS_PERIOD_S = (0.1, 60.0)
 
 
 class SegmentationMixin(ParameterHandling, FrameProcessing):
@@ -99,8 +113,10 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
         self._slots: Optional[FrameSlots] = None
         self._active = False
         self._parameter_callback = None
-        self._diagnostics_publisher = None
-        self._diagnostics_timer = None
+        self._updater: Optional[Updater] = None
+        self._updater_callback = None
+        self._diagnostic_tasks: List[CameraDiagnostics] = []
+        self._label_info_key = None
         self.grid_pose_source = ''
         self._tf: Optional[TfPoseSource] = None
         self._model_drivable_default: Optional[List[str]] = None
@@ -148,9 +164,22 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
         state = self._state
         return None if state is None else state.segmenter
 
-    def _create_output_publisher(self, msg_type: Any, topic: str, qos: Any) -> Any:
+    @property
+    def _state(self) -> Optional[NodeState]:
+        """Return what a frame uses: the model and the settings (None while not configured)."""
+        return self.__dict__.get('_node_state')
+
+    @_state.setter
+    def _state(self, state: Optional[NodeState]) -> None:
+        """Swap the state in (executor thread); a changed class map is published at once."""
+        self.__dict__['_node_state'] = state
+        if state is not None and self._active:
+            self._publish_label_info(state)
+
+    def _create_output_publisher(self, msg_type: Any, topic: str, qos: Any,
+                                 event_callbacks: Any = None) -> Any:
         """Create an output publisher (the lifecycle node makes lifecycle publishers)."""
-        return self.create_publisher(msg_type, topic, qos)
+        return self.create_publisher(msg_type, topic, qos, event_callbacks=event_callbacks)
 
     def _destroy_output_publisher(self, publisher: Any) -> None:
         self.destroy_publisher(publisher)
@@ -167,11 +196,12 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
         self._declare_model_parameters(segmenter.metadata)
         self._state = NodeState(segmenter,
                                 self._runtime_settings({}, segmenter.metadata.class_names))
+        self._make_updater(str(segmenter.device))
         self._parameter_callback = self._on_set_parameters
         self.add_on_set_parameters_callback(self._parameter_callback)
+        self._guard_parameters()
         self.cameras = [self._make_camera(name) for name in self.startup.cameras or ('',)]
         self._slots = FrameSlots(self.cameras)
-        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         if self.grid_pose_source == 'tf':
             self._tf = TfPoseSource(self)
             source = (f"TF ({self._state.settings.grid.frame} <- the image's frame_id at its "
@@ -182,8 +212,75 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
             source = 'the camera_pose.* parameters (tf2_ros is not importable)'
         self.get_logger().info(f'drivable grid: camera pose from {source}')
 
+    def _make_updater(self, hardware_id: str) -> None:
+        """
+        Create the diagnostic_updater, its timer stopped until :meth:`_activate`.
+
+        Its period: its own parameter ``diagnostic_updater.period`` (declared
+        here, with ``diagnostics_period`` as the default; undeclared again by
+        cleanup, so the next configure declares it afresh). Both apply at
+        configure: changing either later is refused. ConfigError if it is bad.
+        """
+        try:
+            self._updater = Updater(self, period=self.startup.diagnostics_period_s)
+        except (ParameterException, RCLError, TypeError, ValueError) as error:
+            for publisher in [p for p in self.publishers if p.topic_name == '/diagnostics']:
+                self.destroy_publisher(publisher)  # the Updater's, made before it failed
+            if self.has_parameter(UPDATER_PERIOD):
+                self.undeclare_parameter(UPDATER_PERIOD)
+            raise ConfigError(f'parameter {UPDATER_PERIOD}: {error}') from None
+        self._updater.timer.cancel()
+        period = self._updater.period
+        if not DIAGNOSTICS_PERIOD_S[0] <= period <= DIAGNOSTICS_PERIOD_S[1]:
+            self._destroy_updater()
+            raise ConfigError(f'parameter {UPDATER_PERIOD}: {period} s is outside '
+                              f'[{DIAGNOSTICS_PERIOD_S[0]:g}, {DIAGNOSTICS_PERIOD_S[1]:g}] s, '
+                              'the range of diagnostics_period')
+        self._updater.setHardwareID(hardware_id)
+
+    def _guard_parameters(self) -> None:
+        """Add the parameter checks that run before :meth:`_on_set_parameters` (configure)."""
+        self._updater_callback = self._refuse_updater_changes
+        self.add_on_set_parameters_callback(self._updater_callback)  # the last added runs first
+
+    @staticmethod
+    def _refuse_updater_changes(parameters: List[Any]) -> SetParametersResult:
+        for parameter in parameters:
+            if parameter.name.startswith('diagnostic_updater.'):
+                return SetParametersResult(successful=False, reason=(
+                    f'{parameter.name} applies when the node starts (the managed node: at '
+                    'configure; set diagnostics_period while unconfigured)'))
+        return SetParametersResult(successful=True)
+
+    def _destroy_updater(self) -> None:
+        updater, self._updater = self._updater, None
+        if updater is None:
+            return
+        if self._updater_callback is not None:
+            self.remove_on_set_parameters_callback(self._updater_callback)
+            self._updater_callback = None
+        self.destroy_timer(updater.timer)
+        self.destroy_publisher(updater.publisher)
+        self.undeclare_parameter(UPDATER_PERIOD)
+
+    def _diagnostics_source(self) -> Optional[Tuple[Any, Segmenter, str]]:
+        state = self._state
+        if state is None:
+            return None
+        return state.thresholds, state.segmenter, self.grid_pose_source
+
+    def _publish_label_info(self, state: NodeState) -> None:
+        """Publish the class map on every camera's ~/label_info if it changed."""
+        key = label_info_key(state.segmenter.metadata.class_names, state.settings.min_confidence)
+        if key == self._label_info_key:
+            return
+        msg = label_info_msg(*key, self.get_clock().now().to_msg())
+        for camera in self.cameras:
+            camera.publishers[LABEL_INFO_OUTPUT].publish(msg)
+        self._label_info_key = key
+
     def _activate(self) -> None:
-        """Subscribe to the cameras and start the diagnostics."""
+        """Subscribe to the cameras, start the diagnostics, publish the class map."""
         startup = self.startup
         input_qos = qos_profile(startup.input_reliability, startup.input_depth)
         with self._lock:
@@ -200,8 +297,14 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
                     lambda msg, camera=camera: self._on_image(msg, camera), input_qos)
             camera.info_subscription = self.create_subscription(
                 CameraInfo, f'{prefix}camera_info', camera.grid.on_camera_info, input_qos)
-        self._diagnostics_timer = self.create_timer(startup.diagnostics_period_s,
-                                                    self._publish_diagnostics)
+        single = len(self.cameras) == 1 and not self.cameras[0].name
+        self._diagnostic_tasks = [CameraDiagnostics(camera, single, self._diagnostics_source)
+                                  for camera in self.cameras]
+        for task in self._diagnostic_tasks:
+            self._updater.add(task)  # publishes 'Node starting up' for it at once
+        self._updater.timer.reset()
+        self._label_info_key = None
+        self._publish_label_info(self._state)
         for camera in self.cameras:
             outputs = ', '.join(p.topic_name for p in camera.publishers.values())
             self.get_logger().info(
@@ -220,9 +323,11 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
                 camera.subscription = camera.info_subscription = None
             if self._slots is not None:
                 self._slots.clear()
-        if self._diagnostics_timer is not None:
-            self.destroy_timer(self._diagnostics_timer)
-            self._diagnostics_timer = None
+        if self._updater is not None:
+            self._updater.timer.cancel()
+            for task in self._diagnostic_tasks:
+                self._updater.removeByName(task.getName())
+        self._diagnostic_tasks = []
 
     def _cleanup(self) -> None:
         """Release the model, the publishers and the TF listener (any partial configuration)."""
@@ -235,9 +340,8 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
             self.cameras = []
             self._slots = None
             self._state = None
-        if self._diagnostics_publisher is not None:
-            self.destroy_publisher(self._diagnostics_publisher)
-            self._diagnostics_publisher = None
+        self._destroy_updater()
+        self._label_info_key = None
         if self._tf is not None:
             self._tf.close()
             self._tf = None
@@ -258,15 +362,18 @@ class SegmentationMixin(ParameterHandling, FrameProcessing):
                 Image, 'mono8' if masks.OUTPUT_CHANNELS[output] == 1 else 'rgb8')
         camera.publishers[GRID_OUTPUT] = self._create_output_publisher(
             OccupancyGrid, f'~/{prefix}{GRID_OUTPUT}', grid_qos(self.startup.output_reliability))
+        topic = f'~/{prefix}{LABEL_INFO_OUTPUT}'
+        camera.publishers[LABEL_INFO_OUTPUT] = self._create_output_publisher(
+            LabelInfo, topic, label_info_qos(), PublisherEventCallbacks(
+                incompatible_qos=lambda event: self._label_info_refused(topic, event)))
         return camera
 
-    def _publish_diagnostics(self) -> None:
-        state, publisher = self._state, self._diagnostics_publisher
-        if state is None or publisher is None:
-            return
-        publisher.publish(diagnostic_array(
-            self.get_fully_qualified_name(), self.cameras, state.thresholds, state.segmenter,
-            self.get_clock().now().to_msg(), self.grid_pose_source))
+    def _label_info_refused(self, topic: str, event: Any) -> None:
+        self.get_logger().warning(
+            f'a subscriber of {self.resolve_topic_name(topic)} requests a QoS it cannot get '
+            f'({qos_policy_name_from_kind(event.last_policy_kind)}): it receives no class map. '
+            'The map is published reliable and transient local, with no deadline and '
+            'automatic liveliness; subscribe with those (or volatile: then only later maps)')
 
     def destroy_node(self) -> None:
         """Destroy the node and stop forwarding the core's log records to it."""
