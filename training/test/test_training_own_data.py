@@ -24,13 +24,13 @@ import yaml
 
 @pytest.fixture
 def voc(tmp_path: Path) -> Path:
-    """A VOC / CVAT tree: 4 train and 2 val frames of 64x48."""
+    """Build a VOC / CVAT tree: 4 train and 2 val frames of 64x48."""
     return make_voc_tree(tmp_path / 'voc', {'train': 4, 'val': 2})
 
 
 @pytest.fixture
 def plain(tmp_path: Path) -> Path:
-    """A plain tree: 4 train and 2 val frames of 64x48."""
+    """Build a plain tree: 4 train and 2 val frames of 64x48."""
     return make_plain_tree(tmp_path / 'plain', {'train': 4, 'val': 2})
 
 
@@ -148,7 +148,7 @@ def test_plain_layout_classes_ids_and_drivable(plain: Path):
     (plain / 'classes.yaml').write_text(yaml.safe_dump(data))
     assert load_layout('plain', plain).table.names == ('road', 'grass', 'sky')
     assert load_layout('plain', plain).table.void_id == 3
-    with pytest.raises(DatasetError, match=r"pixel \(x=0, y=0\) has id 255, which is no class "
+    with pytest.raises(DatasetError, match=r'pixel \(x=0, y=0\) has id 255, which is no class '
                                            r'of classes.yaml \(ids 0-2, void 3\)'):
         make_dataset('plain', plain, 'train').load(0)
 
@@ -170,8 +170,10 @@ def test_layouts_are_detected_and_fingerprinted(voc: Path, plain: Path):
 
 def test_png_headers_say_what_opencv_reads(tmp_path: Path):
     """Header sizes and formats equal what OpenCV decodes, for PNG and JPEG."""
-    cases = {'rgb.png': np.zeros((37, 53, 3), np.uint8), 'grey.png': np.zeros((37, 53), np.uint8),
-             'rgba.png': np.zeros((37, 53, 4), np.uint8), 'deep.png': np.zeros((37, 53), np.uint16),
+    cases = {'rgb.png': np.zeros((37, 53, 3), np.uint8),
+             'grey.png': np.zeros((37, 53), np.uint8),
+             'rgba.png': np.zeros((37, 53, 4), np.uint8),
+             'deep.png': np.zeros((37, 53), np.uint16),
              'photo.jpg': np.full((37, 53, 3), 99, np.uint8)}
     for name, array in cases.items():
         path = tmp_path / name
@@ -222,7 +224,7 @@ def _break_voc(root: Path, case: str) -> str:
     if case == 'missing_split':
         (root / 'ImageSets' / 'Segmentation' / 'train.txt').rename(
             root / 'ImageSets' / 'Segmentation' / 'default.txt')
-        return 'train.txt\' does not exist (splits there: default, val'
+        return "train.txt' does not exist (splits there: default, val"
     if case == 'sizes_differ':
         write_rgb(root / 'JPEGImages' / 'train_0003.jpg', np.zeros((40, 64, 3), np.uint8))
         return "is 64x40 but label '"

@@ -117,7 +117,7 @@ VOC_VOID = (224, 224, 192)
 
 def color_mask(ids: np.ndarray, colors: Sequence[Tuple[int, int, int]],
                void_color: Tuple[int, int, int] = VOC_VOID) -> np.ndarray:
-    """Paint HxW ids as an HxWx3 RGB mask: id i in ``colors[i]``, any other id in the void colour."""
+    """Paint HxW ids as an HxWx3 RGB mask: id i in ``colors[i]``, other ids in the void colour."""
     palette = np.array([*colors] + [void_color] * (256 - len(colors)), dtype=np.uint8)
     return palette[ids]
 
