@@ -342,7 +342,9 @@ def validate(run: Run, epoch: int, record: Dict[str, Any]) -> None:
 
 def log_shards(run: Run, epoch: int) -> None:
     """``--log-shards``: gather the frame indices each process trains on; rank 0 logs them."""
+    state = run.sampler_generator.get_state()  # listing must not move the loader's order
     taken = list(run.sampler)[:run.step.iterations * run.args.batch_size]
+    run.sampler_generator.set_state(state)
     shards: List[List[int]] = [taken]
     if run.env.distributed:
         shards = [[] for _ in range(run.env.world_size)]
