@@ -352,3 +352,55 @@ def test_bad_val_label_stops_before_training(voc: Path, tmp_path: Path, capsys):
     cv2.imwrite(str(path), mask)
     line = _train_refuses(voc, 'voc', tmp_path / 'run', capsys)
     assert f"label '{path}': pixel (x=3, y=0) has colour (9, 9, 9)" in line
+
+
+def test_plain_layout_trains_and_evaluates_without_void(tmp_path: Path, capsys, monkeypatch):
+    """A plain tree whose classes.yaml has no void trains, and the model carries its table."""
+    from enet_ros.model_file import load_model_file
+
+    monkeypatch.setenv('ENET_ROS_COMPILE', '0')
+    root = make_plain_tree(tmp_path / 'plain', {'train': 4, 'val': 2}, void_id=255)
+    for path in (root / 'labels').rglob('*.png'):  # every pixel a class: the void strip is sky
+        ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        ids[ids == 255] = 2
+        cv2.imwrite(str(path), ids)
+    _edit_yaml(root, void_id=None)
+    out = tmp_path / 'run'
+    assert main(['train', '--dataset', 'plain', '--data', str(root), '--out', str(out),
+                 '--epochs', '1', '--batch-size', '2', '--workers', '0', '--device', 'cpu',
+                 '--max-iterations', '1', '--rotate', '5', '--progress', 'off']) == 0
+    metadata = load_model_file(out / 'best.safetensors').metadata
+    assert metadata.dataset == 'tiny_plain' and metadata.void_id is None
+    assert metadata.class_names == ('road', 'grass', 'sky')
+    assert metadata.drivable_classes == ('road',) and metadata.input_size == (64, 48)
+    assert 'network input 64x48' in (out / 'train.log').read_text()
+    capsys.readouterr()
+    assert main(['evaluate', '--model', str(out / 'best.safetensors'), '--data', str(root),
+                 '--device', 'cpu', '--precision', 'fp32']) == 0
+    assert 'val: 2 images' in capsys.readouterr().out
+
+
+def test_camvid_to_voc_script_writes_a_readable_tree(camvid_root: Path, tmp_path: Path):
+    """training/scripts/camvid_to_voc.py: 4 classes, CamVid's ids mapped, void kept void."""
+    import importlib.util
+
+    from enet_ros.labels import CAMVID_11
+
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'camvid_to_voc.py'
+    spec = importlib.util.spec_from_file_location('camvid_to_voc', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / 'camvid4'
+    assert module.convert(camvid_root, out, limit=2) == [2, 2]
+    dataset = make_dataset('voc', out, 'val')
+    assert dataset.table.names == ('background', 'road', 'sidewalk', 'vehicle')
+    _, ids = dataset.load(0)
+    camvid = cv2.imread(str(camvid_root / 'valannot' / dataset.pairs[0][1].name),
+                        cv2.IMREAD_UNCHANGED)
+    names = CAMVID_11.names
+    expected = np.zeros_like(camvid)
+    expected[camvid == names.index('Road')] = 1
+    expected[camvid == names.index('Pavement')] = 2
+    expected[(camvid == names.index('Car')) | (camvid == names.index('Bicyclist'))] = 3
+    expected[camvid == CAMVID_11.void_id] = 255
+    np.testing.assert_array_equal(ids, expected)
