@@ -2,10 +2,11 @@
 ``torchrun --nproc-per-node 2`` on the CPU (gloo): shards, equality with one process, resume.
 
 A real torchrun of ``enet_training.cli train`` on a tiny VOC tree (8 train
-frames of 32x24, batch 2 per process, 2 steps an epoch): epoch 1, then
-``--resume auto`` for epoch 2, both on 2 processes. It is compared with one
-process training the same 2 epochs with batch 4 (the same global batch) and
-the same seed.
+frames of 32x24, batch 2 per process, 2 steps an epoch): epochs 1-2 (the
+encoder frozen in epoch 1, so DistributedDataParallel is rebuilt when it
+thaws), then ``--resume auto`` for epoch 3, both on 2 processes. It is
+compared with one process training the same 3 epochs with batch 4 (the same
+global batch) and the same seed.
 
 Made equal by construction: the ranks cut their batches from one shared
 order (the one process's order), and the class-weighted loss is normalised
@@ -32,7 +33,8 @@ import torch
 SIZE = (32, 24)
 COMMON = ['--dataset', 'voc', '--input-size', '32', '24', '--workers', '0', '--device', 'cpu',
           '--scale', '1', '1', '--no-flip', '--freeze-bn', '--no-dropout', '--seed', '3',
-          '--lr', '2e-3', '--log-interval', '1', '--log-shards', '--progress', 'off']
+          '--lr', '2e-3', '--log-interval', '1', '--log-shards', '--progress', 'off',
+          '--freeze-encoder-epochs', '1']
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
 STEP_LINE = re.compile(r'^epoch (\d+)/\d+ step (\d+)/\d+ loss (\S+) ')
@@ -82,18 +84,18 @@ def _checkpoint(out: Path) -> dict:
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-    """Two-process run (epoch 1, then resumed to 2) and the one-process run with batch 4."""
+    """Two-process run (epochs 1-2, then resumed to 3) and the one-process run with batch 4."""
     root = tmp_path_factory.mktemp('torchrun')
     data = make_voc_tree(root / 'data', {'train': 8, 'val': 2}, size=SIZE)
     two, logs = root / 'two', root / 'logs'
-    _torchrun(data, two, logs, '--epochs', '1')
-    _torchrun(data, two, logs, '--epochs', '2', '--resume', 'auto')
+    _torchrun(data, two, logs, '--epochs', '2')
+    _torchrun(data, two, logs, '--epochs', '3', '--resume', 'auto')
     one = root / 'one'
     before = os.environ.get('ENET_ROS_COMPILE')
     os.environ['ENET_ROS_COMPILE'] = '0'
     try:
         assert main(['train', '--data', str(data), '--out', str(one), '--batch-size', '4',
-                     '--epochs', '2', *COMMON]) == 0
+                     '--epochs', '3', *COMMON]) == 0
     finally:
         if before is None:
             os.environ.pop('ENET_ROS_COMPILE')
@@ -106,8 +108,8 @@ def test_ranks_train_on_disjoint_shards_of_the_one_process_order(runs):
     """Each epoch the two ranks take disjoint halves of every global batch of one order."""
     two, one, _ = runs
     shards, single = _shards(two), _shards(one)
-    assert sorted(shards) == [1, 2] and sorted(single) == [1, 2]
-    for epoch in (1, 2):
+    assert sorted(shards) == [1, 2, 3] and sorted(single) == [1, 2, 3]
+    for epoch in (1, 2, 3):
         rank0, rank1 = shards[epoch]
         assert len(rank0) == len(rank1) == 4
         assert not set(rank0) & set(rank1)
@@ -123,7 +125,7 @@ def test_losses_and_weights_equal_one_process_with_the_global_batch(runs):
     """Step losses, epoch losses, val mIoU and the final weights equal the one-process run's."""
     two, one, _ = runs
     steps_two, steps_one = _step_losses(two), _step_losses(one)
-    assert sorted(steps_two) == sorted(steps_one) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert sorted(steps_two) == sorted(steps_one) == [(e, s) for e in (1, 2, 3) for s in (1, 2)]
     for key in steps_one:
         assert float(steps_two[key]) == pytest.approx(float(steps_one[key]), rel=LOSS_RTOL,
                                                       abs=1e-4)  # logged with 4 decimals
@@ -149,13 +151,14 @@ def test_only_rank_0_logs_and_writes(runs):
     """Rank 1 prints nothing; the log, metrics and run record hold each start and epoch once."""
     two, _, logs = runs
     assert _rank_output(logs, 1).strip() == ''
-    assert 'validation after epoch 2' in _rank_output(logs, 0)
+    assert 'validation after epoch 3' in _rank_output(logs, 0)
     log = (two / 'train.log').read_text()
     assert log.count('training on 8 frames') == 2  # two launches, one writer each
     assert log.count('validation after epoch 1') == 1
     assert log.count('normalised over the global batch of the 2 processes') == 2
+    assert log.count('epoch 1: encoder frozen') == log.count('epoch 2: encoder thawed') == 1
     metrics = (two / 'metrics.csv').read_text().splitlines()
-    assert [row.split(',')[0] for row in metrics] == ['epoch', '1', '2']
+    assert [row.split(',')[0] for row in metrics] == ['epoch', '1', '2', '3']
     record = json.loads((two / 'run.json').read_text())
     assert [start['processes'] for start in record['starts']] == [2, 2]
     assert record['starts'][1]['resumed_from'] == str(two / 'checkpoint.pth')
@@ -166,10 +169,10 @@ def test_only_rank_0_logs_and_writes(runs):
 
 
 def test_resume_continues_the_two_process_run(runs):
-    """The resumed launch starts at epoch 2 from the checkpoint and finishes the run."""
+    """The resumed launch starts at epoch 3 from the checkpoint and finishes the run."""
     two, _, _ = runs
     log = (two / 'train.log').read_text()
-    assert f"resumed from {two / 'checkpoint.pth'} at epoch 1" in log
-    assert [record['epoch'] for record in _checkpoint(two)['history']] == [1, 2]
-    assert _checkpoint(two)['epoch'] == 2
+    assert f"resumed from {two / 'checkpoint.pth'} at epoch 2" in log
+    assert [record['epoch'] for record in _checkpoint(two)['history']] == [1, 2, 3]
+    assert _checkpoint(two)['epoch'] == 3
     assert _checkpoint(two)['args']['resume'] == 'auto'
