@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from .checkpoint import load_checkpoint, resume_path, TrainingState
 from .class_weights import cached_enet_weights, cached_median_weights
-from .datasets import (hold_out, LayoutOptions, make_dataset, read_image, seen_splits,
-                       SegmentationDataset)
+from .datasets import (DatasetError, hold_out, LayoutOptions, make_dataset, read_image,
+                       seen_splits, SegmentationDataset)
 from .distributed import DistributedEnv, GlobalBatchCrossEntropy, RunLog, ShardedRandomSampler
 from .finetune import count_trainable, load_init_weights, set_encoder_frozen
 from .losses import CrossEntropyLovaszLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss
@@ -414,6 +414,7 @@ def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
     train_set.transform = make_train_transform(args, train_set, input_size, crop)
     if train_set.layout is not None:
         log(train_set.layout.describe())
+    metadata = model_metadata(train_set, input_size)
     data_record = {'dataset': args.dataset, 'root': str(args.data),
                    'splits': {args.train_split: len(train_set), args.val_split: len(val_set)},
                    'classes': list(train_set.table.names)}
@@ -451,7 +452,6 @@ def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
         for flag, (before, now) in recipe_changes(args, saved_args).items():
             log(f'note: resumed with {flag} {now}; the checkpoint was trained with {before}')
     loader, sampler, generator = make_loader(args, train_set, env)
-    metadata = ModelMetadata.from_class_table(table, input_size)
     mean, inv_std = normalization_constants(metadata, env.device)
     iterations = min(len(loader), args.max_iterations) if args.max_iterations else len(loader)
     step = StepOptions(env.device, amp, memory_format, mean, inv_std, iterations,
@@ -462,6 +462,22 @@ def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
     update_encoder_freeze(run, state.epoch)
     run.network = wrap_distributed(model, env)
     return run
+
+
+def model_metadata(train_set: SegmentationDataset, input_size: Tuple[int, int]) -> ModelMetadata:
+    """
+    Return the model file metadata of the run's classes, checked before any training.
+
+    A class table the model file refuses (a name it cannot carry, say) is a
+    :class:`DatasetError` naming where the classes come from.
+    """
+    try:
+        return ModelMetadata.from_class_table(train_set.table, input_size)
+    except ValueError as error:
+        source = train_set.layout.source if train_set.layout is not None else \
+            train_set.table.dataset
+        raise DatasetError(f"'{source}': its classes cannot go into a model file "
+                           f'({error})') from None
 
 
 def update_encoder_freeze(run: Run, epoch: int) -> bool:
