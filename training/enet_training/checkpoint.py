@@ -69,15 +69,38 @@ def resume_path(resume: str, out: Path) -> Optional[Path]:
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler,
                     scaler: torch.amp.GradScaler, state: TrainingState,
-                    args: argparse.Namespace, ema: Optional[nn.Module] = None) -> None:
-    """Write the checkpoint of ``state.epoch`` epochs atomically (with ``ema``'s state if any)."""
+                    args: argparse.Namespace, ema: Optional[nn.Module] = None,
+                    table: Optional[ClassTable] = None) -> None:
+    """
+    Write the checkpoint of ``state.epoch`` epochs atomically (with ``ema``'s state if any).
+
+    ``table``, the classes trained, is kept as plain data (``class_table``) so
+    that ``enet-train export`` of the checkpoint knows a dataset of your own's
+    classes.
+    """
     checkpoint = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                   'lr_scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
                   'epoch': state.epoch, 'best_miou': state.best_miou, 'history': state.history,
                   'args': plain_args(args)}
     if ema is not None:
         checkpoint['ema'] = ema.state_dict()
+    if table is not None:
+        checkpoint['class_table'] = table_record(table)
     atomic_save(checkpoint, path)
+
+
+def table_record(table: ClassTable) -> Dict[str, Any]:
+    """Return ``table`` as plain data (the checkpoint's ``class_table``)."""
+    return {'dataset': table.dataset, 'names': list(table.names),
+            'colors': [list(c) for c in table.colors], 'void_id': table.void_id,
+            'drivable': list(table.drivable)}
+
+
+def table_from_record(record: Dict[str, Any]) -> ClassTable:
+    """Inverse of :func:`table_record`."""
+    return ClassTable(str(record['dataset']), tuple(record['names']),
+                      tuple(tuple(int(v) for v in c) for c in record['colors']),
+                      record['void_id'], tuple(record['drivable']))
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

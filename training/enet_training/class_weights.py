@@ -91,10 +91,13 @@ def cached_class_counts(dataset: SegmentationDataset,
 
     The cache is ``class_counts_<hash>.json`` with ``counts``, ``image_pixels``
     and ``classes``; a file without ``image_pixels`` (written before it
-    existed), with the wrong number of classes or not valid JSON is
-    recomputed and rewritten (atomically).
+    existed), with other classes or not valid JSON is recomputed and rewritten
+    (atomically). For a dataset of your own the hash covers its label map too.
     """
-    key = hashlib.sha256('\n'.join(f'{a}|{b}' for a, b in dataset.pairs).encode()).hexdigest()
+    listing = '\n'.join(f'{a}|{b}' for a, b in dataset.pairs)
+    if dataset.cache_key:  # a dataset of your own: its label map is part of what was counted
+        listing += '\n' + dataset.cache_key
+    key = hashlib.sha256(listing.encode()).hexdigest()
     cache = Path(cache_dir) / f'class_counts_{key[:16]}.json' if cache_dir else None
     num_classes = dataset.table.num_classes
     if cache is not None and cache.exists():
@@ -103,7 +106,8 @@ def cached_class_counts(dataset: SegmentationDataset,
         except ValueError:  # cut short (a crash while writing, a full disk): recount
             stored = {}
         if (isinstance(stored, dict) and len(stored.get('counts', ())) == num_classes
-                and len(stored.get('image_pixels', ())) == num_classes):
+                and len(stored.get('image_pixels', ())) == num_classes
+                and stored.get('classes', list(dataset.table.names)) == list(dataset.table.names)):
             return ClassCounts(np.asarray(stored['counts'], dtype=np.int64),
                                np.asarray(stored['image_pixels'], dtype=np.int64))
     counts = class_counts(dataset)

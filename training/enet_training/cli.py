@@ -16,12 +16,16 @@ import shutil
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from enet_ros.model_file import load_model_file, ModelFileError, ModelMetadata, save_model_file
+from enet_ros.dataset_layouts import detect_layout
+from enet_ros.labels import CLASS_TABLES
+from enet_ros.model_file import (load_model_file, LoadedModel, ModelFileError, ModelMetadata,
+                                 save_model_file)
 from enet_ros.segmenter import cpu_supports_bf16, Segmenter, SegmenterConfigError
 import torch
 
-from .datasets import DatasetError, make_dataset
+from .datasets import DatasetError, DATASETS, LayoutOptions, make_dataset
 from .evaluate import evaluate_segmenter, format_scores
+from .onnx_export import OnnxExportError
 
 
 class OutputPathError(ValueError):
@@ -29,7 +33,8 @@ class OutputPathError(ValueError):
 
 
 #: Errors that are the user's input, reported as one line and exit status 2 (no traceback).
-USER_ERRORS = (DatasetError, ModelFileError, SegmenterConfigError, OutputPathError)
+USER_ERRORS = (DatasetError, ModelFileError, SegmenterConfigError, OutputPathError,
+               OnnxExportError)
 #: Exit status of ``evaluate`` when the scores were printed but --json could not be written.
 EXIT_OUTPUT_FAILED = 3
 
@@ -57,12 +62,32 @@ def _seen_note(segmenter: Segmenter, split: str) -> Optional[str]:
         return f"note: the model's training record cannot say whether it saw {split} ({error})"
 
 
+def evaluation_dataset(choice: Optional[str], data: Path, metadata: ModelMetadata) -> str:
+    """
+    Return the dataset ``enet-train evaluate`` reads: ``--dataset``, else the layout found.
+
+    A folder with ``labelmap.txt`` or ``classes.yaml`` is a dataset of your
+    own; otherwise the model's dataset (camvid or cityscapes).
+    """
+    if choice:
+        return choice
+    found = detect_layout(data)
+    if found:
+        return found
+    if metadata.dataset in CLASS_TABLES:
+        return metadata.dataset
+    raise DatasetError(f"'{data}' holds no VOC / CVAT (labelmap.txt) or plain (classes.yaml) "
+                       f'layout, and the model was trained on {metadata.dataset}: name the '
+                       f"layout with --dataset ({', '.join(DATASETS)})")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, '--json')
     segmenter = Segmenter.from_file(str(args.model or ''), device=args.device,
                                     precision=args.precision)
-    dataset = make_dataset(args.dataset or segmenter.metadata.dataset, args.data, args.split)
+    dataset = make_dataset(evaluation_dataset(args.dataset, args.data, segmenter.metadata),
+                           args.data, args.split, options=LayoutOptions(tuple(args.void_label)))
     if tuple(segmenter.metadata.class_names) != tuple(dataset.table.names):
         raise DatasetError(f'the model predicts {list(segmenter.metadata.class_names)}, the '
                            f'{dataset.table.dataset} labels are {list(dataset.table.names)}: '
@@ -101,43 +126,68 @@ def _read_record(path: Optional[Path]) -> Dict[str, Any]:
     return record
 
 
+def checkpoint_model(source: Path, record: Dict[str, Any]) -> LoadedModel:
+    """
+    Return the model a ``checkpoint.pth`` stands for: its (averaged) weights and metadata.
+
+    The classes are the checkpoint's own (``class_table``; CamVid's or
+    Cityscapes' for checkpoints from before it was kept).
+    """
+    from .checkpoint import checkpoint_enet_weights, held_out_val_miou, table_from_record
+    from .run import DEFAULT_INPUT_SIZE
+    try:
+        # weights_only: tensors and plain data only, so no code in the file runs.
+        state = torch.load(source, map_location='cpu', weights_only=True)
+        saved, epoch = state['args'], state['epoch']
+        table = (table_from_record(state['class_table']) if 'class_table' in state
+                 else CLASS_TABLES[saved['dataset']])
+        input_size = tuple(saved.get('input_size') or DEFAULT_INPUT_SIZE[saved['dataset']])
+        # The weight average's with --ema (what validation scored), else the model's.
+        weights = checkpoint_enet_weights(state)
+    except Exception as error:  # torch.load raises many types for foreign files
+        raise ModelFileError(source, f'is not an enet-train checkpoint ({error!r})') from None
+    # The checkpoint holds the last epoch's weights: record their own val score, if any
+    # (as seen_val_miou, not val_miou, when val was trained on).
+    val_miou, seen = held_out_val_miou(
+        (state.get('history') or [{}])[-1].get('val_miou'),
+        saved.get('train_split', 'train'), saved.get('val_split', 'val'))
+    metadata = ModelMetadata.from_class_table(
+        table, input_size, val_miou=val_miou,
+        training={'epoch': epoch, 'args': saved, **seen, **record})
+    return LoadedModel(str(source), metadata, weights)
+
+
 def _export(args: argparse.Namespace) -> int:
     source = Path(args.source)
+    if args.out is None and args.onnx is None:
+        raise ModelFileError(source, 'nothing to export to: give --out FILE.safetensors (the '
+                                     "node's model file) and/or --onnx FILE.onnx")
     if not source.is_file():
         raise ModelFileError(source, 'does not exist (expected a best.safetensors or a '
                                      'checkpoint.pth of a training run)')
     record = _read_record(args.record)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if source.suffix == '.safetensors':
         loaded = load_model_file(source)  # validate before copying
         if record:
-            metadata = dataclasses.replace(
-                loaded.metadata, training={**loaded.metadata.training, **record})
-            save_model_file(args.out, loaded.state_dict, metadata)
-        else:
-            shutil.copyfile(source, args.out)
+            loaded = LoadedModel(loaded.path, dataclasses.replace(
+                loaded.metadata, training={**loaded.metadata.training, **record}),
+                loaded.state_dict)
     else:
-        from .checkpoint import checkpoint_enet_weights, held_out_val_miou
-        from .run import DEFAULT_INPUT_SIZE
-        from enet_ros.labels import CLASS_TABLES
-        try:
-            # weights_only: tensors and plain data only, so no code in the file runs.
-            state = torch.load(source, map_location='cpu', weights_only=True)
-            saved, epoch = state['args'], state['epoch']
-            table = CLASS_TABLES[saved['dataset']]
-            # The weight average's with --ema (what validation scored), else the model's.
-            weights = checkpoint_enet_weights(state)
-        except Exception as error:  # torch.load raises many types for foreign files
-            raise ModelFileError(source, f'is not an enet-train checkpoint ({error!r})') from None
-        # The checkpoint holds the last epoch's weights: record their own val score, if any
-        # (as seen_val_miou, not val_miou, when val was trained on).
-        val_miou, seen = held_out_val_miou(
-            (state.get('history') or [{}])[-1].get('val_miou'),
-            saved.get('train_split', 'train'), saved.get('val_split', 'val'))
-        metadata = ModelMetadata.from_class_table(
-            table, tuple(saved.get('input_size') or DEFAULT_INPUT_SIZE[saved['dataset']]),
-            val_miou=val_miou, training={'epoch': epoch, 'args': saved, **seen, **record})
-        save_model_file(args.out, weights, metadata)
+        loaded = checkpoint_model(source, record)
+    if args.onnx is not None:
+        from .onnx_export import export_onnx
+        agreement = export_onnx(loaded, args.onnx, args.check_image)
+        width, height = loaded.metadata.input_size
+        print(f"exported '{args.onnx}': ONNX opset 17, input 1x3x{height}x{width}, "
+              f'{loaded.metadata.num_classes} classes; ONNX Runtime agrees with the Segmenter '
+              f'on {100 * agreement:.3f}% of the check pixels')
+    if args.out is None:
+        return 0
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix == '.safetensors' and not record:
+        shutil.copyfile(source, args.out)
+    else:
+        save_model_file(args.out, loaded.state_dict, loaded.metadata)
     loaded = load_model_file(args.out)
     seen = loaded.metadata.training.get('val_seen_in_training')
     score = (f'val mIoU {loaded.metadata.val_miou}' if not seen else
@@ -174,7 +224,7 @@ def deployed_scores(model_path: Path, data: Path, split: str) -> Dict[str, Any]:
     record: Dict[str, Any] = {'split': split, 'results': {}}
     for device, precision in deployed_precisions():
         segmenter = Segmenter.from_file(str(model_path), device=device, precision=precision)
-        dataset = make_dataset(segmenter.metadata.dataset, data, split)
+        dataset = make_dataset(evaluation_dataset(None, data, segmenter.metadata), data, split)
         scores = evaluate_segmenter(segmenter, dataset)
         summary = scores.as_dict(segmenter.metadata.class_names)
         record['frames'] = len(dataset)
@@ -196,7 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser('evaluate', help='score a model file on a split')
     evaluate.add_argument('--model', type=Path, help='model file (default: bundled)')
     evaluate.add_argument('--data', required=True, type=Path)
-    evaluate.add_argument('--dataset', choices=('camvid', 'cityscapes'))
+    evaluate.add_argument('--dataset', choices=DATASETS,
+                          help='default: the layout the folder holds (labelmap.txt: voc, '
+                               "classes.yaml: plain), else the model's dataset")
+    evaluate.add_argument('--void-label', action='append', default=[], metavar='NAME',
+                          help='voc: a label map entry that is void, as in training')
     evaluate.add_argument('--split', default='val')
     evaluate.add_argument('--device', default='auto')
     evaluate.add_argument('--precision', default='auto',
@@ -205,10 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
                                'training records val mIoU in fp32')
     evaluate.add_argument('--json', type=Path, help='also write the scores as JSON')
     evaluate.set_defaults(func=_evaluate)
-    export = commands.add_parser('export', help='write the model file the node loads')
+    export = commands.add_parser(
+        'export', help='write the model file the node loads, or an ONNX file for other runtimes')
     export.add_argument('source', type=Path,
                         help='best.safetensors of a run, or a checkpoint.pth')
-    export.add_argument('--out', required=True, type=Path)
+    export.add_argument('--out', type=Path, help='the model file the node loads (.safetensors)')
+    export.add_argument('--onnx', type=Path, metavar='FILE',
+                        help='also (or only) write the network as ONNX: index-free, BatchNorm '
+                             'folded, fp32, the input size, mean/std and class table in its '
+                             'metadata; checked with ONNX Runtime against the Segmenter (at '
+                             'least 99.9%% of pixels must agree, else nothing is written)')
+    export.add_argument('--check-image', action='append', default=[], type=Path,
+                        metavar='IMAGE',
+                        help='--onnx: check on this frame (repeatable; default two synthetic '
+                             'frames)')
     export.add_argument('--record', type=Path,
                         help='JSON object merged into the training record in the file '
                              '(command, machine, wall time: what the run itself cannot know)')

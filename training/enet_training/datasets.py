@@ -1,28 +1,35 @@
 """
-CamVid (SegNet 11-class layout) and Cityscapes (official layout) datasets.
+CamVid (SegNet 11-class layout), Cityscapes (official layout) and datasets of your own.
 
 Each item is ``(image, label)``: HxWx3 uint8 RGB and HxW uint8 class ids in
 ``[0, C)`` or the table's void id. Files are checked as they are read: an
 unreadable file, an image and label of different sizes, or a label id that is
 neither a class nor void raises :class:`DatasetError` naming the file.
+
+Your own data comes in the VOC / CVAT layout (``voc``) or the plain layout
+(``plain``), read by :mod:`enet_ros.dataset_layouts` (the bag tools read them
+there too). Their splits are checked when listed, before any training:
+missing counterparts, empty splits, sizes, label PNG formats.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
+from enet_ros.dataset_layouts import DatasetError, Layout, LAYOUTS, list_pairs, load_layout
 from enet_ros.labels import (CAMVID_11, CITYSCAPES_19, cityscapes_id_to_train_id,
                              CITYSCAPES_LABEL_IDS, ClassTable)
 import numpy as np
 from torch.utils.data import Dataset
 
+__all__ = ['DATASETS', 'DatasetError', 'LayoutOptions', 'make_dataset', 'SegmentationDataset']
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+#: The ``--dataset`` choices: the two public layouts and the two of your own.
+DATASETS = ('camvid', 'cityscapes', *LAYOUTS)
 Sample = Tuple[np.ndarray, np.ndarray]
 Transform = Callable[[np.ndarray, np.ndarray], Sample]
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent."""
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -72,12 +79,20 @@ class SegmentationDataset(Dataset):
     def __init__(self, pairs: Sequence[Tuple[Path, Path]], table: ClassTable,
                  transform: Optional[Transform] = None,
                  label_map: Optional[np.ndarray] = None,
-                 raw_ids: Optional[Sequence[int]] = None):
+                 raw_ids: Optional[Sequence[int]] = None,
+                 layout: Optional[Layout] = None):
         self.pairs = list(pairs)
         self.table = table
         self.transform = transform
         self.label_map = label_map
         self.raw_ids = None if raw_ids is None else np.asarray(sorted(raw_ids))
+        #: A dataset of your own: its layout decodes the label files (colours or ids to ids).
+        self.layout = layout
+
+    @property
+    def cache_key(self) -> str:
+        """Return a text that changes when label files map to ids differently ('': public sets)."""
+        return '' if self.layout is None else self.layout.cache_key()
 
     def __len__(self) -> int:
         """Return the number of samples."""
@@ -87,7 +102,8 @@ class SegmentationDataset(Dataset):
         """Read and check sample ``index`` without the transform."""
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
-        label = read_label(label_path)
+        label = (read_label(label_path) if self.layout is None
+                 else self.layout.decode_label(label_path))
         if image.shape[:2] != label.shape:
             raise DatasetError(f"image '{image_path}' is {image.shape[1]}x{image.shape[0]} but "
                                f"label '{label_path}' is {label.shape[1]}x{label.shape[0]}")
@@ -123,7 +139,7 @@ def subset(dataset: SegmentationDataset, indices: Sequence[int],
            transform: Optional[Transform] = None) -> SegmentationDataset:
     """Return the samples ``indices`` of ``dataset`` (same table and label map) as a dataset."""
     return SegmentationDataset([dataset.pairs[i] for i in indices], dataset.table, transform,
-                               dataset.label_map, dataset.raw_ids)
+                               dataset.label_map, dataset.raw_ids, dataset.layout)
 
 
 def hold_out(dataset: SegmentationDataset, prefixes: Sequence[str]
@@ -217,15 +233,44 @@ def seen_splits(train_split: str, val_split: str) -> List[str]:
     return sorted(set(split_names(train_split)) & set(split_names(val_split)))
 
 
+@dataclass(frozen=True)
+class LayoutOptions:
+    """
+    How a dataset of your own is read (``enet-train --void-label``, ``--drivable-classes``).
+
+    ``void_labels``: VOC label map entries that are void besides ``void`` /
+    ``ignore`` / ``ignored``; ``drivable``: the default drivable classes
+    recorded in the model (None: the layout's own; see
+    :mod:`enet_ros.dataset_layouts`).
+    """
+
+    void_labels: Tuple[str, ...] = ()
+    drivable: Optional[Tuple[str, ...]] = None
+
+
 def make_dataset(name: str, root: Path, split: str,
-                 transform: Optional[Transform] = None) -> SegmentationDataset:
-    """Return the ``camvid`` or ``cityscapes`` split at ``root`` (``a+b``: both, in order)."""
+                 transform: Optional[Transform] = None,
+                 options: LayoutOptions = LayoutOptions()) -> SegmentationDataset:
+    """
+    Return the ``name`` split at ``root`` (``a+b``: both, in order).
+
+    ``name``: ``camvid``, ``cityscapes``, or a layout of your own, ``voc`` or
+    ``plain`` (read with ``options``; its files are checked as they are listed).
+    """
+    if name in LAYOUTS:
+        layout = load_layout(name, root, options.void_labels, options.drivable)
+        split_names(split)
+        return SegmentationDataset(list_pairs(layout, split), layout.table, transform,
+                                   layout=layout)
+    if options != LayoutOptions():
+        raise DatasetError(f'--void-label and --drivable-classes are for the voc and plain '
+                           f'layouts; the {name} classes are fixed')
     if name == 'camvid':
         pairs_of, table, extra = camvid_pairs, CAMVID_11, {}
     elif name == 'cityscapes':
         pairs_of, table = cityscapes_pairs, CITYSCAPES_19
         extra = {'label_map': cityscapes_id_to_train_id(), 'raw_ids': CITYSCAPES_LABEL_IDS}
     else:
-        raise DatasetError(f"unknown dataset '{name}' (camvid or cityscapes)")
+        raise DatasetError(f"unknown dataset '{name}' ({', '.join(DATASETS)})")
     pairs = [pair for part in split_names(split) for pair in pairs_of(root, part)]
     return SegmentationDataset(pairs, table, transform, **extra)

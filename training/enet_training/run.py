@@ -13,23 +13,27 @@ import random
 from typing import Dict, Optional, Tuple
 
 from enet_ros.labels import ClassTable
-from enet_ros.model_file import load_model_file, ModelMetadata
+from enet_ros.model_file import ModelMetadata
 from enet_ros.segmenter import normalization_constants
 import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from .checkpoint import load_checkpoint, resume_path, TrainingState
 from .class_weights import cached_enet_weights, cached_median_weights
-from .datasets import hold_out, make_dataset, seen_splits, SegmentationDataset
-from .distributed import DistributedEnv, RunLog
+from .datasets import (DatasetError, hold_out, LayoutOptions, make_dataset, read_image,
+                       seen_splits, SegmentationDataset)
+from .distributed import DistributedEnv, GlobalBatchCrossEntropy, RunLog, ShardedRandomSampler
+from .finetune import count_trainable, load_init_weights, set_encoder_frozen
 from .losses import CrossEntropyLovaszLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss
 from .model import TrainingModel
 from .transforms import collate, TrainTransform
 
 DEFAULT_INPUT_SIZE = {'camvid': (480, 360), 'cityscapes': (1024, 512)}
+#: A dataset of your own without --input-size: this wide (at most) at its frames' aspect ratio.
+CUSTOM_INPUT_WIDTH = 480
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,11 @@ class StepOptions:
     mean: torch.Tensor
     inv_std: torch.Tensor
     iterations: int
+    #: ``--freeze-bn`` / ``--no-dropout``: those layers in eval mode while training.
+    freeze_bn: bool = False
+    no_dropout: bool = False
+    #: The run's processes: the logged loss is their mean.
+    env: Optional[DistributedEnv] = None
 
 
 @dataclass
@@ -72,6 +81,8 @@ class Run:
     #: ``--ema-bn recompute``: the training frames at the network's scale, in batches, that the
     #: average's BatchNorm statistics are recomputed from before each validation; else None.
     batchnorm_loader: Optional[DataLoader] = None
+    #: What run.json records about the data: layout, root, splits, fingerprint.
+    data_record: Dict[str, object] = field(default_factory=dict)
 
     def validation_model(self) -> TrainingModel:
         """Return the model whose weights validation scores and keeps: the EMA with ``--ema``."""
@@ -92,13 +103,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: Rank r's augmentation and dropout streams are seeded this far apart (rank 0: as one process).
+RANK_SEED_STRIDE = 7919
+
+
 def seed_epoch(run: Run, epoch: int) -> None:
-    """Re-seed every random stream from (seed, epoch): a resumed run replays exactly."""
+    """
+    Re-seed every random stream from (seed, epoch): a resumed run replays exactly.
+
+    The frame order is the same on every rank (they cut their batches from
+    it); augmentation and dropout draws differ between ranks.
+    """
     seed = run.args.seed * 100003 + epoch
-    seed_everything(seed)
+    seed_everything(seed + RANK_SEED_STRIDE * run.env.rank)
     run.sampler_generator.manual_seed(seed)
-    if isinstance(run.sampler, DistributedSampler):
-        run.sampler.set_epoch(epoch)
+    if isinstance(run.sampler, ShardedRandomSampler):
+        run.sampler.set_seed(seed)
 
 
 def worker_init(worker_id: int) -> None:
@@ -117,9 +137,33 @@ def lr_factor(args: argparse.Namespace, epoch: int) -> float:
     return 1.0
 
 
-def network_sizes(args: argparse.Namespace) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-    """Return the network input size and the training crop (width, height), checked."""
-    input_size = tuple(args.input_size or DEFAULT_INPUT_SIZE[args.dataset])
+def custom_input_size(width: int, height: int) -> Tuple[int, int]:
+    """
+    Return the default network input for ``width`` x ``height`` frames (data of your own).
+
+    At most :data:`CUSTOM_INPUT_WIDTH` wide, the frames' width rounded down to
+    a multiple of 8 below that, and the height at the frames' aspect ratio
+    rounded to a multiple of 8 (1280x720 gives 480x272, 640x480 480x360).
+    """
+    net_width = max(8, min(CUSTOM_INPUT_WIDTH, width - width % 8))
+    return net_width, max(8, 8 * round(net_width * height / width / 8))
+
+
+def network_sizes(args: argparse.Namespace, train_set: Optional[SegmentationDataset] = None
+                  ) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """
+    Return the network input size and the training crop (width, height), checked.
+
+    Without ``--input-size``: the dataset's default; for a dataset of your own
+    :func:`custom_input_size` of ``train_set``'s first frame.
+    """
+    if args.input_size:
+        input_size = tuple(args.input_size)
+    elif args.dataset in DEFAULT_INPUT_SIZE:
+        input_size = DEFAULT_INPUT_SIZE[args.dataset]
+    else:
+        height, width = read_image(train_set.pairs[0][0]).shape[:2]
+        input_size = custom_input_size(width, height)
     crop = tuple(args.crop or input_size)
     if any(v % 8 for v in (*input_size, *crop)):
         raise SystemExit(f'--input-size {input_size} and --crop {crop} must be multiples of 8')
@@ -146,17 +190,54 @@ def check_recipe(args: argparse.Namespace) -> None:
         raise SystemExit(f'--ohem-keep {args.ohem_keep}: the fraction must be in (0, 1]')
 
 
-def make_datasets(args: argparse.Namespace, input_size: Tuple[int, int],
-                  crop: Tuple[int, int]) -> Tuple[SegmentationDataset, SegmentationDataset]:
-    """Return the training split (augmented) and the validation split (untransformed)."""
-    train_set = make_dataset(args.dataset, args.data, args.train_split)
-    val_set = make_dataset(args.dataset, args.data, args.val_split)
+def layout_options(args: argparse.Namespace) -> LayoutOptions:
+    """Return how ``--void-label`` and ``--drivable-classes`` read a dataset of your own."""
+    drivable = getattr(args, 'drivable_classes', None)
+    return LayoutOptions(tuple(getattr(args, 'void_label', None) or ()),
+                         None if drivable is None else tuple(n for n in drivable if n))
+
+
+def ignore_id(table: ClassTable) -> int:
+    """Return the id the loss ignores and padding fills: void, or 255 for a table without one."""
+    return table.void_id if table.void_id is not None else 255
+
+
+def make_train_transform(args: argparse.Namespace, train_set: SegmentationDataset,
+                         input_size: Tuple[int, int], crop: Tuple[int, int]) -> TrainTransform:
+    """Return the ``--scale``, ``--rotate``, crop, flip and jitter augmentation."""
     # Frames are brought to the network's scale first (the scale the Segmenter runs at).
-    train_set.transform = TrainTransform(crop, train_set.table.void_id, tuple(args.scale),
-                                         flip=not args.no_flip, input_size=input_size,
-                                         color_jitter=tuple(args.color_jitter),
-                                         rotate=args.rotate)
+    return TrainTransform(crop, ignore_id(train_set.table), tuple(args.scale),
+                          flip=not args.no_flip, input_size=input_size,
+                          color_jitter=tuple(args.color_jitter), rotate=args.rotate)
+
+
+def make_datasets(args: argparse.Namespace, input_size: Optional[Tuple[int, int]] = None,
+                  crop: Optional[Tuple[int, int]] = None
+                  ) -> Tuple[SegmentationDataset, SegmentationDataset]:
+    """
+    Return the training split and the validation split (untransformed).
+
+    With ``input_size`` and ``crop`` the training split gets its augmentation
+    (else :func:`setup_run` adds it once the sizes are known).
+    """
+    options = layout_options(args)
+    train_set = make_dataset(args.dataset, args.data, args.train_split, options=options)
+    val_set = make_dataset(args.dataset, args.data, args.val_split, options=options)
+    if input_size is not None:
+        train_set.transform = make_train_transform(args, train_set, input_size, crop)
     return train_set, val_set
+
+
+def check_val_labels(val_set: SegmentationDataset, log: RunLog) -> None:
+    """
+    Decode every validation label once, before training (datasets of your own).
+
+    Training labels are all decoded for the class weights; this finds a bad
+    colour or id in a val label before the first epoch rather than after it.
+    """
+    for index in range(len(val_set)):
+        val_set.load(index)
+    log(f'checked the {len(val_set)} validation labels')
 
 
 def training_class_weights(args: argparse.Namespace, train_set: SegmentationDataset) -> np.ndarray:
@@ -169,25 +250,33 @@ def training_class_weights(args: argparse.Namespace, train_set: SegmentationData
 
 
 def make_criterion(args: argparse.Namespace, train_set: SegmentationDataset,
-                   device: torch.device, log: RunLog) -> nn.Module:
+                   device: torch.device, log: RunLog, world_size: int = 1) -> nn.Module:
     """
     Return the ``--loss``, void ignored: cross entropy, its OHEM form, Lovasz-softmax or both.
 
     Cross entropy is class-weighted, ENet's weights unless ``--class-weighting``
-    says median or none; Lovasz-softmax weighs each present class alike.
+    says median or none; Lovasz-softmax weighs each present class alike. On
+    several processes plain cross entropy is normalised over the global batch
+    (:class:`~.distributed.GlobalBatchCrossEntropy`); OHEM and Lovasz-softmax
+    are each rank's own.
     """
     table = train_set.table
+    ignore = ignore_id(table)
     if args.loss == 'lovasz':
         log('class weights: none (Lovasz-softmax weighs every class in the batch alike)')
-        return LovaszSoftmaxLoss(table.void_id).to(device)
+        return LovaszSoftmaxLoss(ignore).to(device)
     weights = training_class_weights(args, train_set)
     log('class weights: ' + ', '.join(f'{n} {w:.2f}' for n, w in zip(table.names, weights)))
     weight = torch.tensor(weights, dtype=torch.float32)
     if args.loss == 'ohem':
-        return OhemCrossEntropyLoss(weight, table.void_id, args.ohem_keep).to(device)
+        return OhemCrossEntropyLoss(weight, ignore, args.ohem_keep).to(device)
     if args.loss == 'ce+lovasz':
-        return CrossEntropyLovaszLoss(weight, table.void_id).to(device)
-    return nn.CrossEntropyLoss(weight=weight, ignore_index=table.void_id).to(device)
+        return CrossEntropyLovaszLoss(weight, ignore).to(device)
+    if world_size > 1:
+        log(f'loss: cross entropy normalised over the global batch of the {world_size} '
+            'processes (the gradient of one process with the whole batch)')
+        return GlobalBatchCrossEntropy(weight, ignore, world_size).to(device)
+    return nn.CrossEntropyLoss(weight=weight, ignore_index=ignore).to(device)
 
 
 def make_ema(args: argparse.Namespace, model: nn.Module) -> Optional[AveragedModel]:
@@ -217,13 +306,19 @@ def recipe_changes(args: argparse.Namespace, saved_args: Dict[str, object]) -> D
     return changes
 
 
-def make_model(args: argparse.Namespace, num_classes: int, device: torch.device,
-               memory_format: torch.memory_format) -> TrainingModel:
-    """Seeded initial weights (or ``--init``'s), on the device in the chosen layout."""
+def make_model(args: argparse.Namespace, table: ClassTable, device: torch.device,
+               memory_format: torch.memory_format,
+               log: RunLog = RunLog(None)) -> TrainingModel:
+    """
+    Seeded initial weights (or ``--init``'s), on the device in the chosen layout.
+
+    ``--init`` with other classes than ``table``'s keeps the tensors that fit
+    and re-initialises the classifier (:func:`~.finetune.load_init_weights`).
+    """
     seed_everything(args.seed)
-    model = TrainingModel(num_classes)
+    model = TrainingModel(table.num_classes)
     if args.init:
-        model.enet.load_state_dict(load_model_file(args.init).state_dict)
+        load_init_weights(model.enet, args.init, table, log)
     return model.to(device, memory_format=memory_format)
 
 
@@ -237,11 +332,16 @@ def make_optimizer(args: argparse.Namespace, model: nn.Module
 
 def make_loader(args: argparse.Namespace, train_set: SegmentationDataset,
                 env: DistributedEnv) -> Tuple[DataLoader, Sampler, torch.Generator]:
-    """Shuffled full batches (a DistributedSampler shard per process when distributed)."""
+    """
+    Shuffled full batches; when distributed, each rank's part of every global batch.
+
+    (:class:`~.distributed.ShardedRandomSampler`: one shared order, disjoint
+    shards, the global batches of one process with the whole batch.)
+    """
     generator = torch.Generator()
     if env.distributed:
-        sampler = DistributedSampler(train_set, env.world_size, env.rank, shuffle=True,
-                                     seed=args.seed)
+        sampler = ShardedRandomSampler(len(train_set), env.world_size, env.rank,
+                                       args.batch_size)
     else:
         sampler = RandomSampler(train_set, generator=generator)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
@@ -249,8 +349,9 @@ def make_loader(args: argparse.Namespace, train_set: SegmentationDataset,
                         pin_memory=env.device.type == 'cuda', persistent_workers=False,
                         worker_init_fn=worker_init)
     if len(loader) == 0:
-        raise SystemExit(f'the training split has {len(sampler)} images per process, fewer '
-                         f'than --batch-size {args.batch_size} (batches are never partial)')
+        raise SystemExit(f'the training split has {len(train_set)} images, fewer than '
+                         f'--batch-size {args.batch_size} x {env.world_size} processes '
+                         '(batches are never partial)')
     return loader, sampler, generator
 
 
@@ -296,12 +397,27 @@ def wrap_distributed(model: nn.Module, env: DistributedEnv) -> nn.Module:
 def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
     """Build a run from the arguments of ``enet-train train``, resuming if asked."""
     check_recipe(args)
+    if args.freeze_encoder_epochs and args.encoder_epochs:
+        raise SystemExit('--freeze-encoder-epochs and --encoder-epochs exclude each other: '
+                         'the first trains the decoder alone, the second the encoder alone')
     amp = use_amp(args, env.device)
     if env.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
     log = RunLog(args.out / 'train.log' if env.is_main else None)
-    input_size, crop = network_sizes(args)
-    train_set, val_set = make_datasets(args, input_size, crop)
+    train_set, val_set = make_datasets(args)
+    input_size, crop = network_sizes(args, train_set)
+    if not args.input_size:
+        args.input_size = list(input_size)  # recorded in the checkpoint, as if given
+        if train_set.layout is not None:
+            log(f"network input {input_size[0]}x{input_size[1]} (the first training frame's "
+                'aspect ratio; --input-size to choose)')
+    train_set.transform = make_train_transform(args, train_set, input_size, crop)
+    if train_set.layout is not None:
+        log(train_set.layout.describe())
+    metadata = model_metadata(train_set, input_size)
+    data_record = {'dataset': args.dataset, 'root': str(args.data),
+                   'splits': {args.train_split: len(train_set), args.val_split: len(val_set)},
+                   'classes': list(train_set.table.names)}
     shared = seen_splits(args.train_split, args.val_split)
     if shared:
         # A final model trained on train+val: validation is then no measure of accuracy.
@@ -318,10 +434,12 @@ def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
     log(f'training on {len(train_set)} frames ({args.train_split}), validating on '
         f'{len(val_set)} ({args.val_split})')
     table = train_set.table
-    criterion = make_criterion(args, train_set, env.device, log)
+    criterion = make_criterion(args, train_set, env.device, log, env.world_size)
+    if val_set.layout is not None and env.is_main:
+        check_val_labels(val_set, log)
     memory_format = (torch.channels_last if args.memory_format == 'channels_last'
                      else torch.contiguous_format)
-    model = make_model(args, table.num_classes, env.device, memory_format)
+    model = make_model(args, table, env.device, memory_format, log)
     ema = make_ema(args, model)
     optimizer, scheduler = make_optimizer(args, model)
     scaler = torch.amp.GradScaler('cuda', enabled=amp)
@@ -334,10 +452,48 @@ def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
         for flag, (before, now) in recipe_changes(args, saved_args).items():
             log(f'note: resumed with {flag} {now}; the checkpoint was trained with {before}')
     loader, sampler, generator = make_loader(args, train_set, env)
-    metadata = ModelMetadata.from_class_table(table, input_size)
     mean, inv_std = normalization_constants(metadata, env.device)
     iterations = min(len(loader), args.max_iterations) if args.max_iterations else len(loader)
-    step = StepOptions(env.device, amp, memory_format, mean, inv_std, iterations)
-    return Run(args, env, log, table, metadata, val_set, model, wrap_distributed(model, env),
-               criterion, optimizer, scheduler, scaler, loader, sampler, generator, step, state,
-               ema, holdout_sets, make_batchnorm_loader(args, train_set, env))
+    step = StepOptions(env.device, amp, memory_format, mean, inv_std, iterations,
+                       args.freeze_bn, args.no_dropout, env)
+    run = Run(args, env, log, table, metadata, val_set, model, model, criterion, optimizer,
+              scheduler, scaler, loader, sampler, generator, step, state, ema, holdout_sets,
+              make_batchnorm_loader(args, train_set, env), data_record)
+    update_encoder_freeze(run, state.epoch)
+    run.network = wrap_distributed(model, env)
+    return run
+
+
+def model_metadata(train_set: SegmentationDataset, input_size: Tuple[int, int]) -> ModelMetadata:
+    """
+    Return the model file metadata of the run's classes, checked before any training.
+
+    A class table the model file refuses (a name it cannot carry, say) is a
+    :class:`DatasetError` naming where the classes come from.
+    """
+    try:
+        return ModelMetadata.from_class_table(train_set.table, input_size)
+    except ValueError as error:
+        source = train_set.layout.source if train_set.layout is not None else \
+            train_set.table.dataset
+        raise DatasetError(f"'{source}': its classes cannot go into a model file "
+                           f'({error})') from None
+
+
+def update_encoder_freeze(run: Run, epoch: int) -> bool:
+    """
+    Freeze the encoder for the first ``--freeze-encoder-epochs`` epochs, thaw it after.
+
+    Returns whether the trainable parameters changed; the caller then wraps
+    the model for DistributedDataParallel anew (it registers the parameters
+    that take gradients when it is built).
+    """
+    frozen = epoch < run.args.freeze_encoder_epochs
+    changed = set_encoder_frozen(run.model.enet, frozen)
+    if changed:
+        trainable, total = count_trainable(run.model.enet)
+        run.log(f'epoch {epoch + 1}: encoder ' + (
+            f'frozen until epoch {run.args.freeze_encoder_epochs} ({trainable} of {total} '
+            'parameters train: the decoder and classifier)' if frozen
+            else f'thawed ({trainable} of {total} parameters train)'))
+    return changed

@@ -16,8 +16,9 @@ import argparse
 import json
 import math
 from pathlib import Path
+import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from enet_ros.metrics import Scores
 from enet_ros.model_file import LoadedModel, ModelMetadata
@@ -26,14 +27,18 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from .batchnorm import recompute_batchnorm
-from .checkpoint import BEST_MODEL_NAME, CHECKPOINT_NAME, save_best_model, save_checkpoint
-from .datasets import SegmentationDataset
-from .distributed import cleanup_distributed, init_distributed, RunLog
+from .checkpoint import (BEST_MODEL_NAME, CHECKPOINT_NAME, resume_path, save_best_model,
+                         save_checkpoint)
+from .datasets import DATASETS, SegmentationDataset
+from .distributed import average_over_ranks, cleanup_distributed, init_distributed, RunLog
 from .evaluate import evaluate_segmenter, evaluate_sequences, format_scores
+from .finetune import apply_frozen_modes
+from .records import data_fingerprint, MetricsWriter, write_run_record
 from .run import (DEFAULT_INPUT_SIZE, Run, seed_batchnorm_pass, seed_epoch, setup_run,
-                  StepOptions)
+                  StepOptions, update_encoder_freeze, wrap_distributed)
 
 __all__ = ['add_train_arguments', 'BEST_MODEL_NAME', 'CHECKPOINT_NAME', 'DEFAULT_INPUT_SIZE',
            'evaluate', 'Progress', 'train', 'train_one_epoch']
@@ -42,7 +47,18 @@ __all__ = ['add_train_arguments', 'BEST_MODEL_NAME', 'CHECKPOINT_NAME', 'DEFAULT
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the flags of ``enet-train train`` to ``parser`` and return it."""
     parser.add_argument('--data', required=True, type=Path, help='dataset root folder')
-    parser.add_argument('--dataset', default='camvid', choices=('camvid', 'cityscapes'))
+    parser.add_argument('--dataset', default='camvid', choices=DATASETS,
+                        help='camvid, cityscapes, or your own data: voc (Pascal VOC / CVAT '
+                             '"Segmentation mask 1.1": labelmap.txt, JPEGImages/, '
+                             'SegmentationClass/, ImageSets/Segmentation/) or plain '
+                             '(classes.yaml, images/<split>/, labels/<split>/)')
+    parser.add_argument('--void-label', action='append', default=[], metavar='NAME',
+                        help='voc: a label map entry that is void (ignored) rather than a class, '
+                             'e.g. background for sparse annotation (repeatable; entries named '
+                             'void, ignore or ignored are void anyway)')
+    parser.add_argument('--drivable-classes', nargs='*', metavar='NAME',
+                        help="the model's default drivable classes (voc default: classes named "
+                             "road or drivable; plain default: classes.yaml's drivable)")
     parser.add_argument('--train-split', default='train',
                         help="split(s) to train on; several joined by '+', e.g. train+val "
                              'for a final model once the recipe is fixed')
@@ -119,8 +135,28 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help='deterministic algorithms where PyTorch has them')
     parser.add_argument('--resume', default='', help="checkpoint to resume, or 'auto' for "
                                                      '<out>/checkpoint.pth if present')
-    parser.add_argument('--init', type=Path,
-                        help='start from the weights of this model file (fine-tuning)')
+    parser.add_argument('--init', type=Path, metavar='MODEL',
+                        help="start from this model file's weights ('bundled': the model that "
+                             'ships with enet_ros); with other classes every tensor but the '
+                             'classifier is kept (fine-tuning into new classes)')
+    parser.add_argument('--freeze-encoder-epochs', type=int, default=0, metavar='N',
+                        help='fine-tuning: keep the encoder fixed for the first N epochs, so the '
+                             'new classifier settles first (0: off)')
+    parser.add_argument('--freeze-bn', action='store_true',
+                        help='BatchNorm layers normalise with their running statistics and keep '
+                             'them (for small per-process batches and fine-tuning)')
+    parser.add_argument('--no-dropout', action='store_true',
+                        help="turn ENet's spatial dropout off (with --freeze-bn a frame's "
+                             'forward no longer depends on its batch or the random streams)')
+    parser.add_argument('--progress', choices=('auto', 'on', 'off'), default='auto',
+                        help='progress bar with ETA per epoch on stderr (auto: when stderr is '
+                             'a terminal)')
+    parser.add_argument('--tensorboard', choices=('auto', 'on', 'off'), default='auto',
+                        help='TensorBoard event files in <out>/tensorboard (auto: when the '
+                             'tensorboard package is installed); metrics.csv is always written')
+    parser.add_argument('--log-shards', action='store_true',
+                        help='log, per epoch, the frame indices each process trains on '
+                             '(gathered on rank 0)')
     parser.add_argument('--log-interval', type=int, default=10, help='iterations per log line')
     parser.add_argument('--val-interval', type=int, default=1, help='epochs per validation')
     parser.add_argument('--max-iterations', type=int, default=0,
@@ -129,17 +165,41 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 class Progress:
-    """Step log lines: loss, learning rate, images per second and the run's ETA."""
+    """
+    Step log lines (loss, learning rate, images per second, the run's ETA) and a progress bar.
+
+    ``bar``: a tqdm bar per epoch on stderr with the epoch's ETA and loss;
+    ``metrics`` gets each step's loss.
+    """
 
     def __init__(self, log: RunLog, epochs: int, start_epoch: int, iterations: int,
-                 interval: int, world_size: int):
+                 interval: int, world_size: int, bar: bool = False,
+                 metrics: Optional[MetricsWriter] = None):
         self.log, self.epochs, self.start_epoch = log, epochs, start_epoch
         self.iterations, self.interval, self.world_size = iterations, interval, world_size
         self.start, self.images = time.time(), 0
+        self.show_bar, self.bar, self.metrics = bar, None, metrics
+
+    def start_epoch_bar(self, epoch: int) -> None:
+        """Open the epoch's progress bar (when shown)."""
+        if self.show_bar:
+            self.bar = tqdm(total=self.iterations, desc=f'epoch {epoch + 1}/{self.epochs}',
+                            unit='step', file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def end_epoch_bar(self) -> None:
+        """Close the epoch's progress bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def step(self, epoch: int, step: int, loss: float, lr: float, batch_size: int) -> None:
         """Count a finished step of ``batch_size`` images per process; log every interval."""
         self.images += batch_size * self.world_size
+        if self.bar is not None:
+            self.bar.set_postfix_str(f'loss {loss:.4f}', refresh=False)
+            self.bar.update(1)
+        if self.metrics is not None:
+            self.metrics.step(epoch, step, loss)
         if (step + 1) % self.interval:
             return
         elapsed = time.time() - self.start
@@ -180,18 +240,30 @@ def train_one_epoch(network: nn.Module, criterion: nn.Module, optimizer: torch.o
                     scaler: torch.amp.GradScaler, loader: DataLoader, epoch: int,
                     options: StepOptions, progress: Progress,
                     encoder_only: bool = False, ema: Optional[AveragedModel] = None) -> float:
-    """Train ``options.iterations`` steps of ``epoch`` (updating ``ema``); return the mean loss."""
+    """
+    Train ``options.iterations`` steps of ``epoch`` (updating ``ema``); return the mean loss.
+
+    Each step's loss is the mean over the processes (one process: its own).
+    """
     network.train()
+    apply_frozen_modes(network, options.freeze_bn, options.no_dropout)
     total = 0.0
-    for step, (images, labels) in enumerate(loader):
-        if step >= options.iterations:
-            break
-        loss = float(train_step(network, criterion, optimizer, scaler, images, labels, options,
-                                encoder_only, ema))
-        if not math.isfinite(loss):
-            raise SystemExit(f'loss became {loss} at epoch {epoch} step {step}')
-        total += loss
-        progress.step(epoch, step, loss, optimizer.param_groups[0]['lr'], images.shape[0])
+    progress.start_epoch_bar(epoch)
+    try:
+        for step, (images, labels) in enumerate(loader):
+            if step >= options.iterations:
+                break
+            loss = train_step(network, criterion, optimizer, scaler, images, labels, options,
+                              encoder_only, ema)
+            if options.env is not None:
+                loss = average_over_ranks(loss, options.env)
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise SystemExit(f'loss became {loss} at epoch {epoch} step {step}')
+            total += loss
+            progress.step(epoch, step, loss, optimizer.param_groups[0]['lr'], images.shape[0])
+    finally:
+        progress.end_epoch_bar()
     return total / max(1, options.iterations)
 
 
@@ -219,8 +291,12 @@ def _plain(value: float) -> Optional[float]:
     return None if math.isnan(value) else float(value)
 
 
+def _percent(value: float) -> str:
+    return 'n/a' if math.isnan(value) else f'{100 * value:.1f}'
+
+
 #: History keys with per-class detail: kept in the checkpoint, left out of the epoch log line.
-DETAIL_KEYS = ('holdout_class_iou',)
+DETAIL_KEYS = ('holdout_class_iou', 'val_class_iou')
 
 
 def validate(run: Run, epoch: int, record: Dict[str, Any]) -> None:
@@ -243,6 +319,10 @@ def validate(run: Run, epoch: int, record: Dict[str, Any]) -> None:
     segmenter = training_segmenter(weights, run.metadata, run.env.device, f'<epoch {epoch + 1}>')
     scores, sequences = evaluate_sequences(segmenter, run.val_set)
     record['val_miou'] = scores.mean_iou
+    record['val_class_iou'] = [_plain(v) for v in scores.iou]
+    per_class = zip(run.table.names, scores.iou)
+    run.log(f'validation after epoch {epoch + 1}: mIoU {100 * scores.mean_iou:.2f}; IoU '
+            + ', '.join(f'{name} {_percent(iou)}' for name, iou in per_class))
     record['val_sequence_miou'] = {name: _plain(s.mean_iou) for name, s in sequences.items()}
     if run.holdout_sets:
         record['holdout_miou'], record['holdout_class_iou'] = {}, {}
@@ -260,11 +340,30 @@ def validate(run: Run, epoch: int, record: Dict[str, Any]) -> None:
         run.log(format_scores(scores, run.table.names))
 
 
-def run_epoch(run: Run, epoch: int, progress: Progress) -> None:
+def log_shards(run: Run, epoch: int) -> None:
+    """``--log-shards``: gather the frame indices each process trains on; rank 0 logs them."""
+    state = run.sampler_generator.get_state()  # listing must not move the loader's order
+    taken = list(run.sampler)[:run.step.iterations * run.args.batch_size]
+    run.sampler_generator.set_state(state)
+    shards: List[List[int]] = [taken]
+    if run.env.distributed:
+        shards = [[] for _ in range(run.env.world_size)]
+        torch.distributed.all_gather_object(shards, taken)
+    run.log(f'epoch {epoch + 1} shards: ' + json.dumps(shards))
+
+
+def run_epoch(run: Run, epoch: int, progress: Progress,
+              metrics: Optional[MetricsWriter] = None) -> None:
     """Train one epoch, validate when due (rank 0), record it and write the checkpoint."""
     args = run.args
     seed_epoch(run, epoch)
+    if update_encoder_freeze(run, epoch):
+        run.network = wrap_distributed(run.model, run.env)
+    if args.log_shards:
+        log_shards(run, epoch)
     encoder_only = epoch < args.encoder_epochs
+    lr = run.optimizer.param_groups[0]['lr']
+    images_before = progress.images
     start = time.time()
     loss = train_one_epoch(run.network, run.criterion, run.optimizer, run.scaler, run.loader,
                            epoch, run.step, progress, encoder_only, run.ema)
@@ -279,18 +378,34 @@ def run_epoch(run: Run, epoch: int, progress: Progress) -> None:
     if run.env.is_main:
         run.log(json.dumps({k: v for k, v in record.items() if k not in DETAIL_KEYS}))
         save_checkpoint(args.out / CHECKPOINT_NAME, run.model, run.optimizer, run.scheduler,
-                        run.scaler, run.state, args, run.ema)
+                        run.scaler, run.state, args, run.ema, run.table)
+        if metrics is not None:
+            metrics.epoch(record, lr, progress.images - images_before,
+                          record.get('val_class_iou'))
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """Run training as configured by :func:`add_train_arguments`; return the final history."""
     env = init_distributed(args.device, args.deterministic)
+    metrics = None
     try:
         run = setup_run(args, env)
+        if env.is_main:
+            record = dict(run.data_record)
+            record['fingerprint'] = data_fingerprint(
+                run.loader.dataset, run.val_set, args.data, args.train_split, args.val_split)
+            write_run_record(args.out, args, record, env.world_size, env.device,
+                             resume_path(args.resume, args.out))
+            metrics = MetricsWriter(args.out, run.table.names, args.tensorboard,
+                                    run.step.iterations)
+        bar = env.is_main and (args.progress == 'on' or
+                               (args.progress == 'auto' and sys.stderr.isatty()))
         progress = Progress(run.log, args.epochs, run.state.epoch, run.step.iterations,
-                            args.log_interval, env.world_size)
+                            args.log_interval, env.world_size, bar, metrics)
         for epoch in range(run.state.epoch, args.epochs):
-            run_epoch(run, epoch, progress)
+            run_epoch(run, epoch, progress, metrics)
         return {'history': run.state.history, 'best_miou': run.state.best_miou}
     finally:
+        if metrics is not None:
+            metrics.close()
         cleanup_distributed(env)

@@ -108,3 +108,71 @@ def make_cityscapes_tree(root: Path, cities: Dict[str, Dict[str, int]],
                 write_gray(root / 'gtFine' / split / city / f'{stem}_gtFine_labelIds.png',
                            label_ids)
     return root
+
+
+#: The tiny VOC / CVAT tree's label map: CVAT's background first, then two classes.
+VOC_ENTRIES = (('background', (0, 0, 0)), ('road', (128, 64, 128)), ('vehicle', (0, 0, 142)))
+VOC_VOID = (224, 224, 192)
+
+
+def color_mask(ids: np.ndarray, colors: Sequence[Tuple[int, int, int]],
+               void_color: Tuple[int, int, int] = VOC_VOID) -> np.ndarray:
+    """Paint HxW ids as an HxWx3 RGB mask: id i in ``colors[i]``, other ids in the void colour."""
+    palette = np.array([*colors] + [void_color] * (256 - len(colors)), dtype=np.uint8)
+    return palette[ids]
+
+
+def make_voc_tree(root: Path, counts: Dict[str, int], size: Tuple[int, int] = TINY_SIZE,
+                  entries=VOC_ENTRIES, extra_lines: Sequence[str] = ()) -> Path:
+    """
+    Build a Pascal VOC / CVAT "Segmentation mask 1.1" tree.
+
+    ``labelmap.txt`` (``entries`` then ``extra_lines``), ``JPEGImages/<id>.jpg``,
+    colour masks ``SegmentationClass/<id>.png`` (void in VOC's 224,224,192) and
+    ``ImageSets/Segmentation/<split>.txt``; frame ``k`` of a split is
+    ``<split>_<k>``, its scene bands classes 0, 1, 2 of the label map.
+    """
+    lines = ['# label:color_rgb:parts:actions']
+    lines += [f"{name}:{','.join(map(str, color))}::" for name, color in entries]
+    (root / 'ImageSets' / 'Segmentation').mkdir(parents=True, exist_ok=True)
+    (root / 'labelmap.txt').write_text('\n'.join([*lines, *extra_lines]) + '\n')
+    colors = [color for _, color in entries]
+    seed = 200
+    for split, count in counts.items():
+        names = []
+        for index in range(count):
+            image, ids = scene(seed, size, classes=(0, 1, 2), void=255, colors=colors)
+            seed += 1
+            name = f'{split}_{index:04d}'
+            write_rgb(root / 'JPEGImages' / f'{name}.jpg', image)
+            write_rgb(root / 'SegmentationClass' / f'{name}.png', color_mask(ids, colors))
+            names.append(name)
+        (root / 'ImageSets' / 'Segmentation' / f'{split}.txt').write_text(
+            '\n'.join(names) + '\n')
+    return root
+
+
+#: The tiny plain tree's classes.
+PLAIN_CLASSES = (('road', (128, 64, 128)), ('grass', (0, 200, 0)), ('sky', (70, 130, 180)))
+
+
+def make_plain_tree(root: Path, counts: Dict[str, int], size: Tuple[int, int] = TINY_SIZE,
+                    classes=PLAIN_CLASSES, void_id: int = 255,
+                    drivable: Sequence[str] = ('road',)) -> Path:
+    """Build a plain tree: ``classes.yaml``, ``images/<split>/*.png``, ``labels/<split>/*.png``."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / 'classes.yaml').write_text(yaml.safe_dump({
+        'name': 'tiny_plain',
+        'classes': [{'name': name, 'color': list(color)} for name, color in classes],
+        'void_id': void_id, 'drivable': list(drivable)}, sort_keys=False))
+    colors = [color for _, color in classes]
+    seed = 300
+    for split, count in counts.items():
+        for index in range(count):
+            image, ids = scene(seed, size, classes=(0, 1, 2), void=void_id, colors=colors)
+            seed += 1
+            write_rgb(root / 'images' / split / f'frame_{index:04d}.png', image)
+            write_gray(root / 'labels' / split / f'frame_{index:04d}.png', ids)
+    return root
