@@ -254,3 +254,45 @@ def test_cityscapes_layout_maps_label_ids_to_train_ids(tmp_path):
     assert len(labels) == 2
     for array in labels:
         np.testing.assert_array_equal(array, expected)
+
+
+@pytest.mark.parametrize('layout', ['voc', 'plain'])
+def test_layouts_of_your_own_are_written_as_class_ids(tmp_path, layout):
+    """dataset_to_bag reads a VOC / CVAT colour-mask tree and a plain id tree, as enet-train."""
+    from bag_helpers import write_png
+
+    root = tmp_path / layout
+    ids = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    ids[HEIGHT // 2:] = 1
+    ids[:, :8] = 2
+    colors = [(0, 0, 0), (128, 64, 128), (0, 0, 142)]
+    names = ['background', 'road', 'vehicle']
+    for stem in ('b', 'a'):
+        if layout == 'voc':
+            write_png(root / 'JPEGImages' / f'{stem}.png', np.full((HEIGHT, WIDTH, 3), 90,
+                                                                   np.uint8))
+            write_png(root / 'SegmentationClass' / f'{stem}.png',
+                      np.array(colors, np.uint8)[ids])
+        else:
+            write_png(root / 'images' / 'val' / f'{stem}.png',
+                      np.full((HEIGHT, WIDTH, 3), 90, np.uint8))
+            write_png(root / 'labels' / 'val' / f'{stem}.png', ids)
+    if layout == 'voc':
+        (root / 'labelmap.txt').write_text('# label:color_rgb:parts:actions\n' + ''.join(
+            f'{name}:{r},{g},{b}::\n' for name, (r, g, b) in zip(names, colors)))
+        (root / 'ImageSets' / 'Segmentation').mkdir(parents=True)
+        (root / 'ImageSets' / 'Segmentation' / 'val.txt').write_text('a\nb\n')
+    else:
+        (root / 'classes.yaml').write_text(
+            'name: own\nvoid_id: 255\ndrivable: [road]\nclasses:\n' + ''.join(
+                f'  - {{name: {name}, color: [{r}, {g}, {b}]}}\n'
+                for name, (r, g, b) in zip(names, colors)))
+    bag = make_bag(root, tmp_path / 'bag')
+    with bag_io.open_bag(bag) as reader:
+        assert sorted(bag_io.frame_names(reader).values()) == ['a', 'b']
+        labels = [bag_io.message_to_labels(bag_io.deserialize(raw.data, raw.msgtype),
+                                           raw.msgtype)
+                  for raw in bag_io.read_messages(reader, ['/camera/labels'])]
+    assert len(labels) == 2
+    for array in labels:
+        np.testing.assert_array_equal(array, ids)

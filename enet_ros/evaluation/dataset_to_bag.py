@@ -9,7 +9,11 @@ Layouts:
   ``*_gtFine_labelIds.png`` mapped to the 19 train ids (255 void) with the
   official table (:data:`enet_ros.labels.CITYSCAPES_ID_TO_TRAIN_ID`);
 * ``folder``: every image of a folder, optionally with ``--labels-dir`` PNGs
-  named after the images.
+  named after the images;
+* ``voc`` and ``plain``: a dataset of your own (Pascal VOC / CVAT
+  "Segmentation mask 1.1", or ``classes.yaml`` with ``images/`` and
+  ``labels/``), read and checked by :mod:`enet_ros.dataset_layouts` as
+  ``enet-train`` reads it; its labels are written as class ids.
 
 Frames go on the camera topic as ``sensor_msgs/Image`` rgb8 (or
 ``CompressedImage`` JPEG / PNG, on ``<topic>/compressed``) at ``--rate`` Hz with
@@ -49,11 +53,12 @@ from .bag_io import (array_to_compressed, array_to_image, BagError, BagWriter,
                      STORAGES)
 from .cli import positive_int, run_stoppable
 from .outputs import EXIT_OUTPUT_FAILED, EXIT_OUTPUT_REFUSED, OutputPathError, OutputWriteError
+from .. import dataset_layouts
 from ..labels import cityscapes_id_to_train_id
 
 TOOL = 'dataset_to_bag'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
-LAYOUTS = ('auto', 'camvid', 'cityscapes', 'folder')
+LAYOUTS = ('auto', 'camvid', 'cityscapes', 'folder', 'voc', 'plain')
 FORMATS = ('raw', 'jpeg', 'png')
 #: Highest rate: consecutive frames stay at least 1 ns apart (distinct stamps).
 MAX_RATE_HZ = 1e9
@@ -117,7 +122,10 @@ def folder_samples(folder: Path, labels_dir: Optional[Path] = None) -> List[Samp
 
 
 def detect_layout(root: Path, split: str) -> str:
-    """``cityscapes``, ``camvid`` or ``folder`` from what ``root`` contains."""
+    """``voc``, ``plain``, ``cityscapes``, ``camvid`` or ``folder`` from what ``root`` holds."""
+    own = dataset_layouts.detect_layout(root)
+    if own:
+        return own
     if (root / 'leftImg8bit' / split).is_dir():
         return 'cityscapes'
     if (root / split).is_dir():
@@ -222,11 +230,13 @@ def camera_topic(options: BagOptions) -> str:
 
 
 def write_bag(samples: List[Sample], output: Path, options: BagOptions,
-              label_mapping: Optional[Callable[[Path], Optional[np.ndarray]]] = None) -> dict:
+              label_mapping: Optional[Callable[[Path], Optional[np.ndarray]]] = None,
+              label_reader: Optional[Callable[[Path], np.ndarray]] = None) -> dict:
     """
     Write ``samples`` to a new bag at ``output``; return a summary (counts, stamps, topics).
 
-    ``label_mapping(path)`` gives the id mapping table for a label file (or None).
+    ``label_mapping(path)`` gives the id mapping table for a label file (or
+    None); ``label_reader(path)`` replaces :func:`read_labels` (HxW uint8 ids).
     Raises :class:`DatasetError` for bad options (:func:`check_options`) or input,
     OutputPathError / OutputWriteError when the bag cannot be written.
     """
@@ -254,8 +264,11 @@ def write_bag(samples: List[Sample], output: Path, options: BagOptions,
                                           options.jpeg_quality)
             writer.write(topic, msg, stamp)
             if with_labels and sample.labels is not None and sample.labels.is_file():
-                mapping = label_mapping(sample.labels) if label_mapping else None
-                labels = read_labels(sample.labels, mapping)
+                if label_reader is not None:
+                    labels = label_reader(sample.labels)
+                else:
+                    labels = read_labels(sample.labels,
+                                         label_mapping(sample.labels) if label_mapping else None)
                 if labels.shape != rgb.shape[:2]:
                     raise DatasetError(f"labels '{sample.labels}' are {labels.shape[1]}x"
                                        f'{labels.shape[0]}, the image {rgb.shape[1]}x'
@@ -280,7 +293,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('output', type=Path, help='bag to create (a directory)')
     parser.add_argument('--layout', choices=LAYOUTS, default='auto',
                         help='source layout (default: detected)')
-    parser.add_argument('--split', default='val', help='dataset split (camvid, cityscapes)')
+    parser.add_argument('--split', default='val', help='dataset split (camvid, cityscapes, voc, plain)')
     parser.add_argument('--labels-dir', type=Path, default=None,
                         help='folder layout: label PNGs named after the images')
     parser.add_argument('--storage', choices=sorted(STORAGES), default='sqlite3')
@@ -319,8 +332,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         check_output_bag(args.output, args.overwrite)
         layout = detect_layout(args.source, args.split) if args.layout == 'auto' \
             else args.layout
-        mapping = None
-        if layout == 'camvid':
+        mapping = reader = None
+        if layout in ('voc', 'plain'):
+            own = dataset_layouts.load_layout(layout, args.source)
+            samples = [Sample(image.stem, image, label)
+                       for image, label in dataset_layouts.list_pairs(own, args.split)]
+            reader = own.decode_label
+        elif layout == 'camvid':
             samples = camvid_samples(args.source, args.split)
         elif layout == 'cityscapes':
             samples = cityscapes_samples(args.source, args.split)
@@ -341,7 +359,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             check_options(options, len(samples))
         except DatasetError as error:
             parser.error(str(error))
-        summary = write_bag(samples, args.output, options, mapping)
+        summary = write_bag(samples, args.output, options, mapping, reader)
     except OutputPathError as error:
         print(f'{TOOL}: error: {error}', file=sys.stderr)
         return EXIT_OUTPUT_REFUSED
