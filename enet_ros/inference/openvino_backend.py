@@ -91,6 +91,32 @@ def openvino_version() -> Optional[str]:
     return openvino.__version__.split('-')[0]
 
 
+#: The process's one ``openvino.Core`` (see :func:`shared_core`) and its lock.
+_CORE = None
+_CORE_LOCK = threading.Lock()
+
+
+def shared_core():
+    """
+    Return the process's ``openvino.Core``, made on first use and kept until the process ends.
+
+    One for all Segmenters, never destroyed while the process runs: the CPU
+    plugin's engine, made by a Core's first compilation, registers an
+    alternate signal stack on the thread that made it and frees it with the
+    engine. A node that swapped its model (a second Core on the swap thread,
+    the first one destroyed) then died of SIGSEGV at the next signal its main
+    thread received (the kernel could not write the handler's frame on the
+    freed stack): exit code -11 at Ctrl-C.
+    """
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino
+
+            _CORE = openvino.Core()
+        return _CORE
+
+
 def compile_config(threads: int, precision: str = 'fp32') -> Dict[str, object]:
     """Return the CPU plugin's compile options: latency hint, threads, inference precision."""
     return {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': int(threads),
@@ -164,13 +190,11 @@ class OpenVinoPath(EagerPath):
     def __init__(self, network: nn.Module, pipeline: FramePipeline, metadata,
                  threads: int, precision: str = 'fp32', notes: Sequence[str] = ()):
         super().__init__(network, pipeline, 'openvino', notes)
-        import openvino
-
         self.version = openvino_version()
         self.threads = int(threads)
         self.precision = precision
         self._mean, self._std = metadata.mean, metadata.std
-        self._core = openvino.Core()
+        self._core = shared_core()
         self._config = compile_config(self.threads, precision)
         width, height = pipeline.input_size
         with tempfile.TemporaryDirectory(prefix='enet_ros_openvino_') as folder:
