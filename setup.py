@@ -21,8 +21,9 @@ setup(
     install_requires=['setuptools', 'numpy', 'torch', 'safetensors'],
     # 'test': colcon test runs pytest for it (setuptools 72 and later drop tests_require,
     # and colcon then fell back to unittest, which found no test).
+    # 'openvino': the CPU backend inference_backend 'auto' picks on CPUs without AVX-512.
     extras_require={'bags': ['rosbags>=0.10.9', 'tqdm'], 'report': ['matplotlib'],
-                    'test': ['pytest']},
+                    'test': ['pytest'], 'openvino': ['openvino>=2026.4.1']},
     zip_safe=False,
     maintainer='enet_ros developers',
     maintainer_email='dev@enet-ros.local',

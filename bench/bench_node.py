@@ -14,7 +14,13 @@ the table gives the ratio to each. The node's own /diagnostics split its part
 of the latency into stamp to publish, callback to publish, and the Segmenter
 call inside the node.
 
+With ``--load N`` every scenario runs twice, idle and then beside N busy
+processes (``cpu_load.BusyLoad``, as ``bench_segmenter.py --load``), the node
+with its shipped process defaults (``inference_backend: auto``, the OpenMP
+wait the node sets).
+
     python bench/bench_node.py --sizes 480x360 1280x720 --frames 100 --rate 5
+    python bench/bench_node.py --sizes 480x360 --frames 60 --rate 5 --load 2
 """
 
 import argparse
@@ -23,6 +29,7 @@ import os
 from pathlib import Path
 import platform
 import random
+import sys
 import threading
 import time
 from typing import Dict, List, Optional, Tuple
@@ -201,11 +208,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--model', default='', help='model file (default: bundled)')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--json', type=Path, default=None)
+    parser.add_argument('--load', type=int, default=0,
+                        help='also run every scenario beside N busy processes (default 0)')
+    parser.add_argument('--load-seconds', type=float, default=900.0,
+                        help='the busy processes end by themselves after this long')
     parser.add_argument('--dds', choices=('profile', 'large-data'), default='profile',
                         help="Fast DDS set-up of every process: the package's XML profile "
                              '(unless one is set), or FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA')
     args = parser.parse_args(argv)
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cpu_load import BusyLoad  # the benchmark's helper next to this file
+    from enet_ros.inference.cpu_runtime import apply_process_defaults
+    # The Segmenter timed here runs in the process environment the node gives itself.
+    apply_process_defaults(os.environ)
     from enet_ros.node.dds import PROFILE_VARIABLES, with_large_image_transport
     from enet_ros.evaluation.node_process import node_command, NodeProcess
     from enet_ros.segmenter import Segmenter
@@ -233,19 +249,22 @@ def main(argv: Optional[List[str]] = None) -> int:
             width, height = (int(v) for v in size.split('x'))
             rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
             msg = peer.frame_message(rgb)
-            for outputs in (('labels',), OUTPUTS):
+            for outputs, load in [(o, n) for o in (('labels',), OUTPUTS)
+                                  for n in sorted({0, args.load})]:
                 count = max(20, args.frames // 2)
-                back_to_back = time_segmenter(segmenter, rgb, count)
-                paced = time_segmenter(segmenter, rgb, count, args.rate)
-                peer.subscribe(outputs)
-                peer.wait_matched(outputs)
-                result = peer.run(msg, args.frames, args.rate, outputs)
-                peer.subscribe(())
-                paced += time_segmenter(segmenter, rgb, count, args.rate)
-                back_to_back += time_segmenter(segmenter, rgb, count)
+                with BusyLoad(load, args.load_seconds):
+                    back_to_back = time_segmenter(segmenter, rgb, count)
+                    paced = time_segmenter(segmenter, rgb, count, args.rate)
+                    peer.subscribe(outputs)
+                    peer.wait_matched(outputs)
+                    result = peer.run(msg, args.frames, args.rate, outputs)
+                    peer.subscribe(())
+                    paced += time_segmenter(segmenter, rgb, count, args.rate)
+                    back_to_back += time_segmenter(segmenter, rgb, count)
                 paced_ms = float(np.median(paced) * 1e3)
                 back_to_back_ms = float(np.median(back_to_back) * 1e3)
                 rows.append({'size': size, 'outputs': 'labels' if len(outputs) == 1 else 'all',
+                             'load': load,
                              'segmenter_median_ms': paced_ms,
                              'segmenter_back_to_back_ms': back_to_back_ms, **result,
                              'ratio': (result['median'] / paced_ms
@@ -258,7 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print(f'\nNode end to end ({platform.node()}, {os.cpu_count()} CPUs, '
           f'{segmenter.describe()}; {args.frames} frames at {args.rate:g} Hz; DDS {args.dds})')
-    header = (f'{"size":>9} {"outputs":>7} {"e2e med":>8} {"p90":>7} {"p99":>7} '
+    header = (f'{"size":>9} {"outputs":>7} {"busy":>4} {"e2e med":>8} {"p90":>7} {"p99":>7} '
               f'{"out Hz":>7} {"dropped":>7} {"segm. ms":>8} {"ratio":>6} '
               f'{"b2b ms":>7} {"ratio":>6} '
               f'{"node: stamp>pub":>15} {"cb>pub":>7} {"infer":>6}')
@@ -269,7 +288,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 'n/a' if value is None else format(value, spec)
 
     for row in rows:
-        print(f'{row["size"]:>9} {row["outputs"]:>7} {fmt(row["median"]):>8} '
+        print(f'{row["size"]:>9} {row["outputs"]:>7} {row["load"]:>4} {fmt(row["median"]):>8} '
               f'{fmt(row["p90"]):>7} {fmt(row["p99"]):>7} {fmt(row["output_rate_hz"]):>7} '
               f'{row["dropped"]:>7} {fmt(row["segmenter_median_ms"]):>8} '
               f'{fmt(row["ratio"], ".2f"):>6} {fmt(row["segmenter_back_to_back_ms"]):>7} '
@@ -279,13 +298,15 @@ def main(argv: Optional[List[str]] = None) -> int:
           'estimate')
     print('segm. ms: the Segmenter alone in this process (labels only, no output images), '
           'calls paced at the publish rate; b2b: back to back')
+    print('busy: processes spinning beside the node and this benchmark (--load)')
     print('node columns: medians from its /diagnostics (frame stamp to publish, callback to '
           'publish, Segmenter call)')
     for row in rows:
         if row['outputs'] == 'all':
-            print(f'{row["size"]} all outputs, latency per output (median / p90 ms): ' + ', '.join(
-                f'{name} {fmt(v["median"])} / {fmt(v["p90"])}'
-                for name, v in row['per_output'].items()))
+            per_output = ', '.join(f'{name} {fmt(v["median"])} / {fmt(v["p90"])}'
+                                   for name, v in row['per_output'].items())
+            print(f'{row["size"]} all outputs, {row["load"]} busy, latency per output '
+                  f'(median / p90 ms): {per_output}')
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -23,6 +23,15 @@ Modes (``--modes`` picks some; ``--list-modes`` names them):
   bf16`` (bf16 modes only on CPUs with bf16), each also ``... index-free``
   (masks instead of max-pool indices), and ``default`` (``Segmenter()`` as it
   ships: ``precision='auto'`` and the path's defaults).
+* CPU backends: ``torch default`` (``Segmenter(inference_backend='torch')``:
+  the default before OpenVINO, the reference of ``--load``'s ratios), ``openvino
+  fp32`` / ``openvino bf16`` (``inference_backend='openvino'``: the package's
+  OpenVINO path, normalisation and ArgMax in the graph); ``default`` decides by
+  CPU features. Every other torch mode names ``inference_backend='torch'``.
+* ``--load N``: each mode idle, then beside N busy processes, median and p90
+  side by side, each mode in a process of its own (``bench_load.py``; modes
+  may carry their process's environment: ``torch default
+  [OMP_WAIT_POLICY=PASSIVE]``, ``node default``).
 * CPU peers, where installed: ``onnxruntime fp32 index-free`` and
   ``onnxruntime fp32 indices`` (the export as is, ScatterND), ``opencv fp32
   index-free`` (``cv2.dnn``), ``openvino fp32 index-free`` and ``openvino bf16
@@ -92,7 +101,13 @@ CPU_SEGMENTER_MODES = {
     'frozen bf16': {'precision': 'bf16', 'freezing': True, 'index_free': False},
     'frozen bf16 index-free': {'precision': 'bf16', 'freezing': True, 'index_free': True},
     'default': {},
+    'torch default': {'inference_backend': 'torch'},
+    'openvino fp32': {'inference_backend': 'openvino', 'precision': 'fp32'},
+    'openvino bf16': {'inference_backend': 'openvino', 'precision': 'bf16'},
 }
+for _name, _options in CPU_SEGMENTER_MODES.items():
+    if _name != 'default':
+        _options.setdefault('inference_backend', 'torch')
 #: CPU peers: name -> (runtime, index-free export).
 CPU_PEER_MODES = {
     'onnxruntime fp32 index-free': ('onnxruntime', True),
@@ -126,13 +141,17 @@ CUDA_COMPILED_MODES = {
 PREVIOUS_DEFAULT = 'compiled fp32'
 
 
-def _onnx_peers():
-    """Import ``bench/onnx_peers.py``, the benchmark's helper next to this file."""
+def _bench_module(name: str):
+    """Import a helper module next to this file (``onnx_peers``, ``bench_load``, ``cpu_load``)."""
     folder = str(Path(__file__).resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    import onnx_peers
-    return onnx_peers
+    return __import__(name)
+
+
+def _onnx_peers():
+    """Import ``bench/onnx_peers.py``, the benchmark's helper next to this file."""
+    return _bench_module('onnx_peers')
 
 
 DEFAULT_SIZES = '480x360,1024x512,1280x720,1920x1080'
@@ -164,6 +183,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                              '(default 233: 2 cores x 32 FLOP/cycle x 3.64 GHz)')
     parser.add_argument('--ort-spin', action='store_true',
                         help="let ONNX Runtime's threads spin-wait between runs (default off)")
+    parser.add_argument('--load', type=int, default=0,
+                        help='also time every mode beside N busy processes (default 0: idle '
+                             'only); each mode then runs in a process of its own')
+    parser.add_argument('--load-seconds', type=float, default=900.0,
+                        help='the busy processes end by themselves after this long')
+    parser.add_argument('--same-process', action='store_true',
+                        help='with --load, run all modes in this process, interleaved')
     parser.add_argument('--list-modes', action='store_true', help='print the modes and exit')
     parser.add_argument('--json', default=None, help='also write the results here')
     return parser
@@ -201,6 +227,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
             'torch_threads': torch.get_num_threads(), 'python': platform.python_version(),
             'cpu_bf16': cpu_supports_bf16(),
             'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', '(unset)'),
+            'GOMP_SPINCOUNT': os.environ.get('GOMP_SPINCOUNT', '(unset)'),
             'onnxruntime': _onnx_peers().onnxruntime_version(),
             'openvino': _onnx_peers().openvino_version(),
             'load_average_start': os.getloadavg()}
@@ -225,6 +252,8 @@ class Mode:
         self.frame_ms: List[float] = []
         self.frame_cpu_ms: List[float] = []
         self.forward_ms: List[float] = []
+        self.loaded_ms: List[float] = []
+        self.loaded_cpu_ms: List[float] = []
         self.peak_mib: Optional[float] = None
         self.setup_s = 0.0
 
@@ -456,6 +485,12 @@ def run_size(loaded_for: Callable[[Tuple[int, int]], LoadedModel], device: torch
                 mode.time(mode.forward, min(args.block, forward_frames - done),
                           mode.forward_ms)
         done += args.block
+    if args.load:
+        with _bench_module('cpu_load').BusyLoad(args.load, args.load_seconds):
+            for done in range(0, args.frames, args.block):
+                for mode in modes:
+                    mode.time(mode.frame, min(args.block, args.frames - done), mode.loaded_ms,
+                              mode.loaded_cpu_ms)
     reference = modes[0]
     previous = next((mode for mode in modes if mode.name == PREVIOUS_DEFAULT), None)
     gflop = forward_gflop(loaded_for(net_size), net_size)
@@ -518,6 +553,9 @@ def summarise(mode: Mode, reference: Mode, frame_size, net_size) -> Dict[str, ob
         'forward_speedup': _median(reference.forward_ms) / forward if forward else float('nan'),
         'setup_s': mode.setup_s,
         'reference': reference.name,
+        'loaded_median_ms': _median(mode.loaded_ms) if mode.loaded_ms else None,
+        'loaded_p90_ms': float(np.percentile(mode.loaded_ms, 90)) if mode.loaded_ms else None,
+        'loaded_cpu_ms': _median(mode.loaded_cpu_ms) if mode.loaded_cpu_ms else None,
     }
 
 
@@ -576,12 +614,25 @@ def main(args: argparse.Namespace) -> int:
     if args.list_modes:
         print('\n'.join(known))
         return 0
-    unknown = [m.strip() for m in (args.modes or '').split(',') if m.strip()
-               and m.strip() not in known]
+    bench_load = _bench_module('bench_load')
+    try:
+        requested = [m.strip() for m in (args.modes or '').split(',') if m.strip()]
+        unknown = [m for m in requested if bench_load.base_mode(m) not in known]
+    except ValueError as error:
+        print(f'bench_segmenter: --modes: {error}', file=sys.stderr)
+        return 2
     if unknown:
         print(f'bench_segmenter: unknown --modes for {device.type}: {", ".join(unknown)} '
               '(--list-modes names them)', file=sys.stderr)
         return 2
+    isolate = (bench_load.needs_own_process(requested)
+               or (args.load and not args.same_process and len(requested or known) > 1))
+    if isolate:
+        if args.same_process:
+            print('bench_segmenter: these --modes set their process environment: they need '
+                  'a process each (drop --same-process)', file=sys.stderr)
+            return 2
+        return run_isolated(args, requested or known, bench_load)
     info = machine_info(device)
     print(' '.join(f'{k}={v}' for k, v in info.items()), flush=True)
     fixed = parse_size(args.input_size) if args.input_size else None
@@ -611,9 +662,39 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print()
     print(format_markdown(rows))
+    if args.load:
+        bench_load.add_load_ratios(rows)
+        print()
+        print(bench_load.format_load_markdown(rows, args.load))
     if args.json:
         Path(args.json).write_text(json.dumps(_without_nan(
             {'machine': info, 'args': vars(args), 'rows': rows}), indent=2, allow_nan=False))
+    return 0
+
+
+def run_isolated(args: argparse.Namespace, modes: List[str], bench_load) -> int:
+    """Run each mode in a process of its own (``bench_load.py``); print idle and loaded."""
+    rows, machines = bench_load.run_isolated(str(Path(__file__).resolve()), args, modes)
+    if not rows:
+        print('bench_segmenter: no mode produced figures', file=sys.stderr)
+        return 1
+    bench_load.add_load_ratios(rows)
+    print()
+    print(f'each mode in a process of its own; {args.frames} frames idle'
+          + (f', then {args.frames} beside {args.load} busy process(es)' if args.load else '')
+          + "; ratios over the first mode's idle median")
+    for machine in machines:
+        print(f'  {machine["mode"]}: OMP_WAIT_POLICY={machine["OMP_WAIT_POLICY"]} '
+              f'GOMP_SPINCOUNT={machine["GOMP_SPINCOUNT"]} threads={machine["torch_threads"]} '
+              f'load average {machine["load_average_start"]} -> {machine["load_average_end"]}')
+    for row in rows:
+        print(f'  {row["mode"]}: {row["path"]}')
+    print()
+    print(bench_load.format_load_markdown(rows, args.load))
+    if args.json:
+        Path(args.json).write_text(json.dumps(_without_nan(
+            {'machines': machines, 'args': vars(args), 'rows': rows}), indent=2,
+            allow_nan=False))
     return 0
 
 

@@ -1,27 +1,29 @@
 """
 Peer runtimes for the benchmark: ENet exported to ONNX, run by ONNX Runtime, OpenCV or OpenVINO.
 
-Not part of the package: the Segmenter runs PyTorch only. These exist to
-measure whether another runtime would be faster on this CPU. The export is of
-the folded fp32 network (:func:`enet_ros.inference.fold.fold_enet`), either
-index-free (:func:`enet_ros.model.set_index_free`; the TorchScript exporter,
-whose graph every runtime loads) or as is (max-unpool becomes ScatterND; only
-the torch.export-based exporter manages it, and only ONNX Runtime loads it).
+ONNX Runtime and OpenCV are not part of the package; OpenVINO is one of the
+Segmenter's backends (``Segmenter(inference_backend='openvino')``, the
+benchmark's ``openvino fp32`` mode), and the ``openvino ... index-free`` peers
+here time its bare logits graph with the Segmenter's torch pre- and
+post-processing around it. The export is the package's
+(:func:`enet_ros.inference.openvino_backend.export_folded`): the folded fp32
+network, either index-free (:func:`enet_ros.model.set_index_free`; the
+TorchScript exporter, whose graph every runtime loads) or as is (max-unpool
+becomes ScatterND; only the torch.export-based exporter manages it, and only
+ONNX Runtime loads it); OpenVINO compiles with the package's options
+(:func:`~enet_ros.inference.openvino_backend.compile_config`).
 
 A peer's forward takes the Segmenter pipeline's 1x3xhxw fp32 input and
 returns 1xCxhxw fp32 logits as a torch tensor, so frames go through the same
 pre- and post-processing as the Segmenter's.
 """
 
-import contextlib
-import io
 from pathlib import Path
 import tempfile
 from typing import Callable, Optional, Tuple
-import warnings
 
-from enet_ros.inference.fold import fold_enet
-from enet_ros.model import set_index_free
+from enet_ros.inference.openvino_backend import compile_config, export_folded
+from enet_ros.inference.openvino_backend import openvino_version  # noqa: F401 (the bench's)
 from enet_ros.model_file import LoadedModel
 import torch
 
@@ -31,15 +33,7 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 def export_onnx(loaded: LoadedModel, net_size: Tuple[int, int], path: Path,
                 index_free: bool) -> Path:
     """Export the folded fp32 network for a ``(width, height)`` input to ``path``."""
-    network = set_index_free(fold_enet(loaded.build()), index_free)
-    width, height = net_size
-    example = (torch.zeros(1, 3, height, width),)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter('ignore')
-        torch.onnx.export(network, example, str(path), input_names=['input'],
-                          output_names=['logits'], dynamo=not index_free,
-                          **({} if not index_free else {'opset_version': 17}))
-    return path
+    return export_folded(loaded, net_size, path, index_free)
 
 
 def onnxruntime_version() -> Optional[str]:
@@ -83,15 +77,6 @@ def opencv_forward(path: Path, threads: int) -> Forward:
     return forward
 
 
-def openvino_version() -> Optional[str]:
-    """Return the installed openvino's version, or None."""
-    try:
-        import openvino
-    except ImportError:
-        return None
-    return openvino.__version__
-
-
 def openvino_forward(path: Path, threads: int, precision: str) -> Forward:
     """
     Compile the ONNX file for OpenVINO's CPU plugin, latency hint, ``precision`` 'fp32' or 'bf16'.
@@ -102,9 +87,7 @@ def openvino_forward(path: Path, threads: int, precision: str) -> Forward:
     import openvino
 
     core = openvino.Core()
-    config = {'INFERENCE_NUM_THREADS': threads, 'PERFORMANCE_HINT': 'LATENCY',
-              'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32'}
-    compiled = core.compile_model(str(path), 'CPU', config)
+    compiled = core.compile_model(str(path), 'CPU', compile_config(threads, precision))
     request = compiled.create_infer_request()
 
     def forward(network_input: torch.Tensor) -> torch.Tensor:

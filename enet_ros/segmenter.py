@@ -35,12 +35,19 @@ This module is a facade. The work lives in :mod:`enet_ros.inference`:
     ``cuda_graphs=False`` runs the folded network eagerly instead.
     channels_last is off by default on CUDA (slower at every size measured on
     an H100: max-unpool and the concatenations run NCHW).
+  - ``openvino_backend``: the CPU with ``inference_backend`` ``openvino``, or
+    ``auto`` on a CPU without AVX-512 where openvino is installed
+    (``backends``): the folded, index-free network exported once and compiled
+    by OpenVINO's CPU plugin, normalisation and argmax in its graph; a failure
+    to load falls back to the torch paths above with a warning.
 
-CPU threads are torch's (``torch.set_num_threads``, one per core by default).
-Where other processes keep the cores busy, GNU OpenMP's spin-waiting makes
-multi-threaded inference several times slower (measured on 2 busy cores: up
-to 100x on small inputs); ``OMP_WAIT_POLICY=PASSIVE`` in the environment of
-the process (set before it starts) or a single thread avoids that.
+CPU threads: ``cpu_threads`` (auto: torch's, one per core by default). Where
+other processes keep the cores busy, GNU OpenMP's spin-waiting makes
+multi-threaded torch inference several times slower (measured on 2 busy
+cores: up to 100x on small inputs); the node sets a short spin for its own
+process before torch loads (:mod:`enet_ros.inference.cpu_runtime`). The
+Segmenter never changes the environment; in a process of your own, set
+``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` before it starts.
 """
 
 import logging
@@ -50,6 +57,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .inference import cpu_runtime
+from .inference.backends import (apply_torch_threads, check_threads, INFERENCE_BACKENDS,
+                                 open_openvino_path, resolve_backend)
 from .inference.compiled_cpu import CompiledCpuPath
 from .inference.config import (check_input_size, compile_enabled, COMPILE_ENV,
                                cpu_supports_bf16, DEVICE_CHOICES, FrameSize, freezing_enabled,
@@ -63,7 +73,8 @@ from .inference.network import NonFiniteWeightsError, prepare_network
 from .model_file import input_size_problem, load_model_file, LoadedModel, ModelMetadata
 
 __all__ = [
-    'argmax_classes', 'COMPILE_ENV', 'cpu_supports_bf16', 'DEVICE_CHOICES', 'labels_from_logits',
+    'argmax_classes', 'COMPILE_ENV', 'cpu_supports_bf16', 'DEVICE_CHOICES', 'INFERENCE_BACKENDS',
+    'labels_from_logits',
     'normalization_constants', 'normalize', 'NonFiniteWeightsError', 'PRECISIONS',
     'resolve_device', 'resolve_precision', 'Segmentation', 'Segmenter', 'SegmenterConfigError',
 ]
@@ -121,6 +132,18 @@ class Segmenter:
       ``torch.use_deterministic_algorithms``), and never touched on the CPU.
       The Segmenter never turns it off.
 
+    * ``inference_backend``: ``auto``, ``torch`` or ``openvino``: which runtime
+      runs the optimised CPU path (:mod:`enet_ros.inference.backends`; auto
+      decides by CPU features; None: ``ENET_ROS_BACKEND`` or auto). OpenVINO
+      that cannot run (not installed, a CPU without its instructions, a graph
+      it fails to load) logs a warning and torch runs instead. :attr:`backend` says which one runs.
+    * ``cpu_threads``: None or 0 auto (torch's setting for the process, one per
+      core or ``OMP_NUM_THREADS``, for either runtime), else OpenVINO's threads
+      or, for torch, ``torch.set_num_threads`` (process-wide: torch has one pool).
+
+    The Segmenter never changes the process environment (e.g. OpenMP's wait
+    policy); :mod:`enet_ros.inference.cpu_runtime` has what the node sets.
+
     fp16 range check: a layer whose (folded) weights exceed fp16's range stays
     in fp32 with a warning naming it; non-finite folded weights raise
     :class:`NonFiniteWeightsError` (see :mod:`enet_ros.inference.network`).
@@ -132,7 +155,8 @@ class Segmenter:
                  channels_last: Optional[bool] = None, cuda_graphs: bool = True,
                  max_graphs: int = 4, cudnn_benchmark: Optional[bool] = None,
                  warmup_sizes: Optional[Sequence[FrameSize]] = None,
-                 freezing: Optional[bool] = None, index_free: Optional[bool] = None):
+                 freezing: Optional[bool] = None, index_free: Optional[bool] = None,
+                 inference_backend: Optional[str] = None, cpu_threads: Optional[int] = None):
         self.device, note = resolve_device(device)
         if note:
             LOGGER.warning(note)
@@ -140,6 +164,9 @@ class Segmenter:
         on_cuda = self.device.type == 'cuda'
         compiled_cpu = bool(optimize) and not on_cuda and compile_enabled(torch_compile)
         dtype = resolve_precision(precision, self.device, optimized=bool(optimize))
+        backend, backend_note = resolve_backend(inference_backend, self.device, dtype,
+                                                bool(optimize))
+        threads = check_threads(cpu_threads)
         self.metadata: ModelMetadata = model.metadata
         self.model_path = model.path
         self.input_size = check_input_size(input_size or model.metadata.input_size)
@@ -180,6 +207,15 @@ class Segmenter:
         else:
             self.path = EagerPath(prepared.network, pipeline, 'optimised',
                                   notes + ['torch.compile off'])
+        if backend_note:
+            LOGGER.warning(backend_note)
+        openvino_path = (open_openvino_path(model, self.input_size, dtype, threads)
+                         if backend == 'openvino' else None)
+        self.backend = 'torch' if openvino_path is None else 'openvino'
+        if openvino_path is not None:
+            self.path = openvino_path
+        elif not on_cuda:
+            apply_torch_threads(threads)
         if warmup:
             self.path.warm_up(sizes)
 
@@ -224,11 +260,23 @@ class Segmenter:
         return self.path.describe()
 
     def describe(self) -> str:
-        """One line for logs: device, precision, input size, execution path, model."""
+        """One line for logs: device, precision, input size, path, backend and threads, model."""
         width, height = self.input_size
         return (f'ENet {self.num_classes} classes ({self.metadata.dataset}) on {self.device} '
                 f'{self.precision}, network input {width}x{height}, {self.execution_path}, '
-                f'model {self.model_path}')
+                f'{self.runtime_description}model {self.model_path}')
+
+    @property
+    def runtime_description(self) -> str:
+        """Backend, threads and OpenMP wait, e.g. ``backend openvino (2 threads; ...), ``."""
+        if self.device.type != 'cpu':
+            return ''
+        wait = cpu_runtime.openmp_wait_description()
+        torch_part = f'{cpu_runtime.threads_text(torch.get_num_threads())}, {wait}'
+        if self.backend == 'openvino':
+            return (f'backend openvino ({cpu_runtime.threads_text(self.path.threads)}; torch '
+                    f'pre-processing {torch_part}), ')
+        return f'backend torch ({torch_part}), '
 
     def preprocess(self, image: np.ndarray, bgr: bool = False) -> torch.Tensor:
         """

@@ -36,6 +36,20 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope='module')
+def torch_backend():
+    """
+    Run the module's Segmenters on torch (``ENET_ROS_BACKEND=torch``).
+
+    For tests of the torch execution paths (``pytestmark =
+    pytest.mark.usefixtures('torch_backend')``): ``inference_backend`` auto
+    picks OpenVINO on CPUs without AVX-512 where it is installed.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('ENET_ROS_BACKEND', 'torch')
+        yield
+
+
 @pytest.fixture
 def core_logs(caplog, monkeypatch):
     """

@@ -29,6 +29,9 @@ import pytest
 import torch
 from torch import nn
 
+# The torch execution paths: auto would run OpenVINO on CPUs without AVX-512.
+pytestmark = pytest.mark.usefixtures('torch_backend')
+
 AGREEMENT = 0.999
 
 

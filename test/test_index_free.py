@@ -22,6 +22,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+# The torch execution paths: auto would run OpenVINO on CPUs without AVX-512.
+pytestmark = pytest.mark.usefixtures('torch_backend')
+
 NET_SIZE = (96, 64)
 
 

@@ -24,6 +24,9 @@ import numpy as np
 import pytest
 import torch
 
+# The torch execution paths: auto would run OpenVINO on CPUs without AVX-512.
+pytestmark = pytest.mark.usefixtures('torch_backend')
+
 NET_SIZE = (96, 64)  # (width, height)
 
 

@@ -166,8 +166,8 @@ def test_ctrl_c_during_configure_exits_cleanly(ros_env, random_model_file):
     """SIGINT while configure builds the model (torch.compile): exit code 0, not a failure."""
     from lifecycle_msgs.srv import ChangeState
 
-    node = NodeProcess(ros_env, {'model_path': str(random_model_file), 'torch_compile': True},
-                       lifecycle=True)
+    node = NodeProcess(ros_env, {'model_path': str(random_model_file), 'torch_compile': True,
+                                 'inference_backend': 'torch'}, lifecycle=True)
     peer = RosPeer(ros_env)
     try:
         node.wait_for_text(UNCONFIGURED_LINE)

@@ -161,7 +161,8 @@ def test_malformed_image_then_good_image(running_node):
 def test_signal_exits_cleanly(ros_env, random_model_file, sig):
     """SIGINT and SIGTERM stop the node with exit code 0 and no traceback."""
     node = NodeProcess(ros_env, {'model_path': random_model_file, 'network_width': 64,
-                                 'network_height': 48, 'torch_compile': False})
+                                 'network_height': 48, 'torch_compile': False,
+                                 'inference_backend': 'torch'})
     node.wait_ready()
     code = node.stop(sig)
     assert code == 0, node.log()

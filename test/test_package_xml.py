@@ -12,7 +12,10 @@ SOURCES = [ROOT / 'enet_ros', ROOT / 'launch']
 #: Python module -> rosdep key, where they differ (ROS packages: the same name).
 ROSDEP_KEYS = {'cv2': 'python3-opencv', 'numpy': 'python3-numpy', 'tqdm': 'python3-tqdm',
                'rosbags': 'python3-rosbags-pip', 'matplotlib': 'python3-matplotlib',
-               'yaml': 'python3-yaml', 'tf2_ros': 'tf2_ros_py'}
+               'yaml': 'python3-yaml', 'tf2_ros': 'tf2_ros_py',
+               # zstd for MCAP chunks comes with rosbags: backports.zstd, the standard library's
+               # compression.zstd from Python 3.14
+               'backports': 'python3-rosbags-pip', 'compression': 'python3-rosbags-pip'}
 #: No rosdep key: named in package.xml's comment and installed with pip (README).
 PIP_ONLY = {'torch', 'safetensors'}
 

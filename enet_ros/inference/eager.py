@@ -48,6 +48,11 @@ class EagerPath:
         """Map a 1x3xhxw normalised input to 1xCxhxw logits."""
         return self.network(network_input)
 
+    def segment_frame(self, image: np.ndarray, bgr: bool = False,
+                      with_confidence: bool = False) -> Segmentation:
+        """Label one HxWx3 uint8 image: pre-processing, ``forward``, post-processing."""
+        return self.pipeline.segment(image, self.forward, bgr, with_confidence)
+
     def configure_images(self, colors: Sequence[Tuple[int, int, int]],
                          drivable_ids: Sequence[int], overlay_alpha: float) -> None:
         """Set the palette, drivable classes and overlay weight of ``run``'s ``images``."""
@@ -64,7 +69,7 @@ class EagerPath:
             images: Sequence[str] = (), out: ImageBuffers = None) -> Segmentation:
         """Label one HxWx3 uint8 image (call under inference mode); ``images`` on the host."""
         images = self.checked_images(images)
-        result = self.pipeline.segment(image, self.forward, bgr, with_confidence)
+        result = self.segment_frame(image, bgr, with_confidence)
         if not images:
             return result
         rgb = image[..., ::-1] if bgr else image

@@ -42,6 +42,8 @@ TRANSPORTS = ('raw', 'compressed')
 POSE_SOURCES = ('auto', 'tf', 'parameters')
 #: The camera_pose.* fields: metres, and radians as in a TF static transform.
 POSE_FIELDS = ('height', 'roll', 'pitch', 'yaw', 'x', 'y')
+#: inference_backend values (as enet_ros.inference.backends.INFERENCE_BACKENDS, without torch).
+INFERENCE_BACKENDS = ('auto', 'torch', 'openvino')
 
 
 class ConfigError(ValueError):
@@ -67,6 +69,8 @@ class StartupSettings:
     output_depth: int
     diagnostics_period_s: float
     grid_pose_source: str = 'auto'
+    inference_backend: str = 'auto'
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,13 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
         'environment variable ENET_ROS_COMPILE=0 also turns it off; ENET_ROS_FREEZE=0 (1) '
         'compiles unfrozen (frozen) in every precision', True,
         ParameterType.PARAMETER_BOOL)),
+    'inference_backend': ('auto', _descriptor(
+        "CPU runtime: 'auto' (torch where the CPU has AVX-512, else OpenVINO when installed), "
+        "'torch' or 'openvino' (falls back to torch with a warning where it cannot run)", True,
+        STRING)),
+    'cpu_threads': (0, _descriptor(
+        'CPU inference threads; 0 = auto (one per core, or OMP_NUM_THREADS if set)', True, INT,
+        int_range=(0, 1024, 1))),
     'input_transport': ('raw', _descriptor(
         "'raw': sensor_msgs/Image on 'image'; 'compressed': sensor_msgs/CompressedImage "
         "(JPEG/PNG) on 'image/compressed'", True, STRING)),
@@ -357,6 +368,8 @@ def startup_settings(values: Dict[str, Any]) -> StartupSettings:
         output_depth=int(values['output_depth']),
         diagnostics_period_s=float(values['diagnostics_period']),
         grid_pose_source=choice('grid_pose_source', POSE_SOURCES),
+        inference_backend=choice('inference_backend', INFERENCE_BACKENDS),
+        cpu_threads=int(values['cpu_threads']),
     )
 
 

@@ -9,6 +9,12 @@ middle of the shutdown, and the node died with code -2 and a traceback.
 Here the first signal asks the node to stop (or, while it is still
 importing torch, loading or compiling the model, abandons start-up) and
 every later one is ignored, including while the interpreter exits.
+
+Before torch loads, the node also gives its own process the OpenMP wait it
+was measured best with (:func:`enet_ros.inference.cpu_runtime.apply_process_defaults`:
+a short spin, then sleep, so that other busy processes on the cores do not
+make inference collapse), unless the user set ``OMP_WAIT_POLICY``,
+``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` in its environment.
 """
 
 import signal
@@ -58,6 +64,8 @@ def main(args: Optional[List[str]] = None, lifecycle: bool = False) -> int:
     """
     stop_on_signal = StopOnSignal()
     stop_on_signal.install()
+    from ..inference.cpu_runtime import apply_process_defaults  # standard library only
+    apply_process_defaults()  # the node owns its process: before torch reads it
     try:
         from .process import run
     except KeyboardInterrupt:  # Ctrl-C while importing torch and rclpy

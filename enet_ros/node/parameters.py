@@ -23,7 +23,8 @@ STRING_ARRAY = Parameter.Type.STRING_ARRAY
 _READ_ONLY_RESTART = ('device', 'precision', 'network_width', 'network_height',
                       'torch_compile', 'cameras', 'warmup_sizes', 'input_transport',
                       'input_reliability', 'input_depth', 'output_reliability', 'output_depth',
-                      'diagnostics_period', 'grid_pose_source')
+                      'diagnostics_period', 'grid_pose_source', 'inference_backend',
+                      'cpu_threads')
 #: Start-up settings the managed node takes at each configure: settable while unconfigured.
 CONFIGURE_TIME_PARAMETERS = tuple(n for n in _READ_ONLY_RESTART if n != 'cameras')
 
@@ -68,10 +69,13 @@ class ParameterHandling:
             return Segmenter(loaded, device=startup.device, precision=startup.precision,
                              input_size=size,
                              torch_compile=None if startup.torch_compile else False,
-                             warmup_sizes=startup.warmup_sizes or None)
+                             warmup_sizes=startup.warmup_sizes or None,
+                             inference_backend=(None if startup.inference_backend == 'auto'
+                                                else startup.inference_backend),
+                             cpu_threads=startup.cpu_threads or None)
         except SegmenterConfigError as error:
-            raise ConfigError('parameters device / precision / network size / warmup_sizes: '
-                              f'{error}') from None
+            raise ConfigError('parameters device / precision / network size / warmup_sizes / '
+                              f'inference_backend / cpu_threads: {error}') from None
 
     def _declare_model_parameters(self, metadata: Any) -> None:
         """

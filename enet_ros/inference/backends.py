@@ -1,0 +1,131 @@
+"""
+Which runtime runs the optimised CPU path: torch or OpenVINO, and with how many threads.
+
+``inference_backend`` (Segmenter option, node parameter; the Segmenter's
+default, None, is the environment's ``ENET_ROS_BACKEND`` or else ``auto``, so
+that the bag tools can be told too):
+
+* ``torch``: the torch paths (compiled CPU, CUDA graphs, eager), as before.
+* ``openvino``: :mod:`~enet_ros.inference.openvino_backend` on the CPU. A CPU
+  without the instructions its plugin needs, openvino not installed, or a
+  graph that fails to load: a warning, and the torch path runs instead. On
+  CUDA, or with ``optimize=False`` (the eager reference), torch runs, with a
+  warning.
+* ``auto`` (default): by CPU features, from measurements (README,
+  Performance): torch where the CPU has AVX-512 (there torch bf16, or
+  compiled fp32, was faster than OpenVINO), OpenVINO elsewhere where it is
+  installed and the CPU can run it (on a Zen 3 with AVX2 it was 1.3x faster
+  idle than compiled torch fp32 and held its speed beside busy processes),
+  else torch. CUDA and the eager reference: torch.
+
+``cpu_threads``: None or 0 is auto: both runtimes use torch's setting for
+the process (``torch.get_num_threads()``: one per core, or ``OMP_NUM_THREADS``,
+unless the process chose), which torch keeps. A number: OpenVINO's
+``INFERENCE_NUM_THREADS``, or for torch ``torch.set_num_threads`` (torch has
+one intra-op pool per process, so that sets it for the whole process).
+"""
+
+import logging
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from . import cpu_runtime
+from .config import SegmenterConfigError
+
+LOGGER = logging.getLogger(__name__)
+
+INFERENCE_BACKENDS = ('auto', 'torch', 'openvino')
+#: Environment variable: the backend where ``inference_backend`` is None.
+BACKEND_ENV = 'ENET_ROS_BACKEND'
+
+
+def check_backend(choice: Optional[str]) -> str:
+    """Return the normalised choice (None: ``ENET_ROS_BACKEND`` or auto); raise if unknown."""
+    source = 'inference_backend'
+    if choice is None:
+        choice = os.environ.get(BACKEND_ENV, '').strip() or 'auto'
+        source = BACKEND_ENV
+    value = str(choice).strip().lower()
+    if value not in INFERENCE_BACKENDS:
+        raise SegmenterConfigError(f"{source} '{choice}' is not one of "
+                                   f"{', '.join(INFERENCE_BACKENDS)}")
+    return value
+
+
+def check_threads(threads: Optional[int]) -> Optional[int]:
+    """Return a thread count, None for auto (None or 0); raise for a negative one."""
+    if threads is None or int(threads) == 0:
+        return None
+    if int(threads) < 0:
+        raise SegmenterConfigError(f'cpu_threads {threads} must be at least 1 (0 = auto)')
+    return int(threads)
+
+
+def _openvino_installed() -> bool:
+    from .openvino_backend import openvino_version
+    return openvino_version() is not None
+
+
+def resolve_backend(choice: Optional[str], device: torch.device, dtype: torch.dtype,
+                    optimized: bool) -> Tuple[str, Optional[str]]:
+    """
+    Return ``('torch' | 'openvino', note)`` for a choice; see the module docstring.
+
+    ``note``: None, or why an explicit ``openvino`` gets torch (logged as a
+    warning by the caller). Loading can still fail later; the caller falls
+    back then too.
+    """
+    choice = check_backend(choice)
+    if choice == 'torch':
+        return 'torch', None
+    explicit = choice == 'openvino'
+    if device.type != 'cpu' or not optimized:
+        why = 'runs on the CPU only' if device.type != 'cpu' else 'is not the eager reference'
+        return 'torch', (f'inference_backend openvino {why}; running torch'
+                         if explicit else None)
+    features = cpu_runtime.cpu_features()
+    unsupported = cpu_runtime.openvino_cpu_supported(features)
+    if unsupported:
+        return 'torch', (f'inference_backend openvino: {unsupported}; running torch'
+                         if explicit else None)
+    if explicit:
+        return 'openvino', None
+    if dtype == torch.bfloat16 or cpu_runtime.has_avx512(features):
+        return 'torch', None  # measured faster there
+    return ('openvino', None) if _openvino_installed() else ('torch', None)
+
+
+def apply_torch_threads(threads: Optional[int]) -> None:
+    """Set torch's intra-op threads (process-wide) when a count was asked for."""
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def open_openvino_path(model, input_size, dtype: torch.dtype, threads: Optional[int]):
+    """
+    Build the OpenVINO path for ``model``, or return None after a warning saying why not.
+
+    Never raises for a runtime that is missing or fails to load the graph.
+    """
+    from .frames import FramePipeline
+    from .network import prepare_network
+
+    try:
+        from .openvino_backend import OpenVinoPath
+
+        prepared = prepare_network(model, torch.device('cpu'), torch.float32, fold=True,
+                                   channels_last=False, index_free=True)
+        pipeline = FramePipeline(model.metadata, input_size, torch.device('cpu'), dtype)
+        precision = 'bf16' if dtype == torch.bfloat16 else 'fp32'
+        return OpenVinoPath(prepared.network, pipeline, model.metadata,
+                            threads or torch.get_num_threads(), precision,
+                            prepared.notes)
+    except SegmenterConfigError:
+        raise
+    except Exception as error:  # ImportError, the exporter's or the plugin's errors
+        lines = str(error).strip().splitlines()
+        LOGGER.warning('inference_backend openvino failed to load, running torch instead: '
+                       '%s: %s', type(error).__name__, lines[0][:300] if lines else '')
+        return None

@@ -1,0 +1,223 @@
+"""
+CPU inference backends: which runs where, what each gives, and falling back.
+
+``inference_backend`` (``auto``, ``torch``, ``openvino``): auto decides by
+CPU features (monkeypatched here to stand for other CPUs); OpenVINO labels
+equal the eager torch reference's; a backend that cannot load or a CPU
+without its instructions gets torch with a warning; the node runs and logs
+the chosen configuration, including the OpenMP wait it sets for itself.
+"""
+
+import logging
+from pathlib import Path
+import sys
+
+from enet_ros.inference import backends, cpu_runtime
+from enet_ros.model_file import load_model_file
+from enet_ros.segmenter import Segmenter, SegmenterConfigError
+import numpy as np
+import pytest
+from ros_harness import NodeProcess
+import torch
+
+AVX2_ONLY = frozenset({'sse4_2', 'avx', 'avx2', 'fma'})
+AVX512_BF16 = AVX2_ONLY | {'avx512f', 'avx512_bf16'}
+AVX512_FP32 = AVX2_ONLY | {'avx512f'}
+NO_SSE42 = frozenset({'sse', 'sse2'})
+CPU = torch.device('cpu')
+HAS_OPENVINO = backends._openvino_installed()
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO,
+                                    reason='openvino is not installed (requirements-dev.txt)')
+
+
+def _features(monkeypatch, flags) -> None:
+    monkeypatch.setattr(cpu_runtime, 'cpu_features', lambda: frozenset(flags))
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean())
+
+
+def test_auto_chooses_by_cpu_features(monkeypatch):
+    """auto: OpenVINO on AVX2-only CPUs (where installed), torch with AVX-512, bf16 or CUDA."""
+    monkeypatch.setattr(backends, '_openvino_installed', lambda: True)
+    _features(monkeypatch, AVX2_ONLY)
+    assert backends.resolve_backend('auto', CPU, torch.float32, True) == ('openvino', None)
+    assert backends.resolve_backend('torch', CPU, torch.float32, True) == ('torch', None)
+    assert backends.resolve_backend('auto', CPU, torch.float32, False) == ('torch', None)
+    assert backends.resolve_backend('auto', torch.device('cuda'), torch.float16,
+                                    True) == ('torch', None)
+    for flags in (AVX512_BF16, AVX512_FP32):
+        _features(monkeypatch, flags)
+        assert backends.resolve_backend('auto', CPU, torch.float32, True) == ('torch', None)
+        # Asked for by name, OpenVINO runs there too.
+        assert backends.resolve_backend('openvino', CPU, torch.float32, True)[0] == 'openvino'
+    assert backends.resolve_backend('auto', CPU, torch.bfloat16, True) == ('torch', None)
+    monkeypatch.setattr(backends, '_openvino_installed', lambda: False)
+    _features(monkeypatch, AVX2_ONLY)
+    assert backends.resolve_backend('auto', CPU, torch.float32, True) == ('torch', None)
+    with pytest.raises(SegmenterConfigError, match='inference_backend'):
+        backends.resolve_backend('tensorrt', CPU, torch.float32, True)
+    with pytest.raises(SegmenterConfigError, match='cpu_threads'):
+        backends.check_threads(-1)
+    monkeypatch.setenv(backends.BACKEND_ENV, 'torch')
+    assert backends.resolve_backend(None, CPU, torch.float32, True) == ('torch', None)
+    monkeypatch.setenv(backends.BACKEND_ENV, 'tvm')
+    with pytest.raises(SegmenterConfigError, match=backends.BACKEND_ENV):
+        backends.resolve_backend(None, CPU, torch.float32, True)
+    monkeypatch.delenv(backends.BACKEND_ENV)
+    monkeypatch.setattr(backends, '_openvino_installed', lambda: True)
+    assert backends.resolve_backend(None, CPU, torch.float32, True) == ('openvino', None)
+
+
+def test_cpu_without_the_instructions_gets_torch(monkeypatch, core_logs, random_model_file):
+    """Asked for OpenVINO, a CPU without SSE4.2 / NEON gets a warning, and torch runs."""
+    _features(monkeypatch, NO_SSE42)
+    with core_logs.at_level(logging.WARNING):
+        segmenter = Segmenter.from_file(random_model_file, device='cpu',
+                                        inference_backend='openvino', torch_compile=False,
+                                        warmup=False)
+    assert segmenter.backend == 'torch'
+    assert 'backend torch' in segmenter.describe()
+    assert any('SSE4.2' in r.getMessage() and 'running torch' in r.getMessage()
+               for r in core_logs.records), core_logs.text
+    # auto on an AVX-512 CPU: torch, no warning needed.
+    _features(monkeypatch, AVX512_FP32)
+    core_logs.clear()
+    with core_logs.at_level(logging.WARNING):
+        auto = Segmenter.from_file(random_model_file, device='cpu', torch_compile=False,
+                                   warmup=False)
+    assert auto.backend == 'torch' and not core_logs.records
+
+
+def test_openvino_that_fails_to_import_falls_back(monkeypatch, core_logs, random_model_file):
+    """An ImportError from openvino (missing, broken) is a warning, and the torch path runs."""
+    monkeypatch.setitem(sys.modules, 'openvino', None)  # import openvino raises ImportError
+    _features(monkeypatch, AVX2_ONLY)
+    with core_logs.at_level(logging.WARNING):
+        segmenter = Segmenter.from_file(random_model_file, device='cpu',
+                                        inference_backend='openvino', torch_compile=False,
+                                        warmup=False)
+    assert segmenter.backend == 'torch'
+    assert any('openvino failed to load' in r.getMessage() for r in core_logs.records), \
+        core_logs.text
+    labels = segmenter.segment(np.zeros((48, 64, 3), np.uint8)).labels
+    assert labels.shape == (48, 64) and labels.dtype == np.uint8
+
+
+@needs_openvino
+def test_openvino_that_fails_to_compile_falls_back(monkeypatch, core_logs, random_model_file):
+    """The CPU plugin refusing the graph (here a bad option) is a warning, not a crash."""
+    from enet_ros.inference import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, 'compile_config',
+                        lambda threads, precision='fp32': {'NO_SUCH_OPTION': 'x'})
+    with core_logs.at_level(logging.WARNING):
+        segmenter = Segmenter.from_file(random_model_file, device='cpu',
+                                        inference_backend='openvino', torch_compile=False,
+                                        warmup=False)
+    assert segmenter.backend == 'torch'
+    assert any('openvino failed to load' in r.getMessage() for r in core_logs.records)
+
+
+@needs_openvino
+def test_openvino_keeps_the_segmenter_contract(random_model_file):
+    """HxWx3 uint8 in, HxW uint8 labels (and float32 confidence) out, any size, RGB or BGR."""
+    loaded = load_model_file(random_model_file)
+    reference = Segmenter(loaded, device='cpu', optimize=False)
+    segmenter = Segmenter(loaded, device='cpu', inference_backend='openvino', cpu_threads=1)
+    assert segmenter.backend == 'openvino' and not segmenter.compiled
+    text = segmenter.describe()
+    assert 'backend openvino (1 thread;' in text and 'OpenVINO' in text, text
+    rng = np.random.default_rng(3)
+    for height, width in ((360, 480), (200, 300), (720, 1280)):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for bgr in (False, True):
+            got = segmenter.segment(image, bgr=bgr, with_confidence=True)
+            want = reference.segment(image, bgr=bgr, with_confidence=True)
+            assert got.labels.shape == (height, width) and got.labels.dtype == np.uint8
+            assert got.confidence.shape == (height, width)
+            assert got.confidence.dtype == np.float32
+            assert _agreement(got.labels, want.labels) >= 0.999, (height, width, bgr)
+            same = got.labels == want.labels
+            np.testing.assert_allclose(got.confidence[same], want.confidence[same], atol=1e-3)
+            plain = segmenter.segment(image, bgr=bgr)
+            assert plain.confidence is None
+            np.testing.assert_array_equal(plain.labels, got.labels)
+    # A view into a read-only buffer with strides (as a message's data) works too.
+    buffer = rng.integers(0, 256, (360, 480 * 3 + 12), dtype=np.uint8)
+    buffer.flags.writeable = False
+    view = buffer[:, :480 * 3].reshape(360, 480, 3)
+    np.testing.assert_array_equal(segmenter.segment(view).labels,
+                                  segmenter.segment(np.ascontiguousarray(view)).labels)
+    # Images drawn on the host, as on the torch CPU path.
+    segmenter.configure_images([(i, 2 * i, 3 * i) for i in range(11)], [3], 0.5)
+    result = segmenter.segment(view, images=('colored', 'drivable'))
+    assert result.images['colored'].shape == (360, 480, 3)
+    np.testing.assert_array_equal(result.images['drivable'], (result.labels == 3) * 255)
+    # logits() runs the plain graph: 1xCxhxw, close to the reference's.
+    network_input = segmenter.preprocess(view)
+    logits = segmenter.logits(network_input)
+    assert logits.shape == (1, 11, 360, 480)
+    assert float((logits - reference.logits(reference.preprocess(view))).abs().max()) < 1e-2
+
+
+def test_backends_equal_the_eager_reference_on_camvid_val(camvid_root: Path):
+    """Every backend's labels equal eager torch's on >= 99.9 % of CamVid val pixels."""
+    import cv2
+
+    loaded = load_model_file(None)
+    reference = Segmenter(loaded, device='cpu', optimize=False)
+    candidates = {'torch': Segmenter(loaded, device='cpu', inference_backend='torch')}
+    if HAS_OPENVINO:
+        candidates['openvino'] = Segmenter(loaded, device='cpu', inference_backend='openvino')
+        assert candidates['openvino'].backend == 'openvino'
+    frames = sorted((camvid_root / 'val').glob('*.png'))[::5]
+    assert frames
+    equal = dict.fromkeys(candidates, 0)
+    total = 0
+    for path in frames:
+        image = cv2.imread(str(path))  # BGR, as a bgr8 camera sends
+        want = reference.segment(image, bgr=True).labels
+        total += want.size
+        for name, segmenter in candidates.items():
+            equal[name] += int((segmenter.segment(image, bgr=True).labels == want).sum())
+    for name in candidates:
+        assert equal[name] / total >= 0.999, f'{name}: {equal[name] / total:.5%}'
+
+
+def test_process_defaults_respect_the_user(monkeypatch):
+    """The node's OpenMP defaults go in only where the user set no OpenMP wait variable."""
+    env = {'PATH': '/bin'}
+    assert cpu_runtime.apply_process_defaults(env) == cpu_runtime.NODE_OPENMP_ENVIRONMENT
+    assert env['GOMP_SPINCOUNT'] == cpu_runtime.NODE_OPENMP_ENVIRONMENT['GOMP_SPINCOUNT']
+    for name in cpu_runtime.OPENMP_WAIT_VARIABLES:
+        env = {name: '7'}
+        assert cpu_runtime.apply_process_defaults(env) == {} and env == {name: '7'}
+    assert cpu_runtime.openmp_wait_description({'OMP_WAIT_POLICY': 'passive'}).startswith(
+        'OpenMP passive')
+    assert cpu_runtime.openmp_wait_description({}) == 'OpenMP spin default'
+
+
+@pytest.mark.parametrize('user_env, expected', [
+    ({}, 'OpenMP spin {spin} (set by the node)'),
+    ({'OMP_WAIT_POLICY': 'PASSIVE'}, 'OpenMP passive (no spin)'),
+])
+def test_node_runs_and_logs_the_chosen_configuration(ros_env, user_env, expected):
+    """The node logs backend, threads and OpenMP wait; it sets the wait unless the user did."""
+    env = {k: v for k, v in ros_env.items() if k not in cpu_runtime.OPENMP_WAIT_VARIABLES}
+    env.update(user_env)
+    expected = expected.format(spin=cpu_runtime.NODE_OPENMP_ENVIRONMENT['GOMP_SPINCOUNT'])
+    chosen = 'openvino' if HAS_OPENVINO and not cpu_runtime.has_avx512(
+        cpu_runtime.cpu_features()) else 'torch'
+    node = NodeProcess(env, {'device': 'cpu', 'torch_compile': False, 'cpu_threads': 1})
+    try:
+        node.wait_ready()
+        log = node.log()
+    finally:
+        assert node.stop() == 0
+    line = next((text for text in log.splitlines() if 'backend ' in text), '')
+    assert f'backend {chosen} (1 thread' in line, log
+    assert expected in line, line
+    if chosen == 'torch':
+        assert 'backend torch (1 thread,' in line  # cpu_threads set torch's pool
