@@ -17,7 +17,7 @@ ROSDEP_KEYS = {'cv2': 'python3-opencv', 'numpy': 'python3-numpy', 'tqdm': 'pytho
                # compression.zstd from Python 3.14
                'backports': 'python3-rosbags-pip', 'compression': 'python3-rosbags-pip'}
 #: No rosdep key: named in package.xml's comment and installed with pip (README).
-PIP_ONLY = {'torch', 'safetensors'}
+PIP_ONLY = {'torch', 'safetensors', 'openvino'}
 
 
 def _third_party_imports() -> dict:

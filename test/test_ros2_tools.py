@@ -528,7 +528,8 @@ def test_ros2_command_line_against_the_live_node(workspace, fast_start_env, peer
             diagnostics = ros2_until(workspace, env, 'topic echo --once /diagnostics '
                                      'diagnostic_msgs/msg/DiagnosticArray',
                                      'key: grid_pose_source')
-            assert f"name: '{NODE}: segmentation'" in diagnostics, diagnostics
+            # diagnostic_updater names a status '<node name>: <task>' (no leading slash)
+            assert f"name: '{NODE.lstrip('/')}: segmentation'" in diagnostics, diagnostics
             assert '- key: grid_status\n    value: ok' in diagnostics, diagnostics
 
             info = ros2_until(workspace, env, f'node info {NODE}',
