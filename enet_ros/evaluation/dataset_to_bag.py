@@ -293,7 +293,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('output', type=Path, help='bag to create (a directory)')
     parser.add_argument('--layout', choices=LAYOUTS, default='auto',
                         help='source layout (default: detected)')
-    parser.add_argument('--split', default='val', help='dataset split (camvid, cityscapes, voc, plain)')
+    parser.add_argument('--split', default='val',
+                        help='dataset split (camvid, cityscapes, voc, plain)')
     parser.add_argument('--labels-dir', type=Path, default=None,
                         help='folder layout: label PNGs named after the images')
     parser.add_argument('--storage', choices=sorted(STORAGES), default='sqlite3')

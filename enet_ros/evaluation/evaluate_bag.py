@@ -49,8 +49,8 @@ from .bag_io import (array_to_image, BagError, BagWriter, check_output_bag, coun
                      open_bag, RawMessage, storage_of, STORAGES, TopicInfo)
 from .cli import bag_parser, options_from_args, run_stoppable
 from .ground_truth import GroundTruth
-from .outputs import (check_distinct, check_output_file, EXIT_OUTPUT_FAILED,
-                      EXIT_OUTPUT_REFUSED, OutputPathError, OutputWriteError, ResultsNotWritten)
+from .outputs import (check_distinct, check_output_file, OutputWriteError, ResultsNotWritten,
+                      run_reporting)
 from .report import format_table, report_head, ReportFrame, write_json, write_report
 from .scoring import latency_summary, parse_class_list, Prediction, Scoreboard, Tally
 from .. import masks
@@ -387,26 +387,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    precision=args.precision)
 
     def run() -> int:
-        try:
-            report = evaluate_bag(options, make_segmenter,
-                                  show=lambda report: print(format_table(report), flush=True))
-        except OutputPathError as error:
-            print(f'{TOOL}: error: {error}', file=sys.stderr)
-            return EXIT_OUTPUT_REFUSED
-        except ResultsNotWritten as error:
-            for failure in error.failures:
-                print(f'{TOOL}: error: {failure}', file=sys.stderr)
-            return EXIT_OUTPUT_FAILED
-        except (BagError, ModelFileError, SegmenterConfigError, ValueError) as error:
-            print(f'{TOOL}: error: {error}', file=sys.stderr)
-            return 1
+        report = evaluate_bag(options, make_segmenter,
+                              show=lambda report: print(format_table(report), flush=True))
         if report['ground_truth'] != 'none' and not report['frames']['evaluated']:
             print(f'{TOOL}: error: no frame could be evaluated (see the skipped reasons)',
                   file=sys.stderr)
             return 1
         return 0
 
-    return run_stoppable(TOOL, run)
+    return run_stoppable(TOOL, lambda: run_reporting(
+        TOOL, run, (BagError, ModelFileError, SegmenterConfigError, ValueError)))
 
 
 if __name__ == '__main__':

@@ -58,8 +58,8 @@ from .ground_truth import GroundTruth
 from .live_peer import LiveError, LivePeer, wait_ready
 from .live_playback import LiveSession, play, rate_hz, wait_recorded
 from .node_process import node_command as process_command, NodeProcess
-from .outputs import (check_distinct, check_output_file, EXIT_OUTPUT_FAILED,
-                      EXIT_OUTPUT_REFUSED, OutputPathError, OutputWriteError, ResultsNotWritten)
+from .outputs import (check_distinct, check_output_file, OutputWriteError, ResultsNotWritten,
+                      run_reporting)
 from .report import format_table, report_head, write_json
 from .scoring import latency_summary, parse_class_list, Scoreboard, Tally
 from .signals import shielded
@@ -325,26 +325,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     options = options_from_args(LiveOptions, args)
 
     def run() -> int:
-        try:
-            report = live_evaluate(options,
-                                   show=lambda report: print(format_table(report), flush=True))
-        except OutputPathError as error:
-            print(f'{TOOL}: error: {error}', file=sys.stderr)
-            return EXIT_OUTPUT_REFUSED
-        except ResultsNotWritten as error:
-            for failure in error.failures:
-                print(f'{TOOL}: error: {failure}', file=sys.stderr)
-            return EXIT_OUTPUT_FAILED
-        except (BagError, LiveError, ModelFileError, ValueError) as error:
-            print(f'{TOOL}: error: {error}', file=sys.stderr)
-            return 1
+        report = live_evaluate(options,
+                               show=lambda report: print(format_table(report), flush=True))
         if not report['frames']['answered']:
             print(f'{TOOL}: error: the node answered none of the '
                   f"{report['frames']['published']} frames", file=sys.stderr)
             return 1
         return 0
 
-    return run_stoppable(TOOL, run)
+    return run_stoppable(TOOL, lambda: run_reporting(
+        TOOL, run, (BagError, LiveError, ModelFileError, ValueError)))
 
 
 if __name__ == '__main__':

@@ -13,7 +13,8 @@ file in one line and exits with code 3. No rclpy.
 from contextlib import suppress
 import os
 from pathlib import Path
-from typing import Any, Dict, Sequence, Union
+import sys
+from typing import Any, Callable, Dict, Sequence, Tuple, Type, Union
 
 PathLike = Union[str, os.PathLike]
 #: Exit code of a tool whose output path was refused before the work started.
@@ -96,3 +97,25 @@ def write_text(path: PathLike, text: str, what: str) -> None:
             path.unlink(missing_ok=True)  # a truncated file is no result
         raise OutputWriteError(f"{what} '{path}' could not be written: "
                                f'{error.strerror or error}') from None
+
+
+def run_reporting(tool: str, body: Callable[[], int],
+                  input_errors: Tuple[Type[BaseException], ...]) -> int:
+    """
+    Run an evaluation tool's ``body``; turn its errors into lines on stderr and an exit code.
+
+    A refused output path: 2; results printed but not written: 3 (one line
+    per file); ``input_errors`` (bad bag, model, ...): 1.
+    """
+    try:
+        return body()
+    except OutputPathError as error:
+        print(f'{tool}: error: {error}', file=sys.stderr)
+        return EXIT_OUTPUT_REFUSED
+    except ResultsNotWritten as error:
+        for failure in error.failures:
+            print(f'{tool}: error: {failure}', file=sys.stderr)
+        return EXIT_OUTPUT_FAILED
+    except input_errors as error:
+        print(f'{tool}: error: {error}', file=sys.stderr)
+        return 1

@@ -23,6 +23,7 @@ import math
 from typing import Optional
 
 from bondpy.bondpy import Bond
+from rclpy.duration import Duration
 
 #: The topic and the heartbeat period Nav2's servers use (nav2_util::LifecycleNode).
 BOND_TOPIC = 'bond'
@@ -30,6 +31,8 @@ DEFAULT_HEARTBEAT_PERIOD_S = 0.1
 #: This side's heartbeat timeout: in effect never (about 31 years; threading.Timer's limit is
 #: ~292 years), as Nav2's servers, whose side of the bond does not time out.
 NEVER_S = 1e9
+#: How long a clean break waits for the manager to acknowledge the last status message.
+BREAK_ACK_WAIT_S = 0.5
 
 
 class LifecycleBond:
@@ -116,6 +119,9 @@ def shut_down(node, bond: Bond) -> None:
         if not bond.is_broken():
             bond.break_bond()
         bond.condition.notify_all()
+    # The break is one message on a depth-1 reliable publisher: destroyed at once, the
+    # manager may never get it (then it waits out bond_timeout and calls it a failure).
+    bond.pub.wait_for_all_acked(Duration(seconds=BREAK_ACK_WAIT_S))
     node.destroy_publisher(bond.pub)
     for timer in (bond.connect_timer, bond.heartbeat_timer, bond.disconnect_timer):
         timer.cancel()
