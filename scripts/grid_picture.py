@@ -1,15 +1,19 @@
 """
-Render ``docs/drivable_grid.png``: a CamVid frame's drivable area as a ground occupancy grid.
+Render ``docs/drivable_grid.png``: a frame's drivable area as a ground occupancy grid.
 
-The drivable mask is the frame's ground-truth Road class (no network), the
-camera a plausible one for CamVid at 480x360: fx = fy = 400, centre (240, 180),
-1.3 m above the road, pitched down 0.5 degrees (the frame's horizon, where the
-kerbs and lane lines meet, is at about row 178, so the camera is nearly level).
-Left: the frame with the mask, the horizon and the grid's range drawn in.
-Right: the grid as ``enet_ros.ground_grid`` fills it (x forward up, y left to
-the left), with the camera and its axes::
+By default the frame is synthetic (no dataset image goes into the repository):
+a flat world seen by the same camera model, a road that bends to the left
+between pavements and bare earth, and the sky above the horizon; the drivable mask
+is the road. ``--data`` and ``--frame`` use a CamVid val frame and its
+ground-truth Road class instead (for a look at real data; not for committing).
+The camera: fx = fy = 400, centre (240, 180) at 480x360, 1.3 m above the
+road, pitched down 0.5 degrees. Left: the frame with the mask, the horizon
+and the grid's range drawn in. Right: the grid as ``enet_ros.ground_grid``
+fills it (x forward up, y left to the left), with the camera and its axes::
 
-    python scripts/grid_picture.py --data ../shared/data/camvid
+    python scripts/grid_picture.py
+    python scripts/grid_picture.py --data ../shared/data/camvid --frame 0016E5_08129 \
+        --out /tmp/camvid_grid.png
 """
 
 import argparse
@@ -37,8 +41,8 @@ COLOURS = {UNKNOWN: '#a0a0a0', FREE: '#c8f0c0', OCCUPIED: '#303030'}
 def get_args_parser() -> argparse.ArgumentParser:
     """Command-line options: data, frame, output, camera and grid."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', type=Path, default=ROOT.parent / 'shared' / 'data' / 'camvid',
-                        help='CamVid folder with val/ and valannot/')
+    parser.add_argument('--data', type=Path, default=None,
+                        help='CamVid folder with val/ and valannot/ (default: a synthetic frame)')
     parser.add_argument('--frame', default='0016E5_08129', help='val frame name, no suffix')
     parser.add_argument('--out', type=Path, default=ROOT / 'docs' / 'drivable_grid.png')
     parser.add_argument('--focal', type=float, default=400.0, help='fx = fy, pixels')
@@ -58,6 +62,38 @@ def read_frame(data: Path, name: str):
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.where(labels == ROAD, 255, 0).astype(np.uint8)
 
 
+def synthetic_frame(intrinsics: CameraIntrinsics, pose: CameraPose):
+    """
+    Return a synthetic HxWx3 uint8 RGB frame and its HxW uint8 drivable mask (road, 255).
+
+    Each pixel's ray meets the flat ground (z = 0) or the sky: the road is 7 m
+    wide and bends to the left (centre y = 0.004 x^2), pavements 2 m wide
+    beside it, bare earth beyond, fading to haze with distance.
+    """
+    v, u = np.mgrid[0:intrinsics.height, 0:intrinsics.width].astype(np.float64)
+    rays = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy,
+                     np.ones_like(u)], axis=-1) @ pose.rotation.T
+    down = rays[..., 2] < -1e-6
+    scale = np.where(down, -pose.translation[2] / np.where(down, rays[..., 2], -1.0), 0.0)
+    x = pose.translation[0] + scale * rays[..., 0]
+    y = pose.translation[1] + scale * rays[..., 1]
+    offset = np.abs(y - 0.004 * x * x)
+    road = down & (offset < 3.5)
+    pavement = down & ~road & (offset < 5.5)
+    colours = np.empty(u.shape + (3,), np.float64)
+    colours[:] = (150, 125, 85)                                  # bare earth
+    colours[pavement] = (170, 165, 155)
+    colours[road] = (95, 95, 100)
+    lane = road & (np.abs(y - 0.004 * x * x) < 0.08) & (np.mod(x, 6.0) < 3.0)
+    colours[lane] = (235, 235, 225)
+    haze = np.clip(scale / 120.0, 0.0, 1.0)[..., None]
+    colours = (1.0 - haze) * colours + haze * np.array([200, 210, 220])
+    sky = ~down
+    colours[sky] = (np.array([120, 170, 230]) + (v[sky, None] / intrinsics.height)
+                    * np.array([80, 50, 10]))
+    return colours.clip(0, 255).astype(np.uint8), np.where(road, 255, 0).astype(np.uint8)
+
+
 def range_arc(intrinsics: CameraIntrinsics, pose: CameraPose, distance: float) -> np.ndarray:
     """Pixel (u, v) of the ground circle of radius ``distance`` around the camera, in view."""
     angles = np.linspace(-math.pi / 2, math.pi / 2, 721)
@@ -69,7 +105,7 @@ def range_arc(intrinsics: CameraIntrinsics, pose: CameraPose, distance: float) -
 
 
 def render(rgb: np.ndarray, mask: np.ndarray, intrinsics: CameraIntrinsics, pose: CameraPose,
-           spec: GridSpec, grid: np.ndarray, title: str) -> Figure:
+           spec: GridSpec, grid: np.ndarray, title: str, caption: str) -> Figure:
     """Draw the frame with its mask and the grid side by side."""
     figure = Figure(figsize=(9.0, 4.5), dpi=100)
     FigureCanvasAgg(figure)
@@ -89,7 +125,7 @@ def render(rgb: np.ndarray, mask: np.ndarray, intrinsics: CameraIntrinsics, pose
         end = arc[np.argmax(arc[:, 0])]
         left.text(end[0] - 4, end[1] - 4, f'{spec.grid_range:g} m range', color='white',
                   fontsize=8, ha='right')
-    left.set_title('CamVid val frame, Road (ground truth) as drivable', fontsize=10)
+    left.set_title(caption, fontsize=10)
     left.set_axis_off()
 
     values = np.array([UNKNOWN, FREE, OCCUPIED])
@@ -143,20 +179,31 @@ def save_small_png(figure: Figure, path: Path) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Render the picture; print where it went."""
     args = get_args_parser().parse_args(argv)
-    rgb, mask = read_frame(args.data, args.frame)
-    height, width = mask.shape
-    intrinsics = CameraIntrinsics(width, height, args.focal, args.focal, width / 2, height / 2)
     pose = CameraPose.from_parameters(args.height, pitch=math.radians(args.pitch))
+    if args.data is None:
+        width, height = 480, 360
+        intrinsics = CameraIntrinsics(width, height, args.focal, args.focal, width / 2,
+                                      height / 2)
+        rgb, mask = synthetic_frame(intrinsics, pose)
+        name, caption = 'synthetic frame', 'synthetic frame, the road as drivable'
+    else:
+        rgb, mask = read_frame(args.data, args.frame)
+        height, width = mask.shape
+        intrinsics = CameraIntrinsics(width, height, args.focal, args.focal, width / 2,
+                                      height / 2)
+        name, caption = args.frame, 'CamVid val frame, Road (ground truth) as drivable'
+
     # x from 3 m behind the camera to its range, y +-half the range
     spec = GridSpec(resolution=args.resolution,
                     width=int(round((args.range + 3.0) / args.resolution)),
                     height=int(round(args.range / args.resolution)), origin_x=-3.0,
                     origin_y=-args.range / 2, grid_range=args.range)
     grid = GroundProjection(intrinsics, pose, spec).fill(mask)
-    title = (f'{args.frame}: {width}x{height}, fx = fy = {args.focal:g}, camera '
+    title = (f'{name}: {width}x{height}, fx = fy = {args.focal:g}, camera '
              f'{args.height:g} m up, pitch {args.pitch:g} deg down; grid '
              f'{args.resolution:g} m cells, range {args.range:g} m, majority rule')
-    size = save_small_png(render(rgb, mask, intrinsics, pose, spec, grid, title), args.out)
+    size = save_small_png(render(rgb, mask, intrinsics, pose, spec, grid, title, caption),
+                          args.out)
     print(f'{args.out} ({size // 1024} KiB): {np.sum(grid == FREE)} free, '
           f'{np.sum(grid == OCCUPIED)} occupied, {np.sum(grid == UNKNOWN)} unknown cells')
     return 0
