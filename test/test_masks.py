@@ -159,7 +159,7 @@ def test_confidence_image_and_voiding():
 
 
 def _reference_overlay(image: np.ndarray, colored: np.ndarray, alpha: float) -> np.ndarray:
-    """The fixed-point formula written out in int64: (i * (256 - w) + c * w + 128) >> 8."""
+    """Compute the fixed-point formula in int64: (i * (256 - w) + c * w + 128) >> 8."""
     weight = int(round(alpha * 256))
     total = image.astype(np.int64) * (256 - weight) + colored.astype(np.int64) * weight + 128
     return (total >> 8).astype(np.uint8)
