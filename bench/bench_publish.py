@@ -189,7 +189,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         sink.terminate()
-        received = sink.communicate(timeout=10)[0].strip().splitlines()
+        try:
+            received = sink.communicate(timeout=30)[0].strip().splitlines()
+        except subprocess.TimeoutExpired:
+            sink.kill()
+            received = sink.communicate()[0].strip().splitlines()
 
     print(f'\nPublishing breakdown ({platform.node()}, {os.cpu_count()} CPUs, '
           f'median of {args.repeats}, one subscriber in another process; ms)')
