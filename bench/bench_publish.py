@@ -15,7 +15,9 @@ given sizes, in this process, with the package's own code:
   publish minus convert, i.e. what rmw and Fast DDS add;
 * ``receive``: ``deserialize_message`` of it, what a Python subscriber (RViz is
   not one; ``bench_node.py``'s recorder is) pays before its callback runs;
-* the four together as the node publishes them today (one after another).
+* the four together as the node publishes them today (all drawn, then one
+  publish after another), labels alone likewise, and the four publish calls
+  without drawing.
 
 Then, for sensor_msgs/Image.data at the largest size, what the C conversion
 costs per form of the data (``array.array`` as the message class stores it,
@@ -180,6 +182,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 buffers['labels'].msg.header = header
                 publishers['labels'].publish(buffers['labels'].msg)
 
+            def publish_four():
+                for name in OUTPUTS:
+                    publishers[name].publish(buffers[name].msg)
+
+            row['publish_four_ms'] = _median_ms(publish_four, args.repeats)
             row['all_four_ms'] = _median_ms(all_four, args.repeats)
             row['labels_only_ms'] = _median_ms(labels_only, args.repeats)
             rows.append(row)
@@ -208,7 +215,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f'{v["fill_ms"] + v["publish_ms"]:>7.2f} {v["receive_ms"]:>8.2f}')
         print(f'{row["size"]:>9} labels only, drawn and published: {row["labels_only_ms"]:.2f}; '
               f'all four: {row["all_four_ms"]:.2f} '
-              f'(+{row["all_four_ms"] - row["labels_only_ms"]:.2f})')
+              f'(+{row["all_four_ms"] - row["labels_only_ms"]:.2f}); the four publish calls '
+              f'alone: {row["publish_four_ms"]:.2f}')
     print('fill: drawing into the reused message; convert: serialize_message (C conversion '
           '+ CDR); dds: publish - convert; total: fill + publish; receive: '
           'deserialize_message in a Python subscriber')
