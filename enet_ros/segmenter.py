@@ -82,7 +82,7 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 #: Whether the torch CPU paths batch frames by default (``batch_frames=None``). Measured with
-#: ``bench/bench_cameras.py --batch`` (bench/README.md, "Batched cameras").
+#: ``bench/bench_batch.py`` (bench/README.md, "Batched frames").
 CPU_BATCH_DEFAULT = False
 
 
