@@ -60,8 +60,8 @@ def _assert_same(batched, singles) -> None:
             np.testing.assert_array_equal(got.images[name], image)
 
 
-@pytest.mark.parametrize('mode', ['eager', 'folded', pytest.param('compiled', marks=pytest.mark.slow),
-                                  'openvino'])
+@pytest.mark.parametrize('mode', ['eager', 'folded',
+                                  pytest.param('compiled', marks=pytest.mark.slow), 'openvino'])
 def test_batch_equals_one_at_a_time(loaded, mode):
     """Four frames of one size (network size and resized, RGB and BGR): segment()'s labels."""
     if mode == 'openvino' and openvino_version() is None:
