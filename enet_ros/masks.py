@@ -142,7 +142,8 @@ class OutputRenderer:
     def render(self, labels: np.ndarray, rgb: Optional[np.ndarray],
                wanted: Iterable[str] = LABEL_IMAGES,
                out: Optional[Mapping[str, np.ndarray]] = None,
-               confidence: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+               confidence: Optional[np.ndarray] = None,
+               colored: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
         """
         Return the ``wanted`` images of HxW uint8 ``labels``, by name (:data:`OUTPUT_IMAGES`).
 
@@ -153,13 +154,16 @@ class OutputRenderer:
         'labels' is the label map itself unless a buffer is given. The colour
         image is computed once when both 'colored' and 'overlay' are wanted.
         Images returned without a buffer in ``out`` are new arrays.
+        ``colored``: the colour image of these ``labels`` drawn earlier (e.g.
+        by a call for 'colored' alone, published before the overlay is drawn):
+        the overlay blends it instead of drawing it again.
         """
         with self._lock:
-            return self._render(labels, rgb, set(wanted), out or {}, confidence)
+            return self._render(labels, rgb, set(wanted), out or {}, confidence, colored)
 
     def _render(self, labels: np.ndarray, rgb: Optional[np.ndarray], wanted: set,
-                out: Mapping[str, np.ndarray],
-                confidence: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
+                out: Mapping[str, np.ndarray], confidence: Optional[np.ndarray],
+                colored: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
         unknown = wanted - set(OUTPUT_IMAGES)
         if unknown:
             raise ValueError(f'unknown output image(s) {sorted(unknown)}; '
@@ -172,7 +176,6 @@ class OutputRenderer:
                 np.copyto(out['labels'], labels)
         if 'drivable' in wanted:
             images['drivable'] = drivable_mask(labels, self.drivable, out=out.get('drivable'))
-        colored = None
         if 'colored' in wanted:
             colored = images['colored'] = colorize(labels, self.palette, out=out.get('colored'))
         if 'overlay' in wanted:

@@ -206,3 +206,24 @@ def test_colorize_and_drivable_with_wider_ids_still_check_the_range():
         colorize(np.array([[300]], dtype=np.int64), palette)
     with pytest.raises(IndexError):
         drivable_mask(np.array([[256]], dtype=np.int64), drivable_lut([1]))
+
+
+def test_overlay_reuses_a_colour_image_drawn_before(monkeypatch):
+    """Colour first (to publish it), then the overlay from it: no second colorize, same pixels."""
+    import enet_ros.masks as masks_module
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 11, (6, 8), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    colors = [(i * 20, 255 - i * 20, i * 7) for i in range(11)]
+    renderer = OutputRenderer(colors, [3, 4], 0.25)
+    together = renderer.render(labels, rgb, wanted=['colored', 'overlay'])
+    buffer = np.zeros((6, 8, 3), np.uint8)
+    renderer.render(labels, rgb, wanted=['colored'], out={'colored': buffer})
+    calls = []
+    real = masks_module.colorize
+    monkeypatch.setattr(masks_module, 'colorize', lambda *a, **k: calls.append(1) or real(*a, **k))
+    later = renderer.render(labels, rgb, wanted=['overlay'], colored=buffer)
+    assert calls == []
+    np.testing.assert_array_equal(buffer, together['colored'])
+    np.testing.assert_array_equal(later['overlay'], together['overlay'])
