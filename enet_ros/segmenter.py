@@ -144,8 +144,9 @@ class Segmenter:
     * ``batch_frames``: whether :meth:`segment_batch` sends frames of one size
       through the network as one batch (else one :meth:`segment` each; the
       same labels either way). None: on with CUDA graphs (a graph per batch
-      size and frame size), off on the CPU (see :data:`CPU_BATCH_DEFAULT`);
-      OpenVINO always runs one frame at a time (its graph has batch 1).
+      size and frame size), off on the CPU (see :data:`CPU_BATCH_DEFAULT`)
+      and on CUDA without graphs; OpenVINO always runs one frame at a time
+      (its graph has batch 1).
     * ``cpu_threads``: None or 0 auto (torch's setting for the process, one per
       core or ``OMP_NUM_THREADS``, for either runtime), else OpenVINO's threads
       or, for torch, ``torch.set_num_threads`` (process-wide: torch has one pool).
@@ -226,11 +227,11 @@ class Segmenter:
             self.path = openvino_path
         elif not on_cuda:
             apply_torch_threads(threads)
-        if openvino_path is None and not on_cuda:
-            self.path.batch_forward = (CPU_BATCH_DEFAULT if batch_frames is None
-                                       else bool(batch_frames))
-        elif on_cuda and batch_frames is not None:
-            self.path.batch_forward = bool(batch_frames) and self.path.cuda_graphs
+        if openvino_path is None:  # OpenVINO's graph has batch 1: it always loops
+            if batch_frames is not None:
+                self.path.batch_forward = bool(batch_frames)
+            elif not on_cuda:
+                self.path.batch_forward = CPU_BATCH_DEFAULT
         if warmup:
             self.path.warm_up(sizes)
 
