@@ -378,8 +378,8 @@ class _FakeBatchCapture:
 
 
 @torch.inference_mode()
-def test_cuda_path_batches_run_the_batch_pipeline_and_split_sizes(loaded, fake_cuda, monkeypatch,
-                                                                 core_logs):
+def test_cuda_path_batches_run_the_batch_pipeline_and_split_sizes(
+        loaded, fake_cuda, monkeypatch, core_logs):
     """
     run_batch: a group of one size is one batch capture running device_pipeline_batch.
 
