@@ -21,6 +21,14 @@ wait the node sets).
 
     python bench/bench_node.py --sizes 480x360 1280x720 --frames 100 --rate 5
     python bench/bench_node.py --sizes 480x360 --frames 60 --rate 5 --load 2
+
+With ``--stub-segmenter`` the node runs through ``bench/stub_node.py``: its
+Segmenter returns a fixed label map at once, so the latency left is the
+node's own work (decoding, drawing the output images, filling the messages,
+publishing) plus the transport; labels only against all four outputs gives
+what the image outputs cost. The Segmenter columns are then empty.
+
+    python bench/bench_node.py --stub-segmenter --sizes 1280x720 --frames 100 --rate 5
 """
 
 import argparse
@@ -212,6 +220,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='also run every scenario beside N busy processes (default 0)')
     parser.add_argument('--load-seconds', type=float, default=900.0,
                         help='the busy processes end by themselves after this long')
+    parser.add_argument('--stub-segmenter', action='store_true',
+                        help='run the node with a Segmenter that returns labels at once '
+                             '(bench/stub_node.py): the cost of the node around inference')
     parser.add_argument('--dds', choices=('profile', 'large-data'), default='profile',
                         help="Fast DDS set-up of every process: the package's XML profile "
                              '(unless one is set), or FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA')
@@ -236,9 +247,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
-    segmenter = Segmenter.from_file(args.model or None, device=args.device)
-    node = NodeProcess(node_command({'model_path': args.model, 'device': args.device}),
-                       env=env)
+    command = node_command({'model_path': args.model, 'device': args.device})
+    if args.stub_segmenter:
+        command = [sys.executable, str(Path(__file__).resolve().parent / 'stub_node.py'),
+                   *command[3:]]  # in place of '-m enet_ros.node.main'
+        segmenter = None
+    else:
+        segmenter = Segmenter.from_file(args.model or None, device=args.device)
+    node = NodeProcess(command, env=env)
     peer = Peer(domain)
     rows = []
     try:
@@ -252,31 +268,37 @@ def main(argv: Optional[List[str]] = None) -> int:
             for outputs, load in [(o, n) for o in (('labels',), OUTPUTS)
                                   for n in sorted({0, args.load})]:
                 count = max(20, args.frames // 2)
+                paced, back_to_back = [], []
                 with BusyLoad(load, args.load_seconds):
-                    back_to_back = time_segmenter(segmenter, rgb, count)
-                    paced = time_segmenter(segmenter, rgb, count, args.rate)
+                    if segmenter is not None:
+                        back_to_back = time_segmenter(segmenter, rgb, count)
+                        paced = time_segmenter(segmenter, rgb, count, args.rate)
                     peer.subscribe(outputs)
                     peer.wait_matched(outputs)
                     result = peer.run(msg, args.frames, args.rate, outputs)
                     peer.subscribe(())
-                    paced += time_segmenter(segmenter, rgb, count, args.rate)
-                    back_to_back += time_segmenter(segmenter, rgb, count)
-                paced_ms = float(np.median(paced) * 1e3)
-                back_to_back_ms = float(np.median(back_to_back) * 1e3)
+                    if segmenter is not None:
+                        paced += time_segmenter(segmenter, rgb, count, args.rate)
+                        back_to_back += time_segmenter(segmenter, rgb, count)
+                paced_ms = float(np.median(paced) * 1e3) if paced else None
+                back_to_back_ms = float(np.median(back_to_back) * 1e3) if back_to_back else None
                 rows.append({'size': size, 'outputs': 'labels' if len(outputs) == 1 else 'all',
                              'load': load,
                              'segmenter_median_ms': paced_ms,
                              'segmenter_back_to_back_ms': back_to_back_ms, **result,
+                             'stub_segmenter': args.stub_segmenter,
                              'ratio': (result['median'] / paced_ms
-                                       if result['median'] else None),
+                                       if result['median'] and paced_ms else None),
                              'ratio_back_to_back': (result['median'] / back_to_back_ms
-                                                    if result['median'] else None)})
+                                                    if result['median'] and back_to_back_ms
+                                                    else None)})
     finally:
         peer.close()
         node.stop()
 
     print(f'\nNode end to end ({platform.node()}, {os.cpu_count()} CPUs, '
-          f'{segmenter.describe()}; {args.frames} frames at {args.rate:g} Hz; DDS {args.dds})')
+          f'{segmenter.describe() if segmenter else "STUB Segmenter (bench/stub_node.py)"}; '
+          f'{args.frames} frames at {args.rate:g} Hz; DDS {args.dds})')
     header = (f'{"size":>9} {"outputs":>7} {"busy":>4} {"e2e med":>8} {"p90":>7} {"p99":>7} '
               f'{"out Hz":>7} {"dropped":>7} {"segm. ms":>8} {"ratio":>6} '
               f'{"b2b ms":>7} {"ratio":>6} '

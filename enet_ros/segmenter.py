@@ -51,7 +51,7 @@ Segmenter never changes the environment; in a process of your own, set
 """
 
 import logging
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -80,6 +80,10 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger(__name__)
+
+#: Whether the torch CPU paths batch frames by default (``batch_frames=None``). Measured with
+#: ``bench/bench_batch.py`` (bench/README.md, "Batched frames").
+CPU_BATCH_DEFAULT = False
 
 
 class Segmenter:
@@ -137,6 +141,12 @@ class Segmenter:
       decides by CPU features; None: ``ENET_ROS_BACKEND`` or auto). OpenVINO
       that cannot run (not installed, a CPU without its instructions, a graph
       it fails to load) logs a warning and torch runs instead. :attr:`backend` says which one runs.
+    * ``batch_frames``: whether :meth:`segment_batch` sends frames of one size
+      through the network as one batch (else one :meth:`segment` each; the
+      same labels either way). None: on with CUDA graphs (a graph per batch
+      size and frame size), off on the CPU (see :data:`CPU_BATCH_DEFAULT`)
+      and on CUDA without graphs; OpenVINO always runs one frame at a time
+      (its graph has batch 1).
     * ``cpu_threads``: None or 0 auto (torch's setting for the process, one per
       core or ``OMP_NUM_THREADS``, for either runtime), else OpenVINO's threads
       or, for torch, ``torch.set_num_threads`` (process-wide: torch has one pool).
@@ -156,7 +166,8 @@ class Segmenter:
                  max_graphs: int = 4, cudnn_benchmark: Optional[bool] = None,
                  warmup_sizes: Optional[Sequence[FrameSize]] = None,
                  freezing: Optional[bool] = None, index_free: Optional[bool] = None,
-                 inference_backend: Optional[str] = None, cpu_threads: Optional[int] = None):
+                 inference_backend: Optional[str] = None, cpu_threads: Optional[int] = None,
+                 batch_frames: Optional[bool] = None):
         self.device, note = resolve_device(device)
         if note:
             LOGGER.warning(note)
@@ -216,6 +227,11 @@ class Segmenter:
             self.path = openvino_path
         elif not on_cuda:
             apply_torch_threads(threads)
+        if openvino_path is None:  # OpenVINO's graph has batch 1: it always loops
+            if batch_frames is not None:
+                self.path.batch_forward = bool(batch_frames)
+            elif not on_cuda:
+                self.path.batch_forward = CPU_BATCH_DEFAULT
         if warmup:
             self.path.warm_up(sizes)
 
@@ -297,6 +313,39 @@ class Segmenter:
         logs a warning and falls back to the (folded) eager network for good.
         """
         return self.path.forward(network_input)
+
+    @property
+    def batches(self) -> bool:
+        """Whether :meth:`segment_batch` runs frames of one size as one forward."""
+        return self.path.batch_forward
+
+    @torch.inference_mode()
+    def segment_batch(self, frames: Sequence[np.ndarray], bgr: Union[bool, Sequence[bool]] = False,
+                      with_confidence: bool = False, images: Sequence[str] = (),
+                      out: Optional[Sequence[Optional[Mapping[str, np.ndarray]]]] = None
+                      ) -> List[Segmentation]:
+        """
+        Label several HxWx3 uint8 frames (e.g. one per camera); results in their order.
+
+        Each result is what :meth:`segment` gives for that frame with the same
+        arguments. Frames are grouped by size; where :attr:`batches`, a group
+        of two or more runs through the network as one batch (CUDA: one
+        captured graph per batch and frame size), else frame by frame.
+        ``bgr``: one flag for all or one per frame; ``images``: drawn for every
+        frame; ``out``: one buffer mapping (or None) per frame.
+        """
+        frames = list(frames)
+        if isinstance(bgr, (bool, np.bool_)):
+            flags = [bool(bgr)] * len(frames)
+        else:
+            flags = [bool(flag) for flag in bgr]
+        if len(flags) != len(frames):
+            raise ValueError(f'{len(flags)} bgr flags for {len(frames)} frames')
+        if out is not None and len(out) != len(frames):
+            raise ValueError(f'{len(out)} out mappings for {len(frames)} frames')
+        if not frames:
+            return []
+        return self.path.run_batch(frames, flags, with_confidence, images, out)
 
     @property
     def images_on_device(self) -> bool:

@@ -347,3 +347,68 @@ def test_node_state_sets_device_tables_on_the_inference_thread_only(loaded, fake
     host = NodeState(segmenter, runtime_settings(values, CAMVID_11.names))
     host.prepare_device_images()
     assert not host.images_on_device and len(calls) == 1
+
+
+class _FakeBatchCapture:
+    """Stands in for CapturedBatch: runs the batch pipeline on the CPU; fails for some batches."""
+
+    failing: Tuple = ()
+    made: List['_FakeBatchCapture'] = []
+
+    def __init__(self, pipeline, batch, frame_shape, device, with_confidence=False,
+                 warmup_iterations=3, pool=None, images=()):
+        if (batch, tuple(frame_shape)) in self.failing:
+            raise RuntimeError(f'capture of {batch} x {frame_shape} failed (simulated)')
+        self.pipeline, self.batch, self.frame_shape = pipeline, batch, tuple(frame_shape)
+        self.pool = pool
+        self.runs = 0
+        _FakeBatchCapture.made.append(self)
+
+    def run(self, images, out=None):
+        assert len(images) == self.batch
+        self.runs += 1
+        frames = torch.from_numpy(np.stack([np.ascontiguousarray(i) for i in images]))
+        labels, confidence, rendered = self.pipeline(frames)
+        out = out or [None] * self.batch
+        return [(labels[i].numpy().copy(),
+                 None if confidence is None else confidence[i].numpy().copy(),
+                 deliver_images({name: value[i].numpy() for name, value in rendered.items()},
+                                out[i]))
+                for i in range(self.batch)]
+
+
+@torch.inference_mode()
+def test_cuda_path_batches_run_the_batch_pipeline_and_split_sizes(
+        loaded, fake_cuda, monkeypatch, core_logs):
+    """
+    run_batch: a group of one size is one batch capture running device_pipeline_batch.
+
+    Its labels, confidence and images equal the eager path's frame by frame (on the CPU);
+    a group of one runs the single-frame graph; a failed batch capture runs frame by frame.
+    """
+    monkeypatch.setattr(cuda_graphs, 'CapturedBatch', _FakeBatchCapture)
+    monkeypatch.setattr(_FakeBatchCapture, 'made', [])
+    monkeypatch.setattr(_FakeBatchCapture, 'failing', ((2, (50, 60)),))
+    path, eager = _paths(loaded)
+    assert path.batch_forward and not eager.batch_forward
+    for each in (path, eager):
+        each.configure_images(CAMVID_11.colors, [3, 4], 0.4)
+    names = ('colored', 'drivable', 'overlay')
+    frames = [_image(70, 90, 1), _image(50, 60, 2), _image(70, 90, 3), _image(33, 41, 4),
+              _image(50, 60, 5), _image(70, 90, 6)]
+    bgr = [False, True, True, False, False, True]
+    inputs = [frame[..., ::-1] if flag else frame for frame, flag in zip(frames, bgr)]
+    with core_logs.at_level('WARNING'):
+        results = path.run_batch(inputs, bgr, with_confidence=True, names=names)
+    for image, flag, got in zip(inputs, bgr, results):
+        expected = eager.run(image, flag, with_confidence=True, images=names)
+        np.testing.assert_array_equal(got.labels, expected.labels)
+        np.testing.assert_allclose(got.confidence, expected.confidence, atol=1e-6)
+        for name in names:
+            np.testing.assert_array_equal(got.images[name], expected.images[name], err_msg=name)
+    assert [(c.batch, c.frame_shape) for c in _FakeBatchCapture.made] == [(3, (70, 90))]
+    assert _FakeBatchCapture.made[0].pool is fake_cuda
+    assert list(path.batch_graphs.failures) == [(2, 50, 60, (True, False), True, names)]
+    assert core_logs.text.count('failed (simulated)') == 1
+    # the failed pair and the lone 33x41 frame ran the single-frame graphs
+    assert sorted(c.frame_shape for c in _FakeCapture.made) == [(33, 41), (50, 60), (50, 60)]

@@ -366,3 +366,81 @@ def test_images_in_the_graph_equal_the_host_renderer(loaded):
     assert got.images['overlay'] is buffers['overlay']
     expected = host.render(got.labels, image, names)
     np.testing.assert_array_equal(buffers['overlay'], expected['overlay'])
+
+
+def test_batch_is_one_captured_graph_and_agrees_with_single_frames(loaded):
+    """
+    Four frames of one size: one CapturedBatch, one launch; labels as the single graphs'.
+
+    The batched network is the same fp16 arithmetic with batch 4 (cuDNN may pick other
+    algorithms for it), so the bound is the captured-vs-uncaptured one, SAME_FP16.
+    """
+    segmenter = Segmenter(loaded, device='cuda', warmup=False)
+    assert segmenter.batches
+    for shape in ((360, 480), (720, 1280)):
+        frames = [_scene(*shape, seed=seed) for seed in range(4)]
+        bgr = [False, True, False, True]
+        inputs = [frame[..., ::-1] if flag else frame for frame, flag in zip(frames, bgr)]
+        singles = [segmenter.segment(image, bgr=flag) for image, flag in zip(inputs, bgr)]
+        batched = segmenter.segment_batch(inputs, bgr=bgr)
+        for got, expected in zip(batched, singles):
+            assert got.labels.shape == shape and got.labels.dtype == np.uint8
+            assert label_agreement(got.labels, expected.labels) >= SAME_FP16
+    assert segmenter.path.batch_graphs.captures == 2  # one per (batch, size, flags)
+    segmenter.segment_batch([_scene(360, 480, seed=seed) for seed in range(4)])  # captured
+    from torch.profiler import profile, ProfilerActivity, record_function
+
+    frames = [_scene(360, 480, seed=seed) for seed in range(4)]
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function('enet_batch'):
+            segmenter.segment_batch(frames)
+    events = prof.events()
+    ranges = [event for event in events if event.name == 'enet_batch'
+              and event.device_type == torch.autograd.DeviceType.CPU]
+    start, end = ranges[0].time_range.start, ranges[0].time_range.end
+    runtime = [event.name for event in events if event.name.startswith('cuda')
+               and start <= event.time_range.start and event.time_range.end <= end]
+    if runtime:  # CUPTI may be unavailable to the profiler
+        assert runtime.count('cudaGraphLaunch') == 1, runtime
+        assert [name for name in runtime if 'Synchronize' in name] == \
+            ['cudaEventSynchronize'], runtime
+
+
+def test_batch_results_are_copies_and_images_match_the_host(loaded):
+    """Images from a batch graph equal numpy's for each frame; results outlive the next batch."""
+    from enet_ros.labels import CAMVID_11
+    from enet_ros.masks import OutputRenderer
+
+    segmenter = Segmenter(loaded, device='cuda', warmup=False)
+    segmenter.configure_images(CAMVID_11.colors, [3, 4], 0.4)
+    host = OutputRenderer(CAMVID_11.colors, [3, 4], 0.4)
+    names = ('colored', 'drivable', 'overlay')
+    frames = [_scene(301, 397, seed=seed) for seed in range(3)]
+    out = [None, {'overlay': np.zeros((301, 397, 3), np.uint8)}, None]
+    first = segmenter.segment_batch(frames, with_confidence=True, images=names, out=out)
+    assert first[1].images['overlay'] is out[1]['overlay']
+    kept = [result.labels.copy() for result in first]
+    for frame, result in zip(frames, first):
+        assert result.confidence.shape == frame.shape[:2]
+        expected = host.render(result.labels, frame, names)
+        for name in names:
+            np.testing.assert_array_equal(result.images[name], expected[name], err_msg=name)
+    segmenter.segment_batch([_scene(301, 397, seed=seed + 10) for seed in range(3)],
+                            with_confidence=True, images=names)
+    for result, labels in zip(first, kept):
+        assert np.array_equal(result.labels, labels)
+
+
+def test_batch_mixed_sizes_split_and_batch_of_one(loaded):
+    """Sizes are grouped (a group of one runs the single graph); results keep their order."""
+    segmenter = Segmenter(loaded, device='cuda', warmup=False)
+    shapes = [(360, 480), (240, 320), (360, 480), (200, 300)]
+    frames = [_scene(*shape, seed=index) for index, shape in enumerate(shapes)]
+    results = segmenter.segment_batch(frames)
+    assert [result.labels.shape for result in results] == shapes
+    for frame, result in zip(frames, results):
+        assert label_agreement(result.labels, segmenter.segment(frame).labels) >= SAME_FP16
+    assert segmenter.path.batch_graphs.captures == 1  # only the two 360x480 frames
+    single = segmenter.segment_batch([frames[1]])[0]
+    assert np.array_equal(single.labels, segmenter.segment(frames[1]).labels)

@@ -263,3 +263,45 @@ def test_jpeg_header_walker_survives_garbage():
         tail = tail.replace(b'\x00', b'\xff')
         size = compressed_image_size(soi + tail)
         assert size is None or (isinstance(size, tuple) and len(size) == 2)
+
+
+@pytest.mark.parametrize('form', ['array', 'bytes', 'numpy', 'memoryview', 'list'])
+@pytest.mark.parametrize('extension', ['.png', '.jpg'])
+def test_compressed_data_in_every_form_decodes_the_same(form, extension):
+    """array('B') (rclpy), bytes, a uint8 array (rosbags), a memoryview or a list: one image."""
+    import array
+
+    bgr = np.ascontiguousarray(RGB[..., ::-1])
+    encoded = bytes(_compressed(bgr, extension).data)
+    reference = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
+    data = {'array': array.array('B', encoded), 'bytes': encoded,
+            'numpy': np.frombuffer(encoded, np.uint8), 'memoryview': memoryview(encoded),
+            'list': list(encoded)}[form]
+    assert compressed_image_size(data) == (10, 6)
+    msg = CompressedImage(format=extension[1:])
+    msg.data = data
+    if form == 'numpy':
+        msg._data = data  # as a rosbags message holds it (the setter would make an array)
+    np.testing.assert_array_equal(compressed_image_to_frame(msg, MAX).pixels, reference)
+
+
+@pytest.mark.parametrize('channels, encoding', [(1, 'mono8'), (3, 'rgb8')])
+def test_image_buffer_publishes_what_was_drawn_frame_after_frame(channels, encoding):
+    """Serialised by rclpy as a publisher does: each frame's pixels, the array never replaced."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    buffer = ImageBuffer(Image, encoding)
+    shape = (6, 10) if channels == 1 else (6, 10, 3)
+    first_array = None
+    for frame in range(3):
+        pixels = RNG.integers(0, 256, shape, dtype=np.uint8)
+        np.copyto(buffer.view(6, 10, channels), pixels)
+        buffer.msg.header.stamp.sec = frame
+        first_array = first_array or buffer.msg.data
+        assert buffer.msg.data is first_array
+        received = deserialize_message(serialize_message(buffer.msg), Image)
+        assert (received.height, received.width, received.step, received.encoding) == \
+            (6, 10, 10 * channels, encoding)
+        assert received.header.stamp.sec == frame
+        np.testing.assert_array_equal(
+            np.frombuffer(received.data, np.uint8).reshape(shape), pixels)

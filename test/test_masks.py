@@ -156,3 +156,74 @@ def test_confidence_image_and_voiding():
     assert images['confidence'].tolist() == confidence_image(confidence).tolist()
     with pytest.raises(ValueError, match='confidence map'):
         renderer.render(labels, None, wanted=['confidence'])
+
+
+def _reference_overlay(image: np.ndarray, colored: np.ndarray, alpha: float) -> np.ndarray:
+    """Compute the fixed-point formula in int64: (i * (256 - w) + c * w + 128) >> 8."""
+    weight = int(round(alpha * 256))
+    total = image.astype(np.int64) * (256 - weight) + colored.astype(np.int64) * weight + 128
+    return (total >> 8).astype(np.uint8)
+
+
+def test_overlay_equals_the_fixed_point_formula_for_every_weight():
+    """Every weight 0-256 on every pixel pair, strided and padded inputs: the formula exactly."""
+    values = np.arange(256, dtype=np.uint8)
+    image = np.repeat(values, 256).reshape(256, 256, 1).repeat(3, axis=2)
+    colored = np.tile(values, 256).reshape(256, 256, 1).repeat(3, axis=2)
+    padded = np.zeros((256, 300, 4), np.uint8)
+    padded[:, :256, :3] = image[..., ::-1]
+    strided = padded[:, :256, 2::-1]  # a BGR view of a padded message buffer, reversed
+    for weight in range(257):
+        alpha = weight / 256
+        expected = _reference_overlay(image, colored, alpha)
+        np.testing.assert_array_equal(overlay(image, colored, alpha), expected)
+        out = np.zeros_like(image)
+        np.testing.assert_array_equal(overlay(strided, colored, alpha, out=out), expected)
+
+
+def test_renderer_reuses_its_working_buffers_without_leaking_them():
+    """Overlay alone, frame after frame and size after size: the single functions' images."""
+    rng = np.random.default_rng(5)
+    colors = [(i * 20, 255 - i * 20, i * 7) for i in range(11)]
+    renderer = OutputRenderer(colors, [3, 4], 0.3)
+    palette = palette_lut(colors)
+    kept = []
+    for height, width in ((6, 8), (6, 8), (9, 5), (6, 8)):
+        labels = rng.integers(0, 11, (height, width), dtype=np.uint8)
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        images = renderer.render(labels, rgb, wanted=['overlay', 'drivable'])
+        expected = overlay(rgb, colorize(labels, palette), 0.3)
+        np.testing.assert_array_equal(images['overlay'], expected)
+        kept.append((images['overlay'], expected))
+    for image, expected in kept:  # a returned image is never a working buffer reused later
+        np.testing.assert_array_equal(image, expected)
+
+
+def test_colorize_and_drivable_with_wider_ids_still_check_the_range():
+    """uint8 ids take the fast path; wider ids outside the table still raise."""
+    palette = palette_lut(COLORS)
+    with pytest.raises(IndexError):
+        colorize(np.array([[300]], dtype=np.int64), palette)
+    with pytest.raises(IndexError):
+        drivable_mask(np.array([[256]], dtype=np.int64), drivable_lut([1]))
+
+
+def test_overlay_reuses_a_colour_image_drawn_before(monkeypatch):
+    """Colour first (to publish it), then the overlay from it: no second colorize, same pixels."""
+    import enet_ros.masks as masks_module
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 11, (6, 8), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    colors = [(i * 20, 255 - i * 20, i * 7) for i in range(11)]
+    renderer = OutputRenderer(colors, [3, 4], 0.25)
+    together = renderer.render(labels, rgb, wanted=['colored', 'overlay'])
+    buffer = np.zeros((6, 8, 3), np.uint8)
+    renderer.render(labels, rgb, wanted=['colored'], out={'colored': buffer})
+    calls = []
+    real = masks_module.colorize
+    monkeypatch.setattr(masks_module, 'colorize', lambda *a, **k: calls.append(1) or real(*a, **k))
+    later = renderer.render(labels, rgb, wanted=['overlay'], colored=buffer)
+    assert calls == []
+    np.testing.assert_array_equal(buffer, together['colored'])
+    np.testing.assert_array_equal(later['overlay'], together['overlay'])

@@ -26,6 +26,12 @@ after the launch, for the download to finish. Nothing in between synchronises
 with the device. The event is a blocking one (``blocking=True``): the waiting
 thread sleeps instead of spinning a CPU core for the whole GPU frame.
 
+Batches (:meth:`CudaGraphPath.run_batch`): N frames of one size go through
+one :class:`CapturedBatch`, the same work for an NxHxWx3 frame stack with one
+forward of batch N, captured once per (N, size, channel orders, confidence,
+images) and kept in a cache of its own (so batches do not evict the
+single-frame graphs).
+
 All captures share one graph memory pool (``torch.cuda.graph_pool_handle()``):
 they never run concurrently (all replay on the caller's one stream, in
 order) and every tensor a capture allocates in the pool is freed by the end
@@ -42,7 +48,7 @@ Everything here needs CUDA to run; the module imports without it.
 """
 
 import logging
-from typing import Callable, Dict, Hashable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,7 +56,7 @@ from torch import nn
 
 from .config import cudnn_benchmark_wanted
 from .device_images import check_image_names, deliver_images, DeviceImages, ImageBuffers
-from .eager import EagerPath
+from .eager import EagerPath, size_groups
 from .frames import check_image, FramePipeline, Segmentation
 from .graph_cache import GraphCache
 from ..masks import OUTPUT_CHANNELS
@@ -187,6 +193,98 @@ class CapturedFrame:
         return self.collect(out)
 
 
+class CapturedBatch:
+    """
+    One CUDA graph for N HxWx3 uint8 frames of one size: :class:`CapturedFrame` for a batch.
+
+    ``pipeline`` maps the NxHxWx3 device frames to (NxHxW uint8 labels, NxHxW
+    float32 confidence or None, {name: NxHxWx3 or NxHxW image}); capturable
+    as :class:`CapturedFrame`'s. Host and device buffers have a leading N.
+    """
+
+    def __init__(self, pipeline: Pipeline, batch: int, frame_shape: Tuple[int, int],
+                 device: torch.device, with_confidence: bool = False,
+                 warmup_iterations: int = 3, pool: Optional[Tuple[int, int]] = None,
+                 images: Sequence[str] = ()):
+        if device.type != 'cuda':
+            raise ValueError(f'CapturedBatch needs a CUDA device, got {device}')
+        if batch < 1:
+            raise ValueError(f'batch must be at least 1, got {batch}')
+        height, width = (int(v) for v in frame_shape)
+        self.batch = int(batch)
+        self.frame_shape = (height, width)
+        self.device = device
+        self.with_confidence = with_confidence
+        shape = (self.batch, height, width)
+        with torch.cuda.device(device):
+            self.host_frames = torch.zeros(shape + (3,), dtype=torch.uint8, pin_memory=True)
+            self.host_labels = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+            self.host_confidence = (torch.empty(shape, dtype=torch.float32, pin_memory=True)
+                                    if with_confidence else None)
+            self.host_images = {
+                name: torch.empty(shape + ((3,) if OUTPUT_CHANNELS[name] == 3 else ()),
+                                  dtype=torch.uint8, pin_memory=True)
+                for name in check_image_names(images)}
+            self.device_frames = torch.zeros(shape + (3,), dtype=torch.uint8, device=device)
+            self._host_frames_array = self.host_frames.numpy()
+            self._pipeline = pipeline
+            self.done = completion_event()
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(max(1, warmup_iterations)):
+                    self._step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            torch.cuda.synchronize(device)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self._step()
+            torch.cuda.synchronize(device)
+
+    def _step(self) -> None:
+        """Do the captured work: upload N frames, pipeline, download (stream-ordered)."""
+        self.device_frames.copy_(self.host_frames, non_blocking=True)
+        labels, confidence, images = self._pipeline(self.device_frames)
+        self.host_labels.copy_(labels, non_blocking=True)
+        for name, buffer in self.host_images.items():
+            buffer.copy_(images[name], non_blocking=True)
+        if self.host_confidence is not None:
+            if confidence is None:
+                raise ValueError('pipeline returned no confidence map but one was requested')
+            self.host_confidence.copy_(confidence, non_blocking=True)
+
+    def launch(self, images: Sequence[np.ndarray]) -> None:
+        """Copy N HxWx3 uint8 images (any strides) to pinned memory and launch the graph."""
+        if len(images) != self.batch:
+            raise ValueError(f'{len(images)} frames for a capture of {self.batch}')
+        for index, image in enumerate(images):
+            if image.shape[:2] != self.frame_shape:
+                raise ValueError(f'frame {image.shape[:2]} does not match the capture '
+                                 f'{self.frame_shape}')
+            np.copyto(self._host_frames_array[index], image)
+        self.graph.replay()
+        self.done.record(torch.cuda.current_stream(self.device))
+
+    def collect(self, out: Optional[Sequence[ImageBuffers]] = None) -> List[HostResults]:
+        """Wait (sleeping) for the launched batch; return each frame's results as copies."""
+        self.done.synchronize()
+        out = list(out) if out is not None else [None] * self.batch
+        labels = self.host_labels.numpy()
+        confidence = self.host_confidence.numpy() if self.host_confidence is not None else None
+        images = {name: buffer.numpy() for name, buffer in self.host_images.items()}
+        return [(labels[index].copy(),
+                 confidence[index].copy() if confidence is not None else None,
+                 deliver_images({name: image[index] for name, image in images.items()},
+                                out[index]))
+                for index in range(self.batch)]
+
+    def run(self, images: Sequence[np.ndarray],
+            out: Optional[Sequence[ImageBuffers]] = None) -> List[HostResults]:
+        """:meth:`launch` then :meth:`collect`: one batch, one launch, one wait."""
+        self.launch(images)
+        return self.collect(out)
+
+
 def key_text(key: Hashable) -> str:
     """``(height, width, bgr, with_confidence, images)`` as ``WxH`` plus what was asked."""
     height, width, bgr, with_confidence, images = key
@@ -204,12 +302,15 @@ class CudaGraphPath(EagerPath):
 
     cuda_graphs = True
     images_on_device = True
+    batch_forward = True
 
     def __init__(self, network: nn.Module, pipeline: FramePipeline, notes: Sequence[str] = (),
                  max_graphs: int = 4):
         super().__init__(network, pipeline, 'optimised', notes)
         self.device = pipeline.device
         self.graphs: GraphCache[CapturedFrame] = GraphCache(max_graphs)
+        #: Batch captures, keyed by (N, height, width, bgr flags, with_confidence, images).
+        self.batch_graphs: GraphCache[CapturedBatch] = GraphCache(max_graphs)
         self.pool = torch.cuda.graph_pool_handle()
         self.device_images = DeviceImages(self.device)
 
@@ -231,6 +332,63 @@ class CudaGraphPath(EagerPath):
             return super().run(image, bgr, with_confidence, images, out)
         labels, confidence, rendered = runner.run(image, out)
         return Segmentation(labels, confidence, rendered)
+
+    def run_batch(self, images: Sequence[np.ndarray], bgr: Sequence[bool],
+                  with_confidence: bool = False, names: Sequence[str] = (),
+                  out: Optional[Sequence[ImageBuffers]] = None) -> List[Segmentation]:
+        """
+        Label several frames; each size's group of two or more is one captured batch.
+
+        A group whose batch capture failed, or ``batch_forward`` off, runs
+        frame by frame through :meth:`run`.
+        """
+        names = self.checked_images(names)
+        out = list(out) if out is not None else [None] * len(images)
+        results: List[Optional[Segmentation]] = [None] * len(images)
+        for group in size_groups(images):
+            runner = None
+            if self.batch_forward and len(group) > 1:
+                for index in group:
+                    check_image(images[index])
+                height, width = images[group[0]].shape[:2]
+                key = (len(group), height, width, tuple(bool(bgr[i]) for i in group),
+                       bool(with_confidence), names)
+                runner = self.batch_graphs.get(key, lambda: self._capture_batch(key))
+            if runner is None:
+                for index in group:
+                    results[index] = self.run(images[index], bgr[index], with_confidence,
+                                              names, out[index])
+                continue
+            frames = runner.run([images[index] for index in group],
+                                [out[index] for index in group])
+            for index, (labels, confidence, rendered) in zip(group, frames):
+                results[index] = Segmentation(labels, confidence, rendered)
+        return results
+
+    def _capture_batch(self, key) -> CapturedBatch:
+        count, height, width, bgr, with_confidence, images = key
+        self.pipeline.label_index(height, width)  # index maps are built outside the capture
+
+        def pipeline(frames: torch.Tensor):
+            labels, confidence = self.pipeline.device_pipeline_batch(frames, self.forward, bgr,
+                                                                     with_confidence)
+            rendered = {}
+            if images:
+                per_frame = [self.device_images.render(
+                    labels[index], frames[index].flip(-1) if bgr[index] else frames[index],
+                    images) for index in range(count)]
+                rendered = {name: torch.stack([frame[name] for frame in per_frame])
+                            for name in images}
+            return labels, confidence, rendered
+
+        LOGGER.info('capturing a CUDA graph for batches of %d %s frames', count,
+                    key_text((height, width, False, with_confidence, images)))
+        try:
+            return CapturedBatch(pipeline, count, (height, width), self.device,
+                                 with_confidence=with_confidence, pool=self.pool, images=images)
+        except Exception:
+            torch.cuda.synchronize(self.device)
+            raise
 
     def _capture(self, key: Tuple[int, int, bool, bool, Tuple[str, ...]]) -> CapturedFrame:
         height, width, bgr, with_confidence, images = key

@@ -6,6 +6,10 @@ compiled CPU and CUDA graph paths extend it):
 
 * ``run(image, bgr=False, with_confidence=False) -> Segmentation``: one frame,
   array contract in :mod:`enet_ros.inference.frames`;
+* ``run_batch(images, bgr, with_confidence=False) -> [Segmentation]``: several
+  frames, grouped by size; with ``batch_forward`` each group of two or more
+  goes through the network as one batch, else frame by frame through ``run``
+  (the same labels either way: ``test/test_batch.py``);
 * ``forward(x)``: 1x3xhxw normalised input to 1xCxhxw logits, as ``run`` computes them;
 * ``warm_up(sizes)``: run (compile, capture) frames at construction;
 * ``describe()``: which path runs and what was done to the network;
@@ -18,15 +22,23 @@ reference the other paths are tested against; ``mode='eager'``), and with
 ``torch_compile=False`` on the CPU, ``cuda_graphs=False`` on CUDA.
 """
 
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .device_images import check_image_names, ImageBuffers
-from .frames import FramePipeline, Segmentation
+from .frames import check_image, FramePipeline, Segmentation
 from .. import masks
+
+
+def size_groups(images: Sequence[np.ndarray]) -> List[List[int]]:
+    """Group the indices of ``images`` by (height, width), groups in order of first appearance."""
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[:2]), []).append(index)
+    return list(groups.values())
 
 
 class EagerPath:
@@ -35,6 +47,8 @@ class EagerPath:
     compiled = False
     cuda_graphs = False
     images_on_device = False
+    #: Whether :meth:`run_batch` runs frames of one size as one forward (the Segmenter sets it).
+    batch_forward = False
 
     def __init__(self, network: nn.Module, pipeline: FramePipeline, mode: str = 'eager',
                  notes: Sequence[str] = ()):
@@ -75,6 +89,39 @@ class EagerPath:
         rgb = image[..., ::-1] if bgr else image
         rendered = self.host_images.render(result.labels, rgb, images, out=out)
         return Segmentation(result.labels, result.confidence, rendered)
+
+    def run_batch(self, images: Sequence[np.ndarray], bgr: Sequence[bool],
+                  with_confidence: bool = False, names: Sequence[str] = (),
+                  out: Optional[Sequence[ImageBuffers]] = None) -> List[Segmentation]:
+        """
+        Label several HxWx3 uint8 images (call under inference mode); results in their order.
+
+        ``bgr``: one flag per image; ``names``: the images to draw for every
+        frame (as :meth:`run`'s ``images``); ``out``: one buffer mapping (or
+        None) per frame. Frames are grouped by size; see the module docstring.
+        """
+        names = self.checked_images(names)
+        out = list(out) if out is not None else [None] * len(images)
+        results: List[Optional[Segmentation]] = [None] * len(images)
+        for group in size_groups(images):
+            if not self.batch_forward or len(group) == 1:
+                for index in group:
+                    results[index] = self.run(images[index], bgr[index], with_confidence, names,
+                                              out[index])
+                continue
+            for index in group:
+                check_image(images[index])
+            batch = self.pipeline.segment_batch([images[index] for index in group],
+                                                self.forward, [bgr[index] for index in group],
+                                                with_confidence)
+            for index, result in zip(group, batch):
+                if names:
+                    rgb = images[index][..., ::-1] if bgr[index] else images[index]
+                    rendered = self.host_images.render(result.labels, rgb, names,
+                                                       out=out[index])
+                    result = Segmentation(result.labels, result.confidence, rendered)
+                results[index] = result
+        return results
 
     def default_warmup_frames(self) -> Iterable[Tuple[int, int]]:
         """

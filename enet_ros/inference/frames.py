@@ -17,7 +17,7 @@ host tensors, so CUDA graphs capture it whole.
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import warnings
 
 import numpy as np
@@ -230,6 +230,72 @@ class FramePipeline:
             if confidence is not None:
                 confidence = _take_nearest(confidence, rows, cols)
         return labels, confidence
+
+    def batch_input(self, frames: Sequence[torch.Tensor], bgr: Sequence[bool]) -> torch.Tensor:
+        """
+        N HxWx3 uint8 device frames (each its own channel order) to the Nx3xhxw input.
+
+        Each frame is resized and normalised exactly as :meth:`network_input`
+        does it alone, then stacked (device work only: capturable).
+        """
+        inputs = [self.network_input(frame, flag) for frame, flag in zip(frames, bgr)]
+        return torch.cat(inputs).contiguous(memory_format=self.memory_format)
+
+    def device_pipeline_batch(self, frames: torch.Tensor, forward: Forward,
+                              bgr: Sequence[bool], with_confidence: bool
+                              ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        NxHxWx3 uint8 device frames to (NxHxW uint8 labels, NxHxW float32 confidence or None).
+
+        :meth:`device_pipeline` for N frames of one size with one ``forward``;
+        device work only (capturable once :meth:`label_index` has built the
+        size's maps).
+        """
+        count, height, width = frames.shape[:3]
+        logits = forward(self.batch_input([frames[index] for index in range(count)], bgr))
+        labels = labels_from_logits(logits)
+        confidence = (torch.softmax(logits.float(), dim=1).amax(dim=1)
+                      if with_confidence else None)
+        if labels.shape[1:] != (height, width):
+            rows, cols = self.label_index(height, width)
+            labels = torch.stack([_take_nearest(labels[index], rows, cols)
+                                  for index in range(count)])
+            if confidence is not None:
+                confidence = torch.stack([_take_nearest(confidence[index], rows, cols)
+                                          for index in range(count)])
+        return labels, confidence
+
+    def segment_batch(self, images: Sequence[np.ndarray], forward: Forward,
+                      bgr: Sequence[bool], with_confidence: bool = False) -> List[Segmentation]:
+        """
+        Label N HxWx3 uint8 images of one size with one ``forward`` (call under inference mode).
+
+        Pre- and post-processing are :meth:`segment`'s, frame by frame; only
+        the network runs once, on the N frames stacked.
+        """
+        frames = [as_tensor(image).to(self.device, non_blocking=True) for image in images]
+        logits = forward(self.batch_input(frames, bgr))
+        labels = labels_from_logits(logits).cpu().numpy()
+        confidence = (torch.softmax(logits.float(), dim=1).amax(dim=1).cpu().numpy()
+                      if with_confidence else None)
+        height, width = images[0].shape[:2]
+        rows = cols = None
+        if labels.shape[1:] != (height, width):
+            rows, cols = (index.cpu().numpy() for index in self.label_index(height, width))
+        results = []
+        for index in range(len(images)):
+            frame_labels = labels[index]
+            frame_confidence = None if confidence is None else confidence[index]
+            if rows is not None:
+                frame_labels = _take_nearest(frame_labels, rows, cols)
+                if frame_confidence is not None:
+                    frame_confidence = _take_nearest(frame_confidence, rows, cols)
+            else:
+                frame_labels = frame_labels.copy()
+                if frame_confidence is not None:
+                    frame_confidence = frame_confidence.copy()
+            results.append(Segmentation(frame_labels, frame_confidence))
+        return results
 
     def segment(self, image: np.ndarray, forward: Forward, bgr: bool = False,
                 with_confidence: bool = False) -> Segmentation:

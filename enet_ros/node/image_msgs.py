@@ -22,6 +22,15 @@ OpenCV's BGR (BGRA) order, i.e. they are treated exactly like ``bgr8`` /
 
 Compressed images are decoded as stored: an EXIF Orientation tag in a JPEG is
 ignored, so the pixels keep the camera's geometry (and the size in the header).
+Their data is read through a memoryview, not copied, before decoding.
+
+Outputs: :class:`ImageBuffer` keeps one message per output whose ``data`` is
+an ``array('B')`` that the node draws into through a numpy view. rclpy's C
+conversion copies any buffer-protocol object (array, bytes, numpy,
+memoryview) with one memcpy, equally fast (``bench/bench_publish.py``); the
+generated ``data`` setter, though, copies anything but an ``array('B')``
+element by element and even an array once, so the array is set only when the
+size changes and filled in place every frame.
 """
 
 from dataclasses import dataclass
@@ -140,13 +149,27 @@ def raw_image_to_frame(msg, max_pixels: int) -> CameraFrame:
     return CameraFrame(pixels[..., :3], bgr=order == 'bgr')
 
 
-def compressed_image_size(data: bytes) -> Optional[Tuple[int, int]]:
+def _bytes_view(data) -> memoryview:
+    """Return a flat uint8 memoryview of ``data`` (bytes, array('B'), numpy), copying if needed."""
+    try:
+        view = memoryview(data)
+        if view.c_contiguous and view.itemsize == 1:
+            return view.cast('B')
+    except TypeError:  # a list of ints
+        pass
+    return memoryview(bytes(data))
+
+
+def compressed_image_size(data) -> Optional[Tuple[int, int]]:
     """
     (width, height) from a PNG or JPEG header without decoding, or None if not found.
+
+    ``data``: bytes or anything with the buffer protocol (array('B'), memoryview).
 
     Never raises on truncated or garbage data: anything that is not a
     well-formed PNG IHDR or JPEG marker sequence up to a SOF segment gives None.
     """
+    data = _bytes_view(data)
     if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24 and data[12:16] == b'IHDR':
         width, height = struct.unpack('>II', data[16:24])
         return width, height
@@ -161,7 +184,7 @@ _JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD9)])
 _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+def _jpeg_size(data: memoryview) -> Optional[Tuple[int, int]]:
     """
     (width, height) from the first SOF segment of a JPEG (after SOI), or None.
 
@@ -206,7 +229,7 @@ def compressed_image_to_frame(msg, max_pixels: int) -> CameraFrame:
     The frame is HxWx3 uint8 BGR in the stored orientation (a JPEG's EXIF
     Orientation tag is ignored), so its size is the header's.
     """
-    data = bytes(msg.data)
+    data = _bytes_view(msg.data)
     size = compressed_image_size(data)
     if size is None:
         raise InvalidImage('bad_compressed_format',
