@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .grid import CameraGrid
 from .health import FrameStats
-from .image_msgs import ImageBuffer
+from ..ros_io.image_msgs import ImageBuffer
 
 
 def topic_prefix(camera: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Tuple
 from nav_msgs.msg import OccupancyGrid
 import numpy as np
 
-from .config import ConfigError
+from .parameter_table import ConfigError
 from ..ground_grid import CameraIntrinsics, CameraPose, GridSpec, GroundProjection
 
 

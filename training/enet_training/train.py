@@ -37,8 +37,8 @@ from .distributed import average_over_ranks, cleanup_distributed, init_distribut
 from .evaluate import evaluate_segmenter, evaluate_sequences, format_scores
 from .finetune import apply_frozen_modes
 from .records import data_fingerprint, MetricsWriter, write_run_record
-from .run import (DEFAULT_INPUT_SIZE, Run, seed_batchnorm_pass, seed_epoch, setup_run,
-                  StepOptions, update_encoder_freeze, wrap_distributed)
+from .run_setup import (DEFAULT_INPUT_SIZE, Run, seed_batchnorm_pass, seed_epoch, setup_run,
+                        StepOptions, update_encoder_freeze, wrap_distributed)
 
 __all__ = ['add_train_arguments', 'BEST_MODEL_NAME', 'CHECKPOINT_NAME', 'DEFAULT_INPUT_SIZE',
            'evaluate', 'Progress', 'train', 'train_one_epoch']
