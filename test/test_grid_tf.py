@@ -14,7 +14,8 @@ import signal
 import threading
 import time
 
-from enet_ros.ground_grid import CameraIntrinsics, GroundProjection
+from enet_ros.camera_model import CameraIntrinsics
+from enet_ros.ground_grid import GroundProjection
 from enet_ros.labels import CAMVID_11
 from enet_ros.node.parameter_table import PoseValues
 import numpy as np

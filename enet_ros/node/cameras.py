@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .grid import CameraGrid
+from .camera_grid import CameraGrid
 from .health import FrameStats
 from ..ros_io.image_msgs import ImageBuffer
 

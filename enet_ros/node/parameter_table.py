@@ -10,8 +10,8 @@ The drivable grid's layout (``grid_*``) and the cameras' poses
 (``camera_pose.*``, one set per camera, see :func:`pose_parameter`) are
 live too: the next frame uses them (the pixel-to-cell map is rebuilt then).
 
-(Over 350 lines: the declaration of every parameter, with its description and
-range, is one table in one place, with the checks that go with it.)
+Why one module: the declaration of every parameter, with its description and
+range, is one table in one place, with the checks that go with it.
 """
 
 from dataclasses import dataclass
@@ -23,11 +23,12 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 ParameterType)
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from .image_msgs import check_frame_shape, InvalidImage
-from ..ground_grid import CameraPose, GridSpec
+from ..camera_model import CameraPose
+from ..ground_grid import GridSpec
 from ..inference.config import parse_frame_sizes, SegmenterConfigError
 from ..masks import OUTPUT_IMAGES
 from ..model_file import input_size_problem
+from ..ros_io.image_msgs import check_frame_shape, InvalidImage
 
 #: The image outputs (sensor_msgs/Image, the input's size and header).
 IMAGE_OUTPUTS = OUTPUT_IMAGES
@@ -325,6 +326,17 @@ CLASS_NAMES_DESCRIPTION = _descriptor(
     'class names of the loaded model; label id = index (set by the node, follows model_path; '
     'changes from outside are refused)', False, STRINGS)
 
+#: The start-up settings, read from the descriptors (the one place that says it): changing
+#: one is refused while the node runs (the managed node: while configured).
+READ_ONLY_PARAMETERS = tuple(
+    [name for name, (_, descriptor) in PARAMETERS.items() if descriptor.read_only]
+    + [name for name, descriptor in (('cameras', CAMERAS_DESCRIPTION),
+                                     ('warmup_sizes', WARMUP_SIZES_DESCRIPTION))
+       if descriptor.read_only])
+#: Start-up settings the managed node takes at each configure: settable while unconfigured.
+#: ``cameras`` is not one: the per-camera pose parameters are declared from it at start.
+CONFIGURE_TIME_PARAMETERS = tuple(n for n in READ_ONLY_PARAMETERS if n != 'cameras')
+
 
 def startup_settings(values: Dict[str, Any]) -> StartupSettings:
     """Build and check the start-up settings from parameter values."""
@@ -379,7 +391,7 @@ def warmup_sizes(entries: Sequence[str], max_pixels: int) -> Tuple[str, ...]:
 
     A size is refused where its frames would be: more pixels than
     ``max_pixels`` (its value at start-up) or a bad shape (see
-    :func:`~enet_ros.node.image_msgs.check_frame_shape`). Warming such a size
+    :func:`~enet_ros.ros_io.image_msgs.check_frame_shape`). Warming such a size
     up would only cost memory (100000x100000: 30 GB) for frames never segmented.
     """
     try:
