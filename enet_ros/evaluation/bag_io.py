@@ -12,10 +12,10 @@ Array contracts:
   uint8 array (often a view into the message buffer) plus its channel order;
 * a label image is an HxW uint8 array of class ids (``mono8``).
 
-One module (about 700 lines) because it is the one place that knows the bag
-format: reading, writing and the message conversions share the typestore, the
-error types and the metadata version, and every other evaluation module (and
-the tests) goes through it instead of rosbags.
+Why one module: it is the one place that knows the bag format: reading,
+writing and the message conversions share the typestore, the error types and
+the metadata version, and every other evaluation module (and the tests) goes
+through it instead of rosbags.
 
 Faults it handles: message counts are those of the storage files, not of
 metadata.yaml (which may lie); an MCAP bag with a chunk index is read chunk by

@@ -8,8 +8,12 @@ saves).
 Laid out as torchvision's ``references/segmentation/train.py``: the flags
 (:func:`add_train_arguments`), :func:`train_one_epoch`, :func:`evaluate`
 (through the node's :class:`~enet_ros.segmenter.Segmenter`) and a thin
-:func:`train`. The set-up is in :mod:`.run`, processes and devices in
+:func:`train`. The set-up is in :mod:`.run_setup`, processes and devices in
 :mod:`.distributed`, checkpoints in :mod:`.checkpoint`.
+
+Why one module: the training loop, its evaluation and its flags are
+torchvision's reference layout, which readers of training scripts know; the
+set-up, the processes and the checkpoints are already apart.
 """
 
 import argparse
