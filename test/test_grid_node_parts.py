@@ -19,9 +19,9 @@ from enet_ros.node.cameras import Camera
 from enet_ros.node.diagnostics import camera_status
 from enet_ros.node.grid_pose import GridUnavailable, resolve_pose_source
 from enet_ros.node.health import HealthThresholds, OK, WARN
-from enet_ros.node.parameter_table import (ConfigError, GRID_OUTPUT, grid_settings, OUTPUTS,
-                                           PARAMETERS, pose_parameter, pose_values, PoseValues,
-                                           runtime_settings)
+from enet_ros.node.parameter_table import (ConfigError, GRID_OUTPUT, OUTPUTS, PARAMETERS,
+                                           pose_parameter)
+from enet_ros.node.settings import grid_settings, pose_values, PoseValues, runtime_settings
 import numpy as np
 import pytest
 

@@ -19,7 +19,8 @@ from .cameras import Camera, topic_prefix
 from .frame_setup import FrameSetup
 from .grid_output import grid_qos
 from .label_info import label_info_key, label_info_msg, LABEL_INFO_OUTPUT, label_info_qos
-from .parameter_table import GRID_OUTPUT, IMAGE_OUTPUTS, qos_profile, StartupSettings
+from .parameter_table import GRID_OUTPUT, IMAGE_OUTPUTS
+from .settings import qos_profile, StartupSettings
 from .. import masks
 from ..ros_io.image_msgs import ImageBuffer
 

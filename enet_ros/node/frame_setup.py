@@ -3,7 +3,7 @@
 from typing import Dict, Optional
 
 from .health import HealthThresholds
-from .parameter_table import RuntimeSettings
+from .settings import RuntimeSettings
 from .. import masks
 from ..camera_model import CameraPose
 from ..segmenter import Segmenter

@@ -16,7 +16,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile
 from .cameras import Camera
 from .frame_setup import FrameSetup
 from .grid_pose import GridUnavailable, resolve_pose_source, TfPoseSource
-from .parameter_table import GRID_OUTPUT, pose_parameter, qos_profile
+from .parameter_table import GRID_OUTPUT, pose_parameter
+from .settings import qos_profile
 from .throttled_log import ThrottledWarnings
 from ..camera_model import CameraPose
 

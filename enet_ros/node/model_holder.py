@@ -3,7 +3,8 @@
 from typing import Callable, Optional
 
 from .frame_setup import FrameSetup
-from .parameter_table import ConfigError, StartupSettings
+from .parameter_table import ConfigError
+from .settings import StartupSettings
 from ..model_file import load_model_file, LoadedModel, ModelFileError
 from ..segmenter import Segmenter, SegmenterConfigError
 

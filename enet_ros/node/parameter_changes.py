@@ -23,8 +23,8 @@ from .model_swap import ModelSwap
 from .parameter_table import (CAMERA_NAME, CAMERAS_DESCRIPTION, CLASS_NAMES_DESCRIPTION,
                               ConfigError, CONFIGURE_TIME_PARAMETERS, DRIVABLE_DESCRIPTION,
                               PARAMETERS, pose_descriptor, POSE_FIELDS, pose_parameter,
-                              READ_ONLY_PARAMETERS, runtime_settings, RuntimeSettings,
-                              WARMUP_SIZES_DESCRIPTION)
+                              READ_ONLY_PARAMETERS, WARMUP_SIZES_DESCRIPTION)
+from .settings import runtime_settings, RuntimeSettings
 from ..segmenter import Segmenter
 
 STRING_ARRAY = Parameter.Type.STRING_ARRAY
@@ -101,7 +101,7 @@ class ParameterController:
             return []
 
     def start_up_values(self) -> Dict[str, Any]:
-        """Return the values :func:`~enet_ros.node.parameter_table.startup_settings` checks."""
+        """Return the values :func:`~enet_ros.node.settings.startup_settings` checks."""
         values = self._values(PARAMETERS)
         values['cameras'] = self._string_list('cameras')
         values['warmup_sizes'] = self._string_list('warmup_sizes')

@@ -71,7 +71,7 @@ from .health import HealthThresholds
 from .log_bridge import forward_core_logs
 from .model_holder import ModelHolder
 from .parameter_changes import ParameterController
-from .parameter_table import startup_settings, StartupSettings
+from .settings import startup_settings, StartupSettings
 from .throttled_log import ThrottledWarnings
 from ..segmenter import Segmenter
 
