@@ -104,7 +104,11 @@ class SegmentationParts:
         self._first_parameter_check = first_parameter_check
         warnings = ThrottledWarnings(node.get_logger())
         self.model = ModelHolder(self._on_model_installed)
-        self.parameters = ParameterController(node, managed, self.model)
+        try:  # declares the parameters: a bad override raises (the process exits with 2)
+            self.parameters = ParameterController(node, managed, self.model)
+        except BaseException:
+            self._log_forwarding()
+            raise
         self.topics = CameraTopics(node, create_publisher, destroy_publisher)
         self.grid = GridOutput(node, warnings)
         self.frames = FrameLoop(node, self.model, self.grid, warnings)
@@ -222,7 +226,9 @@ class SegmentationShell:
 
     def destroy_node(self) -> None:
         """Destroy the node and stop forwarding the core's log records to it."""
-        self.parts.close()
+        parts = getattr(self, 'parts', None)  # None: a parameter override was refused
+        if parts is not None:
+            parts.close()
         super().destroy_node()
 
     @property
