@@ -94,7 +94,7 @@ def _frame_msg(image_type, rgb: np.ndarray, stamp_ns: int, frame_id: str):
 
 def run_count(count: int, args, rgb: np.ndarray) -> Dict[str, object]:
     """Start a node with ``count`` cameras, saturate it, return the throughput figures."""
-    from enet_ros.evaluation.node_process import node_command, NodeProcess
+    from enet_ros.evaluation.node_subprocess import node_command, NodeProcess
 
     cameras = [f'cam{i}' for i in range(count)]
     domain = random.Random().randint(150, 230)
@@ -142,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--json', type=Path)
     args = parser.parse_args(argv)
 
-    from enet_ros.node.dds import with_large_image_transport
+    from enet_ros.ros_io.dds import with_large_image_transport
 
     os.environ.update(with_large_image_transport(os.environ))
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'

@@ -233,8 +233,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from enet_ros.inference.cpu_runtime import apply_process_defaults
     # The Segmenter timed here runs in the process environment the node gives itself.
     apply_process_defaults(os.environ)
-    from enet_ros.node.dds import PROFILE_VARIABLES, with_large_image_transport
-    from enet_ros.evaluation.node_process import node_command, NodeProcess
+    from enet_ros.ros_io.dds import PROFILE_VARIABLES, with_large_image_transport
+    from enet_ros.evaluation.node_subprocess import node_command, NodeProcess
     from enet_ros.segmenter import Segmenter
 
     domain = random.Random().randint(150, 230)

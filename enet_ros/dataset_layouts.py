@@ -51,6 +51,11 @@ an image and label of different sizes, a label PNG with an alpha channel or
 void id among the classes and a drivable class that is not a class. Each is
 a :class:`DatasetError` naming the file and the problem. The sizes come from
 the file headers (PNG IHDR, JPEG SOF), so listing reads no pixels.
+
+Why one module: one job, a dataset folder to its checked class table and
+(image, label) pairs, for the two layouts; the header reading (PNG IHDR, JPEG
+SOF) serves only those checks, and training and the bag tools must see the
+same classes and the same refusals.
 """
 
 from dataclasses import dataclass, field

@@ -34,6 +34,9 @@ hold no control characters; nesting deeper than :data:`MAX_METADATA_DEPTH`
 levels is refused.
 
 Weights are stored as fp32 ``state_dict`` tensors of :class:`enet_ros.model.ENet`.
+
+Why one module: the file format is one schema, written and read here; the
+per-key checks are the schema, and saving and loading must agree on it.
 """
 
 from dataclasses import asdict, dataclass, field

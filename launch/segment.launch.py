@@ -21,7 +21,7 @@ from typing import List, Tuple
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from ament_index_python.packages import PackageNotFoundError
-from enet_ros.node.dds import NEW_NAME, OLD_NAME, profile_variables
+from enet_ros.ros_io.dds import NEW_NAME, OLD_NAME, profile_variables
 from launch import LaunchContext, LaunchDescription
 from launch.actions import (DeclareLaunchArgument, LogInfo, OpaqueFunction,
                             RegisterEventHandler, SetEnvironmentVariable, Shutdown)

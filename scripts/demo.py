@@ -28,7 +28,7 @@ from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.live_evaluate import live_evaluate, LiveError, LiveOptions
 from enet_ros.evaluation.report import format_table
 from enet_ros.model_file import load_model_file
-from enet_ros.node.dds import with_large_image_transport
+from enet_ros.ros_io.dds import with_large_image_transport
 import numpy as np
 
 OUTPUTS = ('overlay', 'colored', 'drivable')

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import cv2
-from enet_ros.ground_grid import (CameraIntrinsics, CameraPose, FREE, GridSpec,
-                                  GroundProjection, OCCUPIED, UNKNOWN)
+from enet_ros.camera_model import CameraIntrinsics, CameraPose
+from enet_ros.ground_grid import FREE, GridSpec, GroundProjection, OCCUPIED, UNKNOWN
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure

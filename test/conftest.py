@@ -87,7 +87,7 @@ def random_model_file(tmp_path_factory) -> Path:
 @pytest.fixture
 def ros_env() -> dict:
     """Environment for ROS 2 processes: a private domain id, loopback only, large-image DDS."""
-    from enet_ros.node.dds import with_large_image_transport
+    from enet_ros.ros_io.dds import with_large_image_transport
 
     env = with_large_image_transport(os.environ)
     env['ROS_DOMAIN_ID'] = str(random.Random().randint(1, 100))

@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from enet_ros.evaluation import node_process
-from enet_ros.node.dds import PROFILE_VARIABLES
+from enet_ros.evaluation import node_subprocess as node_process
+from enet_ros.ros_io.dds import PROFILE_VARIABLES
 import numpy as np
 from printed import wait_for_printed
 import rclpy

@@ -22,7 +22,7 @@ from bag_helpers import HEIGHT, make_camvid, quick_cpu, subprocess_env, WIDTH
 from enet_ros.evaluation import bag_io
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.evaluate_bag import main as evaluate_main
-from enet_ros.evaluation.node_process import READY_LINE
+from enet_ros.evaluation.node_subprocess import READY_LINE
 import pytest
 from rosbags.rosbag2 import Reader
 

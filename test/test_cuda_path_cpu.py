@@ -325,8 +325,9 @@ def test_node_state_sets_device_tables_on_the_inference_thread_only(loaded, fake
     The tables reach the device when the inference thread prepares the state
     for its next frame, once per state.
     """
-    from enet_ros.node.config import PARAMETERS, runtime_settings
-    from enet_ros.node.state import NodeState
+    from enet_ros.node.parameter_table import PARAMETERS
+    from enet_ros.node.settings import runtime_settings
+    from enet_ros.node.frame_setup import FrameSetup as NodeState
 
     segmenter = Segmenter(loaded, device='cpu', optimize=False, warmup=False)
     segmenter.path, _ = _paths(loaded)

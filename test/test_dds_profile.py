@@ -116,7 +116,7 @@ def test_a_profile_through_a_symbolic_link_is_resolved_first(tmp_path, monkeypat
     (A ``colcon build --symlink-install`` share directory is such a link; ``ros2 launch``
     printed them.) The package hands out the resolved path, which loads cleanly.
     """
-    from enet_ros.node import dds
+    from enet_ros.ros_io import dds
 
     link = tmp_path / 'share' / 'fastdds_large_data.xml'
     link.parent.mkdir()

@@ -18,10 +18,10 @@ import random
 import signal
 import time
 
-from enet_ros.ground_grid import (CameraIntrinsics, CameraPose, FREE, GridSpec,
-                                  GroundProjection, OCCUPIED, UNKNOWN)
+from enet_ros.camera_model import CameraIntrinsics, CameraPose
+from enet_ros.ground_grid import FREE, GridSpec, GroundProjection, OCCUPIED, UNKNOWN
 from enet_ros.labels import CAMVID_11
-from enet_ros.node.dds import with_large_image_transport
+from enet_ros.ros_io.dds import with_large_image_transport
 import numpy as np
 import pytest
 from ros_harness import make_image_msg, NodeProcess, RosPeer, stamp_ns

@@ -10,16 +10,18 @@ in the node, and broadcasters on a second node in its own ROS context.
 
 import math
 
-from enet_ros.ground_grid import CameraIntrinsics, CameraPose, GridSpec, GroundProjection
-from enet_ros.node import grid as node_grid
+from enet_ros.camera_model import CameraIntrinsics, CameraPose
+from enet_ros.ground_grid import GridSpec, GroundProjection
+from enet_ros.node import grid_pose as node_grid
+from enet_ros.node.camera_grid import (CameraGrid, fill_grid_info, GridBuffer,
+                                       intrinsics_from_camera_info)
 from enet_ros.node.cameras import Camera
-from enet_ros.node.config import (ConfigError, GRID_OUTPUT, grid_settings, OUTPUTS,
-                                  PARAMETERS, pose_parameter, pose_values, PoseValues,
-                                  runtime_settings)
 from enet_ros.node.diagnostics import camera_status
-from enet_ros.node.grid import (CameraGrid, fill_grid_info, GridBuffer, GridUnavailable,
-                                intrinsics_from_camera_info, resolve_pose_source)
+from enet_ros.node.grid_pose import GridUnavailable, resolve_pose_source
 from enet_ros.node.health import HealthThresholds, OK, WARN
+from enet_ros.node.parameter_table import (ConfigError, GRID_OUTPUT, OUTPUTS, PARAMETERS,
+                                           pose_parameter)
+from enet_ros.node.settings import grid_settings, pose_values, PoseValues, runtime_settings
 import numpy as np
 import pytest
 
@@ -503,7 +505,7 @@ def test_diagnostics_grid_keys_and_warning():
 
 def test_grid_qos_is_transient_local():
     """The grid matches volatile and transient-local (map) subscribers."""
-    from enet_ros.node.segmentation_node import grid_qos
+    from enet_ros.node.grid_output import grid_qos
     from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
     qos = grid_qos('reliable')

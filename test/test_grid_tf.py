@@ -14,9 +14,10 @@ import signal
 import threading
 import time
 
-from enet_ros.ground_grid import CameraIntrinsics, GroundProjection
+from enet_ros.camera_model import CameraIntrinsics
+from enet_ros.ground_grid import GroundProjection
 from enet_ros.labels import CAMVID_11
-from enet_ros.node.config import PoseValues
+from enet_ros.node.settings import PoseValues
 import numpy as np
 import pytest
 from ros_harness import make_image_msg, NodeProcess, RosPeer, stamp_ns

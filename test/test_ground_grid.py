@@ -12,8 +12,9 @@ from unittest import mock
 import warnings
 
 from enet_ros import ground_grid
-from enet_ros.ground_grid import (CameraIntrinsics, CameraPose, FREE, GridSpec, ground_points,
-                                  GroundProjection, OCCUPIED, quaternion_to_matrix, UNKNOWN)
+from enet_ros.camera_model import CameraIntrinsics, CameraPose, quaternion_to_matrix
+from enet_ros.ground_grid import (FREE, GridSpec, ground_points, GroundProjection, OCCUPIED,
+                                  UNKNOWN)
 import numpy as np
 import pytest
 

@@ -1,9 +1,9 @@
 """Message validation and conversion (no ROS graph needed: messages are built in-process)."""
 
 import cv2
-from enet_ros.node.image_msgs import (check_raw_image, compressed_image_size,
-                                      compressed_image_to_frame, ImageBuffer, InvalidImage,
-                                      raw_image_to_frame)
+from enet_ros.ros_io.image_msgs import (check_raw_image, compressed_image_size,
+                                        compressed_image_to_frame, ImageBuffer, InvalidImage,
+                                        raw_image_to_frame)
 import numpy as np
 import pytest
 from ros_harness import make_image_msg

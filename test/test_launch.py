@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 import xml.etree.ElementTree as ElementTree
 
-from enet_ros.node.dds import NEW_NAME, OLD_NAME, profile_variables
+from enet_ros.ros_io.dds import NEW_NAME, OLD_NAME, profile_variables
 import pytest
 from ros2_cli import tools_missing
 import yaml
@@ -286,7 +286,7 @@ def test_missing_params_file_is_refused(launch_module, tmp_path):
 
 def test_parameters_file_names_only_declared_parameters():
     """config/segment.yaml sets only parameters the node declares, with their types."""
-    from enet_ros.node.config import PARAMETERS
+    from enet_ros.node.parameter_table import PARAMETERS
 
     parameters = yaml.safe_load((ROOT / 'config' / 'segment.yaml').read_text())[
         '/**']['ros__parameters']

@@ -83,7 +83,7 @@ def managed(ros_env, random_model_file):
     peer sends the static transform base_link <- camera, as a robot_state_publisher would;
     each configure makes a new listener, which gets it again (transient local).
     """
-    from enet_ros.node.config import PoseValues
+    from enet_ros.node.settings import PoseValues
     from test_grid_tf import camera_transform
     from tf2_ros import StaticTransformBroadcaster
 

@@ -5,7 +5,7 @@ import time
 
 from enet_ros import masks
 from enet_ros.labels import CAMVID_11
-from enet_ros.node.dds import with_large_image_transport
+from enet_ros.ros_io.dds import with_large_image_transport
 from enet_ros.segmenter import Segmenter
 import numpy as np
 import pytest

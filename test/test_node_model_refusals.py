@@ -111,7 +111,8 @@ def test_sizes_over_the_limits_at_start_up_exit_2(ros_env, random_model_file, pa
 
 def test_warmup_sizes_are_checked_before_anything_is_allocated():
     """['100000x100000'] ended in a numpy MemoryError (30 GB): now a ConfigError first."""
-    from enet_ros.node.config import ConfigError, warmup_sizes
+    from enet_ros.node.parameter_table import ConfigError
+    from enet_ros.node.settings import warmup_sizes
 
     with pytest.raises(ConfigError, match='100000x100000 has more pixels than max_pixels'):
         warmup_sizes(['100000x100000'], 3840 * 2160)

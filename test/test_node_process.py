@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from enet_ros.evaluation.node_process import node_command, ros_arg
-from enet_ros.node.dds import (config_file, NEW_NAME, OLD_NAME, PROFILE_VARIABLES,
-                               profile_variables, with_large_image_transport)
+from enet_ros.evaluation.node_subprocess import node_command, ros_arg
+from enet_ros.ros_io.dds import (config_file, NEW_NAME, OLD_NAME, PROFILE_VARIABLES,
+                                 profile_variables, with_large_image_transport)
 
 ROOT = Path(__file__).resolve().parents[1]
 

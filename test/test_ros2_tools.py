@@ -446,7 +446,7 @@ class _CalibratedCamera(_Camera):
     """A _Camera that also publishes its CameraInfo and its pose on TF, as a vehicle does."""
 
     def __init__(self, peer: RosPeer, image_topic: str):
-        from enet_ros.node.config import PoseValues
+        from enet_ros.node.settings import PoseValues
         from sensor_msgs.msg import CameraInfo
         from test_grid_tf import camera_transform
         from tf2_ros import StaticTransformBroadcaster

@@ -20,8 +20,8 @@ from bag_helpers import make_image, make_labels
 import cv2
 from enet_ros.evaluation import bag_io
 from enet_ros.evaluation.evaluate_bag import main as evaluate_main
-from enet_ros.node.image_msgs import (check_raw_image, compressed_image_to_frame, InvalidImage,
-                                      raw_image_to_frame)
+from enet_ros.ros_io.image_msgs import (check_raw_image, compressed_image_to_frame, InvalidImage,
+                                        raw_image_to_frame)
 from enet_ros.segmenter import normalization_constants, normalize, Segmenter
 import numpy as np
 import pytest

@@ -8,14 +8,14 @@ as CDR. The conversions read fields by name, so they accept rclpy messages too.
 
 Array contracts:
 
-* a camera frame is a :class:`enet_ros.node.image_msgs.CameraFrame`: an HxWx3
+* a camera frame is a :class:`enet_ros.ros_io.image_msgs.CameraFrame`: an HxWx3
   uint8 array (often a view into the message buffer) plus its channel order;
 * a label image is an HxW uint8 array of class ids (``mono8``).
 
-One module (about 700 lines) because it is the one place that knows the bag
-format: reading, writing and the message conversions share the typestore, the
-error types and the metadata version, and every other evaluation module (and
-the tests) goes through it instead of rosbags.
+Why one module: it is the one place that knows the bag format: reading,
+writing and the message conversions share the typestore, the error types and
+the metadata version, and every other evaluation module (and the tests) goes
+through it instead of rosbags.
 
 Faults it handles: message counts are those of the storage files, not of
 metadata.yaml (which may lie); an MCAP bag with a chunk index is read chunk by
@@ -47,8 +47,8 @@ from rosbags.typesys import get_typestore, Stores
 
 from .outputs import check_folder_for, OutputPathError, OutputWriteError
 from .signals import shielded
-from ..node.image_msgs import (CameraFrame, compressed_image_to_frame, InvalidImage,
-                               raw_image_to_frame)
+from ..ros_io.image_msgs import (CameraFrame, compressed_image_to_frame, InvalidImage,
+                                 raw_image_to_frame)
 
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 IMAGE = 'sensor_msgs/msg/Image'
@@ -147,7 +147,7 @@ def message_to_frame(msg: Any, msgtype: str) -> CameraFrame:
     """
     Convert a camera message of either image type to a :class:`CameraFrame`.
 
-    The node's own conversion (:mod:`enet_ros.node.image_msgs`), so a bag frame
+    The node's own conversion (:mod:`enet_ros.ros_io.image_msgs`), so a bag frame
     reaches the Segmenter exactly as a live one does. Raises
     :class:`MessageError` for an unsupported encoding, inconsistent sizes or
     undecodable compressed data.

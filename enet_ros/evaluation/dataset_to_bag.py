@@ -32,6 +32,10 @@ removes the partial bag (exit code 3); so do SIGINT and SIGTERM (130, 143).
 Example::
 
     dataset_to_bag /work/shared/data/camvid /tmp/camvid_val_bag --split val --storage mcap
+
+Why one module: one command, from its argument checks to the last message
+written; the five layouts are a few lines each and the checks are what make
+the command safe to run.
 """
 
 import argparse

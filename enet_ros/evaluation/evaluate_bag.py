@@ -29,6 +29,10 @@ truth (:mod:`.ground_truth`), the scores and per-frame accounting
 (:class:`.scoring.Tally`) and the report (:mod:`.report`); the output images
 are built by the node's :class:`enet_ros.masks.OutputRenderer`. No rclpy: this
 module needs only rosbags and the core.
+
+Why one module: one command (its options, the frame loop's outputs, the
+output bag and the report files) whose parts run in one order that decides
+what a failure loses; the shared parts are already in their own modules.
 """
 
 import argparse

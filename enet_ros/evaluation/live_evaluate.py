@@ -34,7 +34,7 @@ and this process's participant uses whatever the caller's environment holds
 (it logs a note when no profile or transport is chosen). A caller that plays
 large frames sets the profile first, e.g.
 ``os.environ.update(with_large_image_transport(os.environ))`` from
-:mod:`enet_ros.node.dds`, as ``scripts/demo.py`` does.
+:mod:`enet_ros.ros_io.dds`, as ``scripts/demo.py`` does.
 
 Example::
 
@@ -57,14 +57,14 @@ from .cli import bag_parser, options_from_args, run_stoppable
 from .ground_truth import GroundTruth
 from .live_peer import LiveError, LivePeer, wait_ready
 from .live_playback import LiveSession, play, rate_hz, wait_recorded
-from .node_process import node_command as process_command, NodeProcess
+from .node_subprocess import node_command as process_command, NodeProcess
 from .outputs import (check_distinct, check_output_file, OutputWriteError, ResultsNotWritten,
                       run_reporting)
 from .report import format_table, report_head, write_json
 from .scoring import latency_summary, parse_class_list, Scoreboard, Tally
 from .signals import shielded
 from ..model_file import load_model_file, ModelFileError
-from ..node.dds import PROFILE_VARIABLES, with_large_image_transport
+from ..ros_io.dds import PROFILE_VARIABLES, with_large_image_transport
 
 TOOL = 'live_evaluate'
 NODE_NAME = 'segmentation_node'
@@ -180,7 +180,7 @@ def _note_transport(log: Log) -> None:
     if not any(os.environ.get(name) for name in TRANSPORT_VARIABLES):
         log(f"{TOOL}: note: no Fast DDS profile in this process's environment, so frames go "
             'out with the default transports (large frames may stall); set one before the '
-            'first ROS 2 participant starts (see enet_ros.node.dds.with_large_image_transport)')
+            'first ROS 2 participant starts (see enet_ros.ros_io.dds.with_large_image_transport)')
 
 
 def check_outputs(options: LiveOptions) -> None:

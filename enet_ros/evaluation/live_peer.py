@@ -8,7 +8,7 @@ as ``(stamp_ns, time.monotonic() at receipt, labels or MessageError)``.
 
 Fast DDS reads its XML profile when the first participant of a process starts:
 set the profile in the environment before making a peer (``live_evaluate``'s
-``main()`` does; see :func:`enet_ros.node.dds.with_large_image_transport`).
+``main()`` does; see :func:`enet_ros.ros_io.dds.with_large_image_transport`).
 """
 
 import queue
@@ -18,7 +18,7 @@ from typing import Any, Optional, Tuple
 
 from .bag_io import (BagWriter, COMPRESSED_IMAGE, IMAGE, message_to_labels, MessageError,
                      stamp_to_ns)
-from .node_process import NodeProcess
+from .node_subprocess import NodeProcess
 from .outputs import OutputWriteError
 from .. import masks
 

@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .grid import CameraGrid
+from .camera_grid import CameraGrid
 from .health import FrameStats
-from .image_msgs import ImageBuffer
+from ..ros_io.image_msgs import ImageBuffer
 
 
 def topic_prefix(camera: str) -> str:

@@ -17,13 +17,23 @@ documented keys, ``stale_input_timeout`` (WARN) and ``latency_warn_ms`` (WARN
 on the median) come from FrameStats.
 """
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from diagnostic_msgs.msg import DiagnosticStatus
-from diagnostic_updater import DiagnosticStatusWrapper, DiagnosticTask
+from diagnostic_updater import DiagnosticStatusWrapper, DiagnosticTask, Updater
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import ParameterException
+from rclpy.impl.implementation_singleton import rclpy_implementation
 
 from .cameras import Camera
 from .health import HealthThresholds, WARN
+from .parameter_table import ConfigError
+
+RCLError = rclpy_implementation.RCLError
+#: diagnostic_updater's parameter for its period; ``diagnostics_period`` is its default.
+UPDATER_PERIOD = 'diagnostic_updater.period'
+#: The range of both: a period of 0 would publish as fast as the executor turns.
+DIAGNOSTICS_PERIOD_S = (0.1, 60.0)
 
 #: Frame counters reported as ``frames_<key>``.
 FRAME_COUNTERS = ('received', 'processed', 'rejected', 'dropped_superseded',
@@ -123,3 +133,88 @@ class CameraDiagnostics(DiagnosticTask):
             return stat
         thresholds, segmenter, grid_pose_source = current
         return fill_camera_status(stat, self.camera, thresholds, segmenter, grid_pose_source)
+
+
+class NodeDiagnostics:
+    """
+    The node's /diagnostics: an Updater made at configure, one task per camera while active.
+
+    :meth:`create` (configure) makes the Updater, its timer stopped; its period
+    is its own parameter ``diagnostic_updater.period`` (declared then, with
+    ``diagnostics_period`` as the default; undeclared again by :meth:`destroy`,
+    so the next configure declares it afresh). Both apply at configure:
+    :meth:`refuse_changes` makes the node refuse later changes of the
+    Updater's parameters. :meth:`start` (activate) adds the cameras' tasks and
+    starts the timer, :meth:`stop` (deactivate) removes them. ``source`` gives
+    the current thresholds, model and grid pose source (None while not configured).
+    """
+
+    def __init__(self, node: Any, source: Source):
+        self._node = node
+        self._source = source
+        self._updater: Optional[Updater] = None
+        self._refusal = None
+        self._tasks: List[CameraDiagnostics] = []
+
+    def create(self, period_s: float, hardware_id: str) -> None:
+        """Create the Updater with its timer stopped; ConfigError if its period is bad."""
+        node = self._node
+        try:
+            self._updater = Updater(node, period=period_s)
+        except (ParameterException, RCLError, TypeError, ValueError) as error:
+            for publisher in [p for p in node.publishers if p.topic_name == '/diagnostics']:
+                node.destroy_publisher(publisher)  # the Updater's, made before it failed
+            if node.has_parameter(UPDATER_PERIOD):
+                node.undeclare_parameter(UPDATER_PERIOD)
+            raise ConfigError(f'parameter {UPDATER_PERIOD}: {error}') from None
+        self._updater.timer.cancel()
+        period = self._updater.period
+        if not DIAGNOSTICS_PERIOD_S[0] <= period <= DIAGNOSTICS_PERIOD_S[1]:
+            self.destroy()
+            raise ConfigError(f'parameter {UPDATER_PERIOD}: {period} s is outside '
+                              f'[{DIAGNOSTICS_PERIOD_S[0]:g}, {DIAGNOSTICS_PERIOD_S[1]:g}] s, '
+                              'the range of diagnostics_period')
+        self._updater.setHardwareID(hardware_id)
+
+    def refuse_changes(self) -> None:
+        """Refuse changes of the Updater's parameters from now (the last added runs first)."""
+        self._refusal = self._refuse_updater_changes
+        self._node.add_on_set_parameters_callback(self._refusal)
+
+    @staticmethod
+    def _refuse_updater_changes(parameters: List[Any]) -> SetParametersResult:
+        for parameter in parameters:
+            if parameter.name.startswith('diagnostic_updater.'):
+                return SetParametersResult(successful=False, reason=(
+                    f'{parameter.name} applies when the node starts (the managed node: at '
+                    'configure; set diagnostics_period while unconfigured)'))
+        return SetParametersResult(successful=True)
+
+    def start(self, cameras: Sequence[Camera]) -> None:
+        """Add one task per camera (each publishes 'Node starting up' at once); start the timer."""
+        single = len(cameras) == 1 and not cameras[0].name
+        self._tasks = [CameraDiagnostics(camera, single, self._source) for camera in cameras]
+        for task in self._tasks:
+            self._updater.add(task)
+        self._updater.timer.reset()
+
+    def stop(self) -> None:
+        """Stop the timer and remove the cameras' tasks."""
+        if self._updater is not None:
+            self._updater.timer.cancel()
+            for task in self._tasks:
+                self._updater.removeByName(task.getName())
+        self._tasks = []
+
+    def destroy(self) -> None:
+        """Destroy the Updater's timer and publisher, undeclare its period, drop the refusal."""
+        updater, self._updater = self._updater, None
+        if updater is None:
+            return
+        if self._refusal is not None:
+            self._node.remove_on_set_parameters_callback(self._refusal)
+            self._refusal = None
+        node = self._node
+        node.destroy_timer(updater.timer)
+        node.destroy_publisher(updater.publisher)
+        node.undeclare_parameter(UPDATER_PERIOD)

@@ -7,7 +7,7 @@ of ``segmentation_node``: whether a node is managed decides its interface
 parameter is read, launch files start the two with different actions
 (``launch_ros``'s ``LifecycleNode``), and nav2's lifecycle manager expects a
 node that is always managed. Both executables run the same code
-(:class:`~enet_ros.node.segmentation_node.SegmentationMixin`); only the order
+(:class:`~enet_ros.node.segmentation_node.SegmentationParts`); only the order
 of its steps differs:
 
 - start: parameters declared, nothing loaded, nothing published
@@ -36,7 +36,7 @@ The lifecycle services answer during a transition: configure (loading and
 compiling the model, up to a minute) runs on a thread of its own while the
 executor thread keeps serving ``get_state`` (it says ``configuring``) and
 the rest. rclpy runs a transition inside its ``change_state`` service
-callback, and a single executor thread (process.py says why there is one)
+callback, and a single executor thread (os_process.py says why there is one)
 then answers nothing else until the callback returns; here that callback is
 a coroutine that awaits the configure thread. Another ``change_state``
 during a transition is refused (as rclcpp's lifecycle nodes do), and so are
@@ -56,7 +56,7 @@ from rclpy.node import Node
 from rclpy.task import Future
 
 from .lifecycle_bond import DEFAULT_HEARTBEAT_PERIOD_S, LifecycleBond
-from .segmentation_node import NODE_NAME, SegmentationMixin
+from .segmentation_node import NODE_NAME, SegmentationParts, SegmentationShell
 
 #: Printed once the node is up and waiting for its configure transition.
 UNCONFIGURED_LINE = 'unconfigured: waiting for the configure transition'
@@ -71,19 +71,19 @@ BOND_PERIOD_DESCRIPTION = ParameterDescriptor(
     type=ParameterType.PARAMETER_DOUBLE)
 
 
-class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
+class SegmentationLifecycleNode(SegmentationShell, LifecycleNode):
     """The managed segmentation node; see the module docstring."""
-
-    MANAGED = True
 
     def __init__(self, **node_kwargs: Any):
         # LifecycleNode.__init__ without its callback group: the lifecycle services get a
         # reentrant one, so get_state runs while a change_state coroutine awaits configure.
         Node.__init__(self, NODE_NAME, **node_kwargs)
         LifecycleNodeMixin.__init__(self, callback_group=ReentrantCallbackGroup())
-        self._init_segmentation()
+        self.parts = SegmentationParts(self, True, self.create_lifecycle_publisher,
+                                       self.destroy_lifecycle_publisher,
+                                       first_parameter_check=self._refuse_while_configuring)
         #: Set while the configure transition runs (on :attr:`configure_thread`): a stop then
-        #: does not wait for the model build to end (process.py).
+        #: does not wait for the model build to end (os_process.py).
         self.configuring = threading.Event()
         self.configure_thread: Optional[threading.Thread] = None
         #: The thread running on_configure (configure_thread, or a trigger_configure caller).
@@ -153,23 +153,9 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
                 'set it when it has finished'))
         return SetParametersResult(successful=True)
 
-    def _guard_parameters(self) -> None:
-        """Also keep refusing outside changes first until configure has finished."""
-        super()._guard_parameters()
-        self.remove_on_set_parameters_callback(self._refuse_while_configuring)
-        self.add_on_set_parameters_callback(self._refuse_while_configuring)
-
     def prepare_exit(self) -> None:
         """Break the bond before the process ends (the context must still be up)."""
         self._bond.stop('the node is exiting')
-
-    def _create_output_publisher(self, msg_type: Any, topic: str, qos: Any,
-                                 event_callbacks: Any = None) -> Any:
-        return self.create_lifecycle_publisher(msg_type, topic, qos,
-                                               event_callbacks=event_callbacks)
-
-    def _destroy_output_publisher(self, publisher: Any) -> None:
-        self.destroy_lifecycle_publisher(publisher)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Validate the parameters and load the model; fail with the reason if they are bad."""
@@ -177,10 +163,10 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
         self.configuring.set()
         self.get_logger().info(f'{CONFIGURING_LINE} (compiled on the CPU: up to a minute)')
         try:
-            self._configure()
+            self.parts.configure()
         except Exception as error:  # noqa: B902 - ConfigError, ParameterException, ...
             self.get_logger().error(f'configure failed, staying unconfigured: {error}')
-            self._cleanup()
+            self.parts.cleanup()
             return TransitionCallbackReturn.FAILURE
         finally:
             self.configuring.clear()
@@ -192,28 +178,28 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
         result = super().on_activate(state)  # enables the lifecycle publishers
         if result != TransitionCallbackReturn.SUCCESS:
             return result
-        self._activate()
+        self.parts.activate()
         self._bond.start()
         self.get_logger().info('active')
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Unsubscribe (after the frame in progress), disable the publishers, break the bond."""
-        self._deactivate()
+        self.parts.deactivate()
         self._bond.stop('deactivate')
         self.get_logger().info('deactivated (inactive): the model stays loaded')
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Release the model, the publishers and the TF listener."""
-        self._cleanup()
+        self.parts.cleanup()
         self.get_logger().info(f'cleaned up: {UNCONFIGURED_LINE}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Release everything; the process exits once this transition has answered."""
         self._bond.stop('shutdown')
-        self._cleanup()
+        self.parts.cleanup()
         # A timer runs on the executor thread, after this transition's response has been sent.
         self._exit_timer = self.create_timer(EXIT_DELAY_S, self._exit_after_shutdown)
         self.get_logger().info('shut down (finalized): exiting')
@@ -224,7 +210,7 @@ class SegmentationLifecycleNode(SegmentationMixin, LifecycleNode):
         self.get_logger().error(f'error in a transition from {state.label}: releasing '
                                 'everything (unconfigured)')
         self._bond.stop('error in a transition')
-        self._cleanup()
+        self.parts.cleanup()
         return TransitionCallbackReturn.SUCCESS
 
     def _exit_after_shutdown(self) -> None:

@@ -17,43 +17,10 @@ make inference collapse), unless the user set ``OMP_WAIT_POLICY``,
 ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` in its environment.
 """
 
-import signal
 import sys
-from typing import Any, List, Optional
+from typing import List, Optional
 
-
-class StopOnSignal:
-    """SIGINT / SIGTERM handler: the first signal stops ``target``; later ones are ignored."""
-
-    def __init__(self):
-        self.target: Optional[Any] = None  # anything with a stop() method, once running
-        self.received: Optional[int] = None
-
-    def install(self) -> None:
-        """Handle SIGINT and SIGTERM in this process (call from the main thread)."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self)
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        """Stop the target, or abort start-up, on the first signal only."""
-        if self.received is not None:
-            return
-        self.received = signum
-        if self.target is None:
-            raise KeyboardInterrupt
-        self.target.stop()
-
-    def ignore_from_now(self) -> None:
-        """
-        Ignore SIGINT and SIGTERM for the rest of the process.
-
-        Python resets the handlers it installed to the default while the
-        interpreter exits, so a late signal (launch forwarding its own) would
-        still kill the process with code -2; an ignored signal stays ignored.
-        """
-        self.received = self.received or signal.SIGINT
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+from .signal_handling import StopOnSignal
 
 
 def main(args: Optional[List[str]] = None, lifecycle: bool = False) -> int:
@@ -67,7 +34,7 @@ def main(args: Optional[List[str]] = None, lifecycle: bool = False) -> int:
     from ..inference.cpu_runtime import apply_process_defaults  # standard library only
     apply_process_defaults()  # the node owns its process: before torch reads it
     try:
-        from .process import run
+        from .os_process import run
     except KeyboardInterrupt:  # Ctrl-C while importing torch and rclpy
         stop_on_signal.ignore_from_now()
         return 0

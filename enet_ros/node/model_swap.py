@@ -7,14 +7,15 @@ classes before it answers, so a bad file is refused with its reason. Building
 and warming the Segmenter (which compiles it on the CPU) then runs on a thread
 of its own: neither the executor (frames keep arriving) nor the inference loop
 (frames keep being segmented with the old model) waits for it. When it is
-ready, ``on_ready`` installs it; the next frame uses it.
+ready, ``on_ready`` installs it (given the seconds the build and warm-up took);
+the next frame uses it.
 """
 
 import threading
 import time
 from typing import Any, Callable
 
-from .config import ConfigError
+from .parameter_table import ConfigError
 from ..model_file import LoadedModel
 from ..segmenter import Segmenter
 
@@ -23,19 +24,13 @@ class ModelSwap:
     """One background model build at a time; see the module docstring."""
 
     def __init__(self, build: Callable[[LoadedModel], Segmenter],
-                 on_ready: Callable[[Segmenter, Any], None],
+                 on_ready: Callable[[Segmenter, float, Any], None],
                  on_failed: Callable[[str, Any], None]):
         self._build = build
         self._on_ready = on_ready
         self._on_failed = on_failed
         self._lock = threading.Lock()
         self._thread = None
-
-    @property
-    def busy(self) -> bool:
-        """Whether a model is being built now."""
-        with self._lock:
-            return self._thread is not None and self._thread.is_alive()
 
     def start(self, loaded: LoadedModel, context: Any) -> None:
         """
@@ -58,8 +53,7 @@ class ModelSwap:
         except Exception as error:  # noqa: B902 - reported, the old model stays
             self._on_failed(f'{type(error).__name__}: {error}', context)
             return
-        segmenter.swap_seconds = time.monotonic() - started
-        self._on_ready(segmenter, context)
+        self._on_ready(segmenter, time.monotonic() - started, context)
 
     def join(self, timeout: float) -> None:
         """Wait for a build in progress (tests, shutdown)."""

@@ -134,7 +134,7 @@ def checkpoint_model(source: Path, record: Dict[str, Any]) -> LoadedModel:
     Cityscapes' for checkpoints from before it was kept).
     """
     from .checkpoint import checkpoint_enet_weights, held_out_val_miou, table_from_record
-    from .run import DEFAULT_INPUT_SIZE
+    from .run_setup import DEFAULT_INPUT_SIZE
     try:
         # weights_only: tensors and plain data only, so no code in the file runs.
         state = torch.load(source, map_location='cpu', weights_only=True)

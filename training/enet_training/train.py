@@ -8,8 +8,12 @@ saves).
 Laid out as torchvision's ``references/segmentation/train.py``: the flags
 (:func:`add_train_arguments`), :func:`train_one_epoch`, :func:`evaluate`
 (through the node's :class:`~enet_ros.segmenter.Segmenter`) and a thin
-:func:`train`. The set-up is in :mod:`.run`, processes and devices in
+:func:`train`. The set-up is in :mod:`.run_setup`, processes and devices in
 :mod:`.distributed`, checkpoints in :mod:`.checkpoint`.
+
+Why one module: the training loop, its evaluation and its flags are
+torchvision's reference layout, which readers of training scripts know; the
+set-up, the processes and the checkpoints are already apart.
 """
 
 import argparse
@@ -37,8 +41,8 @@ from .distributed import average_over_ranks, cleanup_distributed, init_distribut
 from .evaluate import evaluate_segmenter, evaluate_sequences, format_scores
 from .finetune import apply_frozen_modes
 from .records import data_fingerprint, MetricsWriter, write_run_record
-from .run import (DEFAULT_INPUT_SIZE, Run, seed_batchnorm_pass, seed_epoch, setup_run,
-                  StepOptions, update_encoder_freeze, wrap_distributed)
+from .run_setup import (DEFAULT_INPUT_SIZE, Run, seed_batchnorm_pass, seed_epoch, setup_run,
+                        StepOptions, update_encoder_freeze, wrap_distributed)
 
 __all__ = ['add_train_arguments', 'BEST_MODEL_NAME', 'CHECKPOINT_NAME', 'DEFAULT_INPUT_SIZE',
            'evaluate', 'Progress', 'train', 'train_one_epoch']

@@ -23,7 +23,7 @@ from enet_training import onnx_export
 from enet_training.cli import main
 from enet_training.finetune import encoder_modules
 from enet_training.model import TrainingModel
-from enet_training.run import make_model, seed_everything
+from enet_training.run_setup import make_model, seed_everything
 import numpy as np
 import pytest
 from tiny_datasets import make_voc_tree, VOC_ENTRIES

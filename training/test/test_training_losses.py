@@ -9,7 +9,7 @@ from enet_ros.labels import CAMVID_11
 from enet_training.cli import main
 from enet_training.losses import (CrossEntropyLovaszLoss, lovasz_jaccard_gradient,
                                   LovaszSoftmaxLoss)
-from enet_training.run import make_criterion
+from enet_training.run_setup import make_criterion
 import pytest
 from tiny_datasets import make_camvid_tree
 import torch

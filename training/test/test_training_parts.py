@@ -12,7 +12,7 @@ from enet_training.datasets import make_dataset
 from enet_training.distributed import RunLog
 from enet_training.evaluate import evaluate_segmenter
 from enet_training.model import TrainingModel
-from enet_training.run import lr_factor, StepOptions
+from enet_training.run_setup import lr_factor, StepOptions
 from enet_training.train import evaluate, Progress, train_one_epoch
 from enet_training.transforms import collate
 import numpy as np

@@ -22,8 +22,8 @@ from enet_training.datasets import DatasetError, hold_out, make_dataset, sequenc
 from enet_training.distributed import DistributedEnv
 from enet_training.evaluate import evaluate_segmenter, evaluate_sequences
 from enet_training.losses import ohem_keep_count, OhemCrossEntropyLoss
-from enet_training.run import (check_recipe, make_batchnorm_loader, make_datasets,
-                               make_ema, recipe_changes, seed_batchnorm_pass)
+from enet_training.run_setup import (check_recipe, make_batchnorm_loader, make_datasets,
+                                     make_ema, recipe_changes, seed_batchnorm_pass)
 from enet_training.train import evaluate
 from enet_training.transforms import adjust_colors, rotate_pair, TrainTransform
 import numpy as np

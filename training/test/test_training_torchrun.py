@@ -140,7 +140,7 @@ def test_losses_and_weights_equal_one_process_with_the_global_batch(runs):
     assert worst <= WEIGHT_ATOL, worst
     # The weights did move: the comparison is not of two untouched initialisations.
     from enet_training.model import TrainingModel
-    from enet_training.run import seed_everything
+    from enet_training.run_setup import seed_everything
     seed_everything(3)
     initial = TrainingModel(3).state_dict()
     assert float((model_one['enet.fullconv.weight'] - initial['enet.fullconv.weight'])

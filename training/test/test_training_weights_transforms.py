@@ -10,7 +10,7 @@ from enet_ros.labels import CAMVID_11, CITYSCAPES_19
 import enet_training.class_weights as class_weights
 from enet_training.class_weights import cached_enet_weights, class_histogram, enet_weights
 from enet_training.datasets import make_dataset
-from enet_training.run import make_datasets, network_sizes
+from enet_training.run_setup import make_datasets, network_sizes
 from enet_training.transforms import collate, TrainTransform
 import numpy as np
 import pytest

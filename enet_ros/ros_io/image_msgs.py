@@ -57,8 +57,6 @@ ENCODINGS = {
     '8uc3': (3, 1, 'bgr'),
     '8uc4': (4, 1, 'bgr'),
 }
-REJECTION_REASONS = ('unsupported_encoding', 'zero_size', 'bad_step', 'bad_data_length',
-                     'too_large', 'bad_shape', 'bad_compressed_format', 'decode_failed')
 #: How many times its shorter side a frame's longer side may be (else reason ``bad_shape``).
 #: The network sees every frame stretched to its own input (4:3 for the bundled model): a
 #: frame over 16:1 is squeezed more than 12 times along one axis, past anything it learnt

@@ -23,10 +23,10 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.signals import SignalHandlerOptions
 
-from .config import ConfigError
 from .lifecycle_node import SegmentationLifecycleNode
-from .main import StopOnSignal
+from .parameter_table import ConfigError
 from .segmentation_node import NODE_NAME, SegmentationNode
+from .signal_handling import StopOnSignal
 
 EXIT_OK, EXIT_EXECUTOR_FAILED, EXIT_CONFIG_ERROR, EXIT_FAILED_FRAMES = 0, 1, 2, 3
 SPIN_JOIN_TIMEOUT_S = 10.0

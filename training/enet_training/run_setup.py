@@ -5,6 +5,9 @@ Set-up of a training run: datasets, loss, model, weight average, optimizer, load
 from its arguments, in an order that keeps runs reproducible: the initial
 weights are drawn right after seeding, so two runs with one ``--seed`` start
 alike and a resumed run continues like the unbroken one.
+
+Why one module: the set-up's order is what makes runs reproducible (seed,
+then the initial weights, then the loaders), and it is read best in one place.
 """
 
 import argparse

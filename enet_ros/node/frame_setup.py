@@ -1,20 +1,18 @@
-"""What the node derives from its model and run-time settings, swapped as one object."""
+"""What a frame uses: the model and what derives from it and the run-time settings, as one."""
 
 from typing import Dict, Optional
 
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile
-
-from .config import qos_profile, RuntimeSettings
 from .health import HealthThresholds
+from .settings import RuntimeSettings
 from .. import masks
-from ..ground_grid import CameraPose
+from ..camera_model import CameraPose
 from ..segmenter import Segmenter
 
 #: Label id for pixels voided by min_confidence when the model file has no void id.
 DEFAULT_VOID_ID = 255
 
 
-class NodeState:
+class FrameSetup:
     """The model and everything derived from it and the run-time settings, swapped as one."""
 
     def __init__(self, segmenter: Segmenter, settings: RuntimeSettings):
@@ -49,16 +47,3 @@ class NodeState:
         if self.images_on_device and not self._device_tables_set:
             self.segmenter.configure_images(*self._device_tables)
             self._device_tables_set = True
-
-
-def grid_qos(reliability: str) -> QoSProfile:
-    """
-    Return the QoS of ~/drivable_grid: the newest grid, transient local, ``reliability``.
-
-    Transient local matches both volatile subscribers and the transient-local
-    ones that map consumers use (RViz's Map display, nav2's static layer).
-    """
-    qos = qos_profile(reliability, 1)
-    qos.history = HistoryPolicy.KEEP_LAST
-    qos.durability = DurabilityPolicy.TRANSIENT_LOCAL
-    return qos

@@ -16,7 +16,7 @@ import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from .signals import shielded
-from ..node.dds import config_file
+from ..ros_io.dds import config_file
 
 READY_LINE = 'listening on'
 #: The modules ``python -m`` runs: the node, and the managed (lifecycle) node.
