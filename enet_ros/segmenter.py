@@ -48,6 +48,10 @@ cores: up to 100x on small inputs); the node sets a short spin for its own
 process before torch loads (:mod:`enet_ros.inference.cpu_runtime`). The
 Segmenter never changes the environment; in a process of your own, set
 ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` before it starts.
+
+Why one module: :class:`Segmenter` is the one public entry point; its body is
+choosing a path from the options and forwarding ``segment``/``segment_batch``
+to it, and most of its lines are the option checks and docstrings of that API.
 """
 
 import logging

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from enet_ros.inference import cuda_graphs
+from enet_ros.inference import graph_capture
 from enet_ros.inference.device_images import (check_image_names, deliver_images,
                                               DEVICE_IMAGES, DeviceImages)
 from enet_ros.inference.eager import EagerPath
@@ -206,7 +207,7 @@ def test_completion_event_is_blocking(monkeypatch):
     """The per-frame wait uses a blocking event (the thread sleeps, no spinning core)."""
     made = []
     monkeypatch.setattr(torch.cuda, 'Event', lambda **kwargs: made.append(kwargs) or 'event')
-    assert cuda_graphs.completion_event() == 'event'
+    assert graph_capture.completion_event() == 'event'
     assert made == [{'blocking': True}]
 
 
