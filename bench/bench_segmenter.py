@@ -26,8 +26,11 @@ Modes (``--modes`` picks some; ``--list-modes`` names them):
 * CPU backends: ``torch default`` (``Segmenter(inference_backend='torch')``:
   the default before OpenVINO, the reference of ``--load``'s ratios), ``openvino
   fp32`` / ``openvino bf16`` (``inference_backend='openvino'``: the package's
-  OpenVINO path, normalisation and ArgMax in the graph); ``default`` decides by
-  CPU features. Every other torch mode names ``inference_backend='torch'``.
+  OpenVINO path, normalisation and ArgMax in the graph; auto threads: all of
+  torch's, or half when timed faster), ``openvino fp32 all threads`` (the same
+  with ``cpu_threads`` fixed at torch's count: OpenVINO without the timed
+  choice; ``[threads=1]`` fixes one); ``default`` decides by CPU features.
+  Every other torch mode names ``inference_backend='torch'``.
 * ``--load N``: each mode idle, then beside N busy processes, median and p90
   side by side, each mode in a process of its own (``bench_load.py``; modes
   may carry their process's environment: ``torch default

@@ -40,6 +40,8 @@ CPU_SEGMENTER_MODES = {
     'default': {},
     'torch default': {'inference_backend': 'torch'},
     'openvino fp32': {'inference_backend': 'openvino', 'precision': 'fp32'},
+    'openvino fp32 all threads': {'inference_backend': 'openvino', 'precision': 'fp32',
+                                  'cpu_threads': 'torch'},
     'openvino bf16': {'inference_backend': 'openvino', 'precision': 'bf16'},
 }
 for _name, _options in CPU_SEGMENTER_MODES.items():
@@ -170,6 +172,8 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
             optimize = False
         else:
             options = (CUDA_MODES if on_cuda else CPU_SEGMENTER_MODES)[name]
+            if options.get('cpu_threads') == 'torch':  # fixed: as many as torch's pool
+                options = {**options, 'cpu_threads': torch.get_num_threads()}
             compiled = CUDA_COMPILED_MODES.get(name) if on_cuda else None
             segmenter = Segmenter(loaded, device=str(device), input_size=net_size,
                                   warmup=compiled is None, **options)
