@@ -17,12 +17,19 @@ the environment the node's executables set before torch loads
 (:func:`enet_ros.inference.cpu_runtime.apply_process_defaults`). The ratio
 columns divide by the first mode's idle median (put today's default first:
 ``torch default``).
+
+``--repeat R`` runs all the modes R times in turns (mode A, B, C, then A, B, C
+again), each run of a mode in a fresh process; a row then holds the medians
+over the runs, with each run's figures and ratios under ``runs`` and the
+median of the per-run ratios (modes side by side in time, the robust A/B on
+a machine whose background load changes) under ``run_...``.
 """
 
 import argparse
 import json
 import os
 from pathlib import Path
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,23 +95,97 @@ def child_command(script: str, args: argparse.Namespace, mode: str, json_path: s
 
 def run_isolated(script: str, args: argparse.Namespace, modes: List[str]
                  ) -> Tuple[List[Dict[str, object]], List[Dict[str, object]]]:
-    """Run each mode in its own process; return (rows, each process's machine info)."""
-    rows, machines = [], []
+    """
+    Run each mode in its own process, ``args.repeat`` times in turns; return (rows, machines).
+
+    Turns (all modes, then all modes again) put the modes side by side in
+    time, so a change in the machine's background load hits them alike. One
+    row per mode and size: the medians over the runs of each figure, with
+    every run's figures under ``runs``.
+    """
+    per_run: List[List[Dict[str, object]]] = []
+    machines = []
+    repeat = max(1, getattr(args, 'repeat', 1))
     with tempfile.TemporaryDirectory(prefix='bench_load_') as folder:
-        for index, mode in enumerate(modes):
-            json_path = str(Path(folder) / f'{index}.json')
-            command, env = child_command(script, args, mode, json_path)
-            print(f'== {mode}: a process of its own', flush=True)
-            done = subprocess.run(command, env=env, check=False)
-            if done.returncode != 0 or not Path(json_path).exists():
-                print(f'== {mode}: failed (exit code {done.returncode})', flush=True)
-                continue
-            result = json.loads(Path(json_path).read_text())
-            for row in result['rows']:
-                row['mode'] = mode
-                rows.append(row)
-            machines.append({'mode': mode, **result['machine']})
-    return rows, machines
+        for run in range(repeat):
+            rows = []
+            for index, mode in enumerate(modes):
+                json_path = str(Path(folder) / f'{run}-{index}.json')
+                command, env = child_command(script, args, mode, json_path)
+                turn = f' (run {run + 1} of {repeat})' if repeat > 1 else ''
+                print(f'== {mode}: a process of its own{turn}', flush=True)
+                done = subprocess.run(command, env=env, check=False)
+                if done.returncode != 0 or not Path(json_path).exists():
+                    print(f'== {mode}: failed (exit code {done.returncode})', flush=True)
+                    continue
+                result = json.loads(Path(json_path).read_text())
+                for row in result['rows']:
+                    row['mode'] = mode
+                    rows.append(row)
+                machines.append({'mode': mode, 'run': run + 1, **result['machine']})
+            add_load_ratios(rows)
+            per_run.append(rows)
+    return median_rows(per_run), machines
+
+
+#: Figures of a row that :func:`median_rows` takes the median of over runs.
+RUN_FIGURES = ('median_ms', 'p90_ms', 'fps', 'cpu_ms', 'forward_median_ms', 'forward_p90_ms',
+               'loaded_median_ms', 'loaded_p90_ms', 'loaded_cpu_ms', 'setup_s')
+#: Ratios of each run (modes side by side in time) whose median over runs is kept too.
+RUN_RATIOS = ('idle_x_ref', 'loaded_median_x_ref', 'loaded_p90_x_ref', 'loaded_x_idle')
+
+
+def median_rows(per_run: List[List[Dict[str, object]]]) -> List[Dict[str, object]]:
+    """One row per (size, mode): medians over the runs; each run's rows under ``runs``."""
+    grouped: Dict[Tuple[str, str, str], List[Dict[str, object]]] = {}
+    for rows in per_run:
+        for row in rows:
+            grouped.setdefault((row['frame'], row['network'], row['mode']), []).append(row)
+    result = []
+    for runs in grouped.values():
+        row = dict(runs[0])
+        row.pop('load_reference', None)
+        for key in RUN_FIGURES + RUN_RATIOS:
+            values = [r.get(key) for r in runs if r.get(key) is not None]
+            figure = statistics.median(values) if values else None
+            row[key if key in RUN_FIGURES else f'run_{key}'] = figure
+        row['repeats'] = len(runs)
+        row['runs'] = [{key: r.get(key) for key in ('path',) + RUN_FIGURES + RUN_RATIOS}
+                       for r in runs]
+        result.append(row)
+    return result
+
+
+def run_and_report(script: str, args: argparse.Namespace, modes: List[str]) -> int:
+    """Run each mode in a process of its own (see run_isolated); print and write the table."""
+    from bench_output import write_json
+
+    rows, machines = run_isolated(script, args, modes)
+    if not rows:
+        print('bench_segmenter: no mode produced figures', file=sys.stderr)
+        return 1
+    add_load_ratios(rows)
+    repeat = max(1, getattr(args, 'repeat', 1))
+    print()
+    print(f'each mode in a process of its own; {args.frames} frames idle'
+          + (f', then {args.frames} beside {args.load} busy process(es)' if args.load else '')
+          + (f'; {repeat} runs in turns, medians over the runs' if repeat > 1 else '')
+          + "; ratios over the first mode's idle median")
+    for machine in machines:
+        print(f'  {machine["mode"]} (run {machine["run"]}): '
+              f'OMP_WAIT_POLICY={machine["OMP_WAIT_POLICY"]} '
+              f'GOMP_SPINCOUNT={machine["GOMP_SPINCOUNT"]} threads={machine["torch_threads"]} '
+              f'load average {machine["load_average_start"]} -> {machine["load_average_end"]}')
+    for row in rows:
+        print(f'  {row["mode"]}: {row["path"]}')
+    print()
+    print(format_load_markdown(rows, args.load))
+    if repeat > 1:
+        print()
+        print(format_run_ratios(rows))
+    if args.json:
+        write_json(args.json, {'machines': machines, 'args': vars(args), 'rows': rows})
+    return 0
 
 
 def _ratio(value: Optional[float], reference: Optional[float]) -> Optional[float]:
@@ -144,4 +225,21 @@ def format_load_markdown(rows: List[Dict[str, object]], load: int) -> str:
             f'{_fmt(row.get("loaded_x_idle"), ".2f")} | {_fmt(row.get("idle_x_ref"), ".2f")} | '
             f'{_fmt(row.get("loaded_median_x_ref"), ".2f")} | '
             f'{_fmt(row.get("loaded_p90_x_ref"), ".2f")} |')
+    return '\n'.join(lines)
+
+
+def format_run_ratios(rows: List[Dict[str, object]]) -> str:
+    """Each run's ratios (modes side by side in time), median over runs and the range."""
+    lines = ['| frame = network | mode | idle / ref idle | loaded median / ref idle | '
+             'loaded p90 / ref idle | (median over runs; min-max) |',
+             '| --- | --- | ---: | ---: | ---: | --- |']
+    for row in rows:
+        size = (row['frame'] if row['frame'] == row['network']
+                else f'{row["frame"]} -> {row["network"]}')
+        cells, spans = [], []
+        for key in ('idle_x_ref', 'loaded_median_x_ref', 'loaded_p90_x_ref'):
+            values = [r[key] for r in row.get('runs', []) if r.get(key) is not None]
+            cells.append(_fmt(row.get(f'run_{key}'), '.2f'))
+            spans.append(f'{min(values):.2f}-{max(values):.2f}' if values else '-')
+        lines.append(f'| {size} | {row["mode"]} | {" | ".join(cells)} | {"; ".join(spans)} |')
     return '\n'.join(lines)

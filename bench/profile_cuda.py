@@ -37,12 +37,12 @@ from torch.profiler import profile, ProfilerActivity
 
 
 def random_model(size: Tuple[int, int]):
-    """Build the benchmark's seeded random CamVid ENet (``bench/bench_segmenter.py``)."""
+    """Build the benchmark's seeded random CamVid ENet (``bench/segmenter_modes.py``)."""
     folder = str(Path(__file__).resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    import bench_segmenter
-    return bench_segmenter.random_model(size)
+    import segmenter_modes
+    return segmenter_modes.random_model(size)
 
 
 def median_ms(function, count: int) -> float:

@@ -294,7 +294,7 @@ class Segmenter:
         wait = cpu_runtime.openmp_wait_description()
         torch_part = f'{cpu_runtime.threads_text(torch.get_num_threads())}, {wait}'
         if self.backend == 'openvino':
-            return (f'backend openvino ({cpu_runtime.threads_text(self.path.threads)}; torch '
+            return (f'backend openvino ({self.path.thread_choice.describe()}; torch '
                     f'pre-processing {torch_part}), ')
         return f'backend torch ({torch_part}), '
 

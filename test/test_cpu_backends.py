@@ -162,8 +162,81 @@ def test_openvino_keeps_the_segmenter_contract(random_model_file):
     assert float((logits - reference.logits(reference.preprocess(view))).abs().max()) < 1e-2
 
 
+def test_thread_choice_runs_the_faster_count():
+    """The timed choice keeps the faster count, follows a change of load, and probes rarely."""
+    assert cpu_runtime.thread_candidates(1) == (1,)
+    assert cpu_runtime.thread_candidates(2) == (2, 1)
+    assert cpu_runtime.thread_candidates(8) == (8, 4)
+    single = cpu_runtime.ThreadChoice((1,))
+    for _ in range(200):
+        assert single.next_threads() == 1
+        single.record(1, 10.0)
+    assert not single.adaptive and single.describe() == '1 thread'
+
+    choice = cpu_runtime.ThreadChoice((2, 1))
+    speed = {2: 50.0, 1: 80.0}  # idle: all threads faster
+
+    def run(frames):
+        used = []
+        for _ in range(frames):
+            threads = choice.next_threads()
+            used.append(threads)
+            choice.record(threads, speed[threads])
+        return used
+
+    used = run(1000)
+    assert choice.current == 2 and choice.switches == 0
+    assert 0 < used.count(1) <= 0.05 * len(used)  # probed, about 4 % of the frames
+    speed.update({2: 200.0, 1: 100.0})  # busy neighbours: the two threads wait on each other
+    used = run(120)
+    assert choice.current == 1 and choice.switches == 1
+    assert used[-50:].count(1) >= 47
+    assert choice.describe() == '2 threads, or 1 when timed faster (now 1)'
+    speed.update({2: 90.0})  # not 15 % faster than 100: stays
+    run(300)
+    assert choice.current == 1
+    speed.update({2: 50.0})  # idle again
+    run(120)
+    assert choice.current == 2 and choice.switches == 2
+
+
+@needs_openvino
+def test_openvino_auto_threads_are_timed_and_give_the_same_labels(random_model_file,
+                                                                  monkeypatch):
+    """Auto threads: compiled for all and half of torch's count, the same labels with either."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        loaded = load_model_file(random_model_file)
+        reference = Segmenter(loaded, device='cpu', optimize=False)
+        segmenter = Segmenter(loaded, device='cpu', inference_backend='openvino')
+        fixed = Segmenter(loaded, device='cpu', inference_backend='openvino', cpu_threads=2)
+    finally:
+        torch.set_num_threads(previous)
+    assert segmenter.path.thread_choice.candidates == (2, 1)
+    assert 'backend openvino (2 threads, or 1 when timed faster (now 2);' in \
+        segmenter.describe()
+    assert fixed.path.thread_choice.candidates == (2,)
+    assert 'backend openvino (2 threads;' in fixed.describe()
+    # Switch on every probe (margin 10): frames alternate between the two counts.
+    segmenter.path.thread_choice = cpu_runtime.ThreadChoice((2, 1), probe_every=1,
+                                                            probe_frames=1, window=1,
+                                                            margin=10.0)
+    rng = np.random.default_rng(5)
+    width, height = segmenter.input_size
+    for index in range(8):
+        image = rng.integers(0, 256, (height + 60 * (index % 2), width, 3), dtype=np.uint8)
+        got = segmenter.segment(image, bgr=True)
+        want = reference.segment(image, bgr=True).labels
+        assert _agreement(got.labels, want) >= 0.999
+    assert segmenter.path.thread_choice.switches >= 4
+    # BGR frames at both sizes (u8 and resized float input) ran with both counts.
+    assert {key for key in segmenter.path._requests if key[1]} == {
+        (uint8, True, False, count) for uint8 in (True, False) for count in (1, 2)}
+
+
 def test_backends_equal_the_eager_reference_on_camvid_val(camvid_root: Path):
-    """Every backend's labels equal eager torch's on >= 99.9 % of CamVid val pixels."""
+    """Every backend's labels (OpenVINO with either thread count) equal eager torch's (99.9 %)."""
     import cv2
 
     loaded = load_model_file(None)
@@ -171,6 +244,8 @@ def test_backends_equal_the_eager_reference_on_camvid_val(camvid_root: Path):
     candidates = {'torch': Segmenter(loaded, device='cpu', inference_backend='torch')}
     if HAS_OPENVINO:
         candidates['openvino'] = Segmenter(loaded, device='cpu', inference_backend='openvino')
+        candidates['openvino 1 thread'] = Segmenter(loaded, device='cpu', cpu_threads=1,
+                                                    inference_backend='openvino')
         assert candidates['openvino'].backend == 'openvino'
     frames = sorted((camvid_root / 'val').glob('*.png'))[::5]
     assert frames
@@ -199,25 +274,31 @@ def test_process_defaults_respect_the_user(monkeypatch):
     assert cpu_runtime.openmp_wait_description({}) == 'OpenMP spin default'
 
 
-@pytest.mark.parametrize('user_env, expected', [
-    ({}, 'OpenMP spin {spin} (set by the node)'),
-    ({'OMP_WAIT_POLICY': 'PASSIVE'}, 'OpenMP passive (no spin)'),
+@pytest.mark.parametrize('user_env, threads, expected', [
+    ({}, 1, 'OpenMP spin {spin} (set by the node)'),
+    ({'OMP_WAIT_POLICY': 'PASSIVE'}, 1, 'OpenMP passive (no spin)'),
+    ({'OMP_NUM_THREADS': '2'}, 0, 'OpenMP spin {spin} (set by the node)'),
 ])
-def test_node_runs_and_logs_the_chosen_configuration(ros_env, user_env, expected):
+def test_node_runs_and_logs_the_chosen_configuration(ros_env, user_env, threads, expected):
     """The node logs backend, threads and OpenMP wait; it sets the wait unless the user did."""
     env = {k: v for k, v in ros_env.items() if k not in cpu_runtime.OPENMP_WAIT_VARIABLES}
     env.update(user_env)
     expected = expected.format(spin=cpu_runtime.NODE_OPENMP_ENVIRONMENT['GOMP_SPINCOUNT'])
     chosen = 'openvino' if HAS_OPENVINO and not cpu_runtime.has_avx512(
         cpu_runtime.cpu_features()) else 'torch'
-    node = NodeProcess(env, {'device': 'cpu', 'torch_compile': False, 'cpu_threads': 1})
+    node = NodeProcess(env, {'device': 'cpu', 'torch_compile': False, 'cpu_threads': threads})
     try:
         node.wait_ready()
         log = node.log()
     finally:
         assert node.stop() == 0
     line = next((text for text in log.splitlines() if 'backend ' in text), '')
-    assert f'backend {chosen} (1 thread' in line, log
     assert expected in line, line
-    if chosen == 'torch':
-        assert 'backend torch (1 thread,' in line  # cpu_threads set torch's pool
+    if threads == 1:
+        assert f'backend {chosen} (1 thread' in line, log
+        if chosen == 'torch':
+            assert 'backend torch (1 thread,' in line  # cpu_threads set torch's pool
+    elif chosen == 'openvino':  # auto: two threads (OMP_NUM_THREADS), or one when faster
+        assert 'backend openvino (2 threads, or 1 when timed faster (now 2);' in line, line
+    else:
+        assert 'backend torch (2 threads,' in line, line

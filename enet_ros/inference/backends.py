@@ -20,9 +20,13 @@ that the bag tools can be told too):
 
 ``cpu_threads``: None or 0 is auto: both runtimes use torch's setting for
 the process (``torch.get_num_threads()``: one per core, or ``OMP_NUM_THREADS``,
-unless the process chose), which torch keeps. A number: OpenVINO's
-``INFERENCE_NUM_THREADS``, or for torch ``torch.set_num_threads`` (torch has
-one intra-op pool per process, so that sets it for the whole process).
+unless the process chose), which torch keeps; OpenVINO, compiled for that
+count and for half of it, runs frames with whichever it times faster while
+they run (:class:`~enet_ros.inference.cpu_runtime.ThreadChoice`: fewer
+threads won beside busy processes). A number: OpenVINO's
+``INFERENCE_NUM_THREADS``, fixed, or for torch ``torch.set_num_threads``
+(torch has one intra-op pool per process, so that sets it for the whole
+process).
 """
 
 import logging
@@ -121,7 +125,7 @@ def open_openvino_path(model, input_size, dtype: torch.dtype, threads: Optional[
         precision = 'bf16' if dtype == torch.bfloat16 else 'fp32'
         return OpenVinoPath(prepared.network, pipeline, model.metadata,
                             threads or torch.get_num_threads(), precision,
-                            prepared.notes)
+                            prepared.notes, adaptive=threads is None)
     except SegmenterConfigError:
         raise
     except Exception as error:  # ImportError, the exporter's or the plugin's errors

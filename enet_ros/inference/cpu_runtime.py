@@ -25,8 +25,11 @@ never changes the environment (it does not own the process); the node does,
 unless the user set any OpenMP wait variable (:data:`OPENMP_WAIT_VARIABLES`).
 """
 
+from collections import deque
 import os
-from typing import Dict, FrozenSet, Mapping, MutableMapping, Optional
+import statistics
+from typing import Deque, Dict, FrozenSet, List, Mapping, MutableMapping, Optional, Sequence
+from typing import Tuple
 
 #: Variables that decide how OpenMP threads wait; if the user set any, the node sets none.
 OPENMP_WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')
@@ -122,3 +125,85 @@ def openvino_cpu_supported(features: FrozenSet[str]) -> Optional[str]:
     if 'sse4_2' in features or 'asimd' in features:
         return None
     return "this CPU has neither SSE4.2 nor NEON, which OpenVINO's CPU plugin needs"
+
+
+def thread_candidates(threads: int) -> Tuple[int, ...]:
+    """
+    Return the thread counts a timed choice tries for an auto count ``threads``: all, or half.
+
+    ``(2, 1)`` on 2 cores, ``(8, 4)`` on 8; ``(1,)`` (no choice) for one.
+    """
+    threads = max(1, int(threads))
+    return (threads,) if threads == 1 else (threads, max(1, threads // 2))
+
+
+class ThreadChoice:
+    """
+    Pick the faster of a few thread counts by timing frames as they run; the first one to start.
+
+    Why: on cores shared with other busy processes a runtime whose threads
+    meet at a barrier after every layer (OpenVINO's TBB pool, OpenMP) waits
+    for a partner the scheduler has not run, and fewer threads than cores
+    were faster there; on idle cores all of them were. Load on a vehicle
+    comes and goes, so the choice is made while frames run, not once at
+    start-up: every ``probe_every`` frames the other count runs
+    ``probe_frames`` frames; when their median beats the median of the
+    current count's last ``window`` frames by ``margin`` (0.85: 15 %
+    faster), it becomes the current count. The probes are about 4 % of the
+    frames (2 of 50): the median and p90 are those of the chosen count.
+    Not thread-safe; the caller runs one frame at a time.
+    """
+
+    def __init__(self, candidates: Sequence[int], probe_every: int = 50, probe_frames: int = 2,
+                 window: int = 16, margin: float = 0.85):
+        self.candidates = tuple(candidates)
+        self.current = self.candidates[0]
+        self.probe_every = int(probe_every)
+        self.probe_frames = int(probe_frames)
+        self.margin = float(margin)
+        self.switches = 0
+        self._recent: Deque[float] = deque(maxlen=int(window))
+        self._probe: List[float] = []
+        self._frames = 0
+        self._probing: Optional[int] = None
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether there is more than one count to choose from."""
+        return len(self.candidates) > 1
+
+    def next_threads(self) -> int:
+        """Return the thread count to run the next frame with."""
+        enough = len(self._recent) >= min(3, self._recent.maxlen or 3)
+        if self.adaptive and self._probing is None and enough and \
+                self._frames >= self.probe_every:
+            index = self.candidates.index(self.current)
+            self._probing = self.candidates[(index + 1) % len(self.candidates)]
+            self._probe = []
+            self._frames = 0
+        return self.current if self._probing is None else self._probing
+
+    def record(self, threads: int, milliseconds: float) -> None:
+        """Record that a frame run with ``threads`` took ``milliseconds``; maybe switch."""
+        if not self.adaptive:
+            return
+        if threads == self._probing:
+            self._probe.append(milliseconds)
+            if len(self._probe) >= self.probe_frames:
+                probed, self._probing = self._probe, None
+                if statistics.median(probed) < self.margin * statistics.median(self._recent):
+                    self.current = threads
+                    self.switches += 1
+                    self._recent.clear()
+                    self._recent.extend(probed)
+        elif threads == self.current:
+            self._recent.append(milliseconds)
+            self._frames += 1
+
+    def describe(self) -> str:
+        """``2 threads`` or ``2 threads, or 1 when timed faster (now 2)``."""
+        text = threads_text(self.candidates[0])
+        if self.adaptive:
+            others = ', '.join(str(c) for c in self.candidates[1:])
+            text += f', or {others} when timed faster (now {self.current})'
+        return text

@@ -30,8 +30,12 @@ the same nearest map as every other path. ``forward`` (for
 ``Segmenter.logits``) compiles a plain logits variant on first use.
 
 Compile options: ``PERFORMANCE_HINT=LATENCY``, ``INFERENCE_NUM_THREADS``
-(the Segmenter's ``cpu_threads``; auto: as many as torch's pool), and
-``INFERENCE_PRECISION_HINT`` f32 (bf16 where the Segmenter runs bf16).
+and ``INFERENCE_PRECISION_HINT`` f32 (bf16 where the Segmenter runs bf16).
+Threads: the Segmenter's ``cpu_threads``; auto (``adaptive``): as many as
+torch's pool, or half as many, whichever the frames run faster with
+(:class:`~enet_ros.inference.cpu_runtime.ThreadChoice`: on cores shared with
+busy processes the pool's threads, meeting after every layer, waited for each
+other; the network is compiled for both counts at start-up, the same graph).
 """
 
 import contextlib
@@ -39,6 +43,7 @@ import io
 from pathlib import Path
 import tempfile
 import threading
+import time
 from typing import Dict, Optional, Sequence, Tuple
 import warnings
 
@@ -47,7 +52,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .cpu_runtime import threads_text
+from .cpu_runtime import thread_candidates, ThreadChoice
 from .eager import EagerPath
 from .fold import fold_enet
 from .frames import as_tensor, FramePipeline, Segmentation
@@ -188,32 +193,37 @@ class OpenVinoPath(EagerPath):
     """
 
     def __init__(self, network: nn.Module, pipeline: FramePipeline, metadata,
-                 threads: int, precision: str = 'fp32', notes: Sequence[str] = ()):
+                 threads: int, precision: str = 'fp32', notes: Sequence[str] = (),
+                 adaptive: bool = False):
         super().__init__(network, pipeline, 'openvino', notes)
         self.version = openvino_version()
         self.threads = int(threads)
         self.precision = precision
+        #: Which thread count runs the frames (one count unless ``adaptive``).
+        self.thread_choice = ThreadChoice(thread_candidates(self.threads) if adaptive
+                                          else (self.threads,))
         self._mean, self._std = metadata.mean, metadata.std
         self._core = shared_core()
-        self._config = compile_config(self.threads, precision)
         width, height = pipeline.input_size
         with tempfile.TemporaryDirectory(prefix='enet_ros_openvino_') as folder:
             path = export_onnx(network, (width, height), Path(folder) / 'enet.onnx')
             self._model = self._core.read_model(str(path))
-        self._requests: Dict[Tuple[bool, bool, bool], object] = {}
+        self._requests: Dict[Tuple[bool, bool, bool, int], object] = {}
         self._logits_request = None
         self._lock = threading.Lock()  # one compile at a time; requests are per Segmenter
-        self.request(uint8=True, bgr=False, confidence=False)  # loads the plugin: fail here
+        for count in self.thread_choice.candidates:  # loads the plugin: fail here
+            self.request(uint8=True, bgr=False, confidence=False, threads=count)
 
-    def request(self, uint8: bool, bgr: bool, confidence: bool):
-        """Return the infer request of one graph variant, compiling it on first use."""
-        key = (uint8, bgr, confidence)
+    def request(self, uint8: bool, bgr: bool, confidence: bool, threads: Optional[int] = None):
+        """Return the infer request of one graph variant and thread count (compiled once)."""
+        key = (uint8, bgr, confidence, int(threads or self.threads))
         request = self._requests.get(key)
         if request is None:
             with self._lock:
                 model = with_frame_input(with_labels(self._model.clone(), confidence),
                                          self._mean, self._std, uint8, bgr)
-                compiled = self._core.compile_model(model, 'CPU', self._config)
+                compiled = self._core.compile_model(model, 'CPU',
+                                                    compile_config(key[3], self.precision))
                 request = self._requests[key] = compiled.create_infer_request()
         return request
 
@@ -221,7 +231,8 @@ class OpenVinoPath(EagerPath):
         """Map a 1x3xhxw normalised input to 1xCxhxw fp32 logits (plain graph, compiled once)."""
         if self._logits_request is None:
             with self._lock:
-                compiled = self._core.compile_model(self._model.clone(), 'CPU', self._config)
+                compiled = self._core.compile_model(self._model.clone(), 'CPU',
+                                                    compile_config(self.threads, self.precision))
                 self._logits_request = compiled.create_infer_request()
         array = network_input.float().contiguous().numpy()
         result = self._logits_request.infer({0: array})
@@ -242,8 +253,12 @@ class OpenVinoPath(EagerPath):
                                     align_corners=False, antialias=True)
             array = resized.permute(0, 2, 3, 1).contiguous().numpy()
             uint8 = False
-        request = self.request(uint8, bool(bgr), bool(with_confidence))
+        choice = self.thread_choice
+        threads = choice.next_threads()
+        request = self.request(uint8, bool(bgr), bool(with_confidence), threads)
+        start = time.perf_counter()
         outputs = request.infer({0: array})
+        choice.record(threads, (time.perf_counter() - start) * 1e3)
         labels = np.array(outputs[0])[0]
         confidence = np.array(outputs[1])[0] if with_confidence else None
         if labels.shape != (height, width):
@@ -256,5 +271,5 @@ class OpenVinoPath(EagerPath):
     def path_notes(self) -> Sequence[str]:
         """Return OpenVINO's version, the plugin options and the graph's form."""
         return (f'OpenVINO {self.version} CPU plugin', f'{self.precision}',
-                threads_text(self.threads), 'latency hint', 'index-free export',
+                self.thread_choice.describe(), 'latency hint', 'index-free export',
                 'normalisation and ArgMax in the graph')
