@@ -18,7 +18,7 @@ import time
 
 from enet_ros.inference import cuda_graphs
 from enet_ros.labels import CAMVID_11
-from enet_ros.model_file import BUNDLED_MODEL, load_model_file, LoadedModel, ModelMetadata
+from enet_ros.model_file import load_model_file, LoadedModel, ModelMetadata
 from enet_ros.segmenter import Segmenter
 from model_files import label_agreement, overflowing_fp16_enet
 import numpy as np
@@ -319,8 +319,6 @@ def test_bundled_model_on_camvid_val_fp16_captured_vs_fp32(camvid_root):
     """On CamVid val, captured fp16 labels equal eager fp32 labels on >= 99.5% of pixels."""
     import cv2
 
-    if not BUNDLED_MODEL.exists():
-        pytest.skip(f'no bundled model at {BUNDLED_MODEL}')
     model = load_model_file(None)
     fast = Segmenter(model, device='cuda')
     reference = Segmenter(model, device='cuda', precision='fp32', optimize=False)
