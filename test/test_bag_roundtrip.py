@@ -29,15 +29,6 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def model_file(tmp_path_factory) -> Path:
-    """Write a random CamVid model file with a 64x48 network input."""
-    from model_files import write_random_model
-
-    return write_random_model(tmp_path_factory.mktemp('model') / 'tiny.safetensors',
-                              input_size=(WIDTH, HEIGHT))
-
-
-@pytest.fixture(scope='module')
 def segmenter(model_file) -> Segmenter:
     """Build the real Segmenter on the CPU."""
     return Segmenter.from_file(str(model_file), device='cpu', precision='fp32')

@@ -203,6 +203,7 @@ def test_process_defaults_respect_the_user(monkeypatch):
     ({}, 'OpenMP spin {spin} (set by the node)'),
     ({'OMP_WAIT_POLICY': 'PASSIVE'}, 'OpenMP passive (no spin)'),
 ])
+@pytest.mark.integration
 def test_node_runs_and_logs_the_chosen_configuration(ros_env, user_env, expected):
     """The node logs backend, threads and OpenMP wait; it sets the wait unless the user did."""
     env = {k: v for k, v in ros_env.items() if k not in cpu_runtime.OPENMP_WAIT_VARIABLES}

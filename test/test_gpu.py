@@ -13,7 +13,6 @@ and cuDNN may pick other algorithms); captured fp16 against eager fp32 >=
 max-pool near-ties).
 """
 
-from pathlib import Path
 import time
 
 from enet_ros.inference import cuda_graphs
@@ -51,12 +50,6 @@ def _scene(height: int, width: int, seed: int = 0) -> np.ndarray:
                       ((rows // 23 + cols // 31) % 3) * 100], axis=-1).astype(np.int32)
     image += rng.integers(-20, 21, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope='module')
-def loaded(random_model_file: Path):
-    """Load the shared random model file (480x360 network input)."""
-    return load_model_file(random_model_file)
 
 
 @pytest.fixture(scope='module')

@@ -342,6 +342,7 @@ def test_resume_missing_checkpoint(tree: Path, tmp_path: Path):
                          str(tmp_path / 'nothing.pth')))
 
 
+@pytest.mark.integration
 def test_training_package_imports_no_ros():
     """Importing the training package's modules pulls in no rclpy (it runs without ROS)."""
     code = ('import sys\n'
