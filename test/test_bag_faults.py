@@ -98,6 +98,7 @@ def middle_chunk(bag: Path):
         return chunk.chunk_start_offset, chunk.chunk_length, chunk.channel_count[camera]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('where', ['records', 'header'])
 def test_corrupt_mcap_chunk_is_skipped_counted_and_the_rest_evaluated(tmp_path, capsys,
                                                                       model_file, where):

@@ -172,6 +172,7 @@ def test_labels_folder_matched_by_recorded_name(dataset, segmenter, tmp_path):
         direct_miou(segmenter, frames.values()), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_outputs_json_report_and_cli(dataset, model_file, tmp_path, capsys):
     root, frames = dataset
     bag = make_bag(root, tmp_path / 'bag')

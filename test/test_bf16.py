@@ -35,6 +35,7 @@ def _images():
     return [noise, smooth]
 
 
+@pytest.mark.slow
 def test_bf16_refused_on_a_cpu_without_it(loaded, monkeypatch):
     """Without bf16 hardware, precision bf16 is a configuration error; auto stays fp32."""
     monkeypatch.setattr(config_module, 'cpu_supports_bf16', lambda: False)

@@ -120,6 +120,7 @@ def test_openvino_that_fails_to_compile_falls_back(monkeypatch, core_logs, rando
     assert any('openvino failed to load' in r.getMessage() for r in core_logs.records)
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_openvino_keeps_the_segmenter_contract(random_model_file):
     """HxWx3 uint8 in, HxW uint8 labels (and float32 confidence) out, any size, RGB or BGR."""
@@ -162,6 +163,7 @@ def test_openvino_keeps_the_segmenter_contract(random_model_file):
     assert float((logits - reference.logits(reference.preprocess(view))).abs().max()) < 1e-2
 
 
+@pytest.mark.slow
 def test_backends_equal_the_eager_reference_on_camvid_val(camvid_root: Path):
     """Every backend's labels equal eager torch's on >= 99.9 % of CamVid val pixels."""
     import cv2

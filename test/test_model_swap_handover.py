@@ -13,7 +13,7 @@ import time
 from enet_ros.labels import ClassTable
 import pytest
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 #: The ROS domains of rclpy_context here.
 ROS_DOMAIN_IDS = (150, 199)
 TINY = {'network_width': 64, 'network_height': 48, 'torch_compile': False,

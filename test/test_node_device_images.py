@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ros_harness import make_image_msg
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 
 IMAGES = ('labels', 'colored', 'overlay', 'drivable')
 

@@ -104,6 +104,7 @@ def _run_until(node: SegmentationNode, timeout_s: float, stop_after_failures: in
     return bool(fired)
 
 
+@pytest.mark.slow
 def test_exit_on_failure_ends_inference_after_the_limit(failing_node):
     """exit_on_failure: true returns from inference after 3 failures in a row (in process)."""
     node = failing_node(exit_on_failure=True)
@@ -146,6 +147,7 @@ def test_exit_on_failure_exits_the_process_with_code_3(ros_env, random_model_fil
             node.stop()
 
 
+@pytest.mark.slow
 def test_without_exit_on_failure_the_node_keeps_going(failing_node):
     """exit_on_failure: false (default) keeps taking frames past the limit, reporting ERROR."""
     node = failing_node(exit_on_failure=False)
