@@ -34,11 +34,14 @@ $(JAZZY_STAMP): requirements-jazzy.txt
 	$(VENV_JAZZY)/bin/pip install --quiet -r requirements-jazzy.txt
 	touch $(JAZZY_STAMP)
 
+# Everything; what CI runs (.ci/run).
 test: venv venv-jazzy
 	$(BIN)/python -m pytest -q test training/test
 
-test-fast: venv venv-jazzy
-	$(BIN)/python -m pytest -q -m "not slow" test training/test
+# In about a minute: no test that starts a process (integration: nodes, ros2 CLI, launch, bag
+# tools as subprocesses, torchrun) and none that takes long on the CPU (slow).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not integration and not slow" test training/test
 
 lint: venv
 	$(BIN)/python -m pytest -q test/test_flake8.py test/test_pep257.py

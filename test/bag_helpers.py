@@ -1,7 +1,6 @@
 """Test helpers for the bag tools: tiny generated datasets and a Segmenter test double."""
 
 from dataclasses import dataclass
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -20,24 +19,23 @@ RATE_HZ = 10.0
 @pytest.fixture(scope='module')
 def quick_cpu():
     """
-    Run torch on one thread and without torch.compile while a test module runs.
+    Run torch on one thread, without torch.compile, on the torch backend while a module runs.
 
-    The machine is shared (two-thread inference stalls behind other work) and
-    compiling the network for each tool invocation would dominate the tests;
-    the tools' logic does not depend on either.
+    The machine is shared (two-thread inference stalls behind other work);
+    compiling the network for each tool invocation, or building it for
+    OpenVINO (auto's choice without AVX-512: about 5 s a Segmenter), would
+    dominate the tests; the tools' logic does not depend on any of them (the
+    backends are compared in test_cpu_backends.py).
     """
     import torch
 
     threads = torch.get_num_threads()
-    previous = os.environ.get('ENET_ROS_COMPILE')
-    torch.set_num_threads(1)
-    os.environ['ENET_ROS_COMPILE'] = '0'
-    yield
-    torch.set_num_threads(threads)
-    if previous is None:
-        os.environ.pop('ENET_ROS_COMPILE', None)
-    else:
-        os.environ['ENET_ROS_COMPILE'] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        torch.set_num_threads(1)
+        patch.setenv('ENET_ROS_COMPILE', '0')
+        patch.setenv('ENET_ROS_BACKEND', 'torch')
+        yield
+        torch.set_num_threads(threads)
 
 
 def subprocess_env(env: Dict[str, str]) -> Dict[str, str]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: small random model files, an isolated ROS 2 environment, the data path."""
+"""Shared fixtures: small random model files, an isolated ROS 2 environment, rclpy contexts."""
 
 import os
 from pathlib import Path
@@ -68,20 +68,47 @@ def core_logs(caplog, monkeypatch):
 
 
 @pytest.fixture(scope='session')
-def camvid_root() -> Path:
-    """Return the CamVid folder (ENET_ROS_CAMVID or ../shared/data/camvid); skip if absent."""
-    root = Path(os.environ.get('ENET_ROS_CAMVID', REPO_ROOT.parent / 'shared' / 'data' / 'camvid'))
-    if not (root / 'val').is_dir():
-        pytest.skip(f'CamVid data not found at {root} (set ENET_ROS_CAMVID)')
-    return root
-
-
-@pytest.fixture(scope='session')
 def random_model_file(tmp_path_factory) -> Path:
     """Write a CamVid-class model file with seeded random weights and a 480x360 input."""
     from model_files import write_random_model
 
     return write_random_model(tmp_path_factory.mktemp('models') / 'random.safetensors')
+
+
+@pytest.fixture(scope='module')
+def loaded(random_model_file: Path):
+    """Load the shared random model file (CamVid classes, 480x360 network input)."""
+    from enet_ros.model_file import load_model_file
+
+    return load_model_file(random_model_file)
+
+
+@pytest.fixture(scope='module')
+def model_file(tmp_path_factory) -> Path:
+    """Write a random CamVid model file with a 64x48 network input (the bag tools' tests)."""
+    from bag_helpers import HEIGHT, WIDTH
+    from model_files import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp('model') / 'tiny.safetensors',
+                              input_size=(WIDTH, HEIGHT))
+
+
+@pytest.fixture
+def rclpy_context(request):
+    """
+    Yield an rclpy Context for nodes in the test process, shut down after the test.
+
+    Initialised on a random ROS domain from the test module's ``ROS_DOMAIN_IDS``
+    (low, high) if it sets one, else 1-100.
+    """
+    import rclpy
+    from rclpy.context import Context
+
+    low, high = getattr(request.module, 'ROS_DOMAIN_IDS', (1, 100))
+    context = Context()
+    rclpy.init(context=context, domain_id=random.Random().randint(low, high))
+    yield context
+    context.try_shutdown()
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from bag_helpers import (EchoSegmenterDouble, HEIGHT, make_camvid, make_image,
-                         make_labels, quick_cpu, WIDTH)
+from bag_helpers import (EchoSegmenterDouble, make_camvid, make_image, make_labels, quick_cpu,
+                         WIDTH)
 from enet_ros.evaluation import bag_io
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions, main as evaluate_main
@@ -12,15 +12,6 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.usefixtures(quick_cpu.__name__)
-
-
-@pytest.fixture(scope='module')
-def model_file(tmp_path_factory) -> Path:
-    """Write a random CamVid model file with a 64x48 network input."""
-    from model_files import write_random_model
-
-    return write_random_model(tmp_path_factory.mktemp('model') / 'tiny.safetensors',
-                              input_size=(WIDTH, HEIGHT))
 
 
 @pytest.fixture(scope='module')

@@ -15,8 +15,8 @@ import resource
 import subprocess
 import sys
 
-from bag_helpers import (EchoSegmenterDouble, expected_stamps, HEIGHT, make_camvid, quick_cpu,
-                         subprocess_env, WIDTH)
+from bag_helpers import (EchoSegmenterDouble, expected_stamps, make_camvid, quick_cpu,
+                         subprocess_env)
 from enet_ros.evaluation import bag_io
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
 from enet_ros.evaluation.evaluate_bag import evaluate_bag, EvaluateOptions, main as evaluate_main
@@ -25,15 +25,6 @@ import pytest
 from rosbags.rosbag2 import Reader
 
 pytestmark = pytest.mark.usefixtures(quick_cpu.__name__)
-
-
-@pytest.fixture(scope='module')
-def model_file(tmp_path_factory) -> Path:
-    """Write a random CamVid model file with a 64x48 network input."""
-    from model_files import write_random_model
-
-    return write_random_model(tmp_path_factory.mktemp('model') / 'tiny.safetensors',
-                              input_size=(WIDTH, HEIGHT))
 
 
 def tool_command(module: str, *args: object) -> list:
@@ -107,6 +98,7 @@ def middle_chunk(bag: Path):
         return chunk.chunk_start_offset, chunk.chunk_length, chunk.channel_count[camera]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('where', ['records', 'header'])
 def test_corrupt_mcap_chunk_is_skipped_counted_and_the_rest_evaluated(tmp_path, capsys,
                                                                       model_file, where):
@@ -225,6 +217,7 @@ def small_bag(tmp_path_factory) -> Path:
     return root / 'bag'
 
 
+@pytest.mark.integration
 def test_unwritable_output_paths_are_refused_before_any_work(tmp_path, capsys, small_bag,
                                                              model_file):
     """A path under a file, or a folder for a file: exit 2 and one line, before any frame."""
@@ -263,6 +256,7 @@ def test_unwritable_output_paths_are_refused_before_any_work(tmp_path, capsys, s
     assert "output bag '" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_disk_full_while_writing_the_output_bag_keeps_the_results(tmp_path, small_bag,
                                                                   model_file, storage):
@@ -284,6 +278,7 @@ def test_disk_full_while_writing_the_output_bag_keeps_the_results(tmp_path, smal
     assert report['output_bag'] is None and 'could not be written' in report['output_bag_error']
 
 
+@pytest.mark.integration
 def test_json_that_cannot_be_written_comes_after_the_table(tmp_path, small_bag, model_file):
     """The JSON write fails (EFBIG): the table is printed first, then one line naming it."""
     report_path = tmp_path / 'eval.json'
@@ -298,6 +293,7 @@ def test_json_that_cannot_be_written_comes_after_the_table(tmp_path, small_bag, 
     assert not report_path.exists()  # no truncated JSON left behind
 
 
+@pytest.mark.integration
 def test_dataset_to_bag_disk_full_removes_the_partial_bag(tmp_path):
     """dataset_to_bag whose bag cannot be written: one line naming it, exit 3, nothing left."""
     root = tmp_path / 'camvid'

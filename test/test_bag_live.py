@@ -1,13 +1,11 @@
 """live_evaluate against the real segmentation node process on a small bag."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
 import textwrap
 
-from bag_helpers import (camvid_metadata, HEIGHT, make_camvid, make_labels, quick_cpu,
-                         subprocess_env, WIDTH)
+from bag_helpers import camvid_metadata, make_camvid, make_labels, quick_cpu, subprocess_env
 from enet_ros.evaluation.bag_io import (bag_topics, deserialize, frame_names, open_bag,
                                         read_messages, stamp_to_ns)
 from enet_ros.evaluation.dataset_to_bag import main as dataset_to_bag
@@ -23,15 +21,7 @@ COUNT = 6
 pytestmark = pytest.mark.usefixtures(quick_cpu.__name__)
 
 
-@pytest.fixture(scope='module')
-def model_file(tmp_path_factory) -> Path:
-    """Write a random CamVid model file with a 64x48 network input."""
-    from model_files import write_random_model
-
-    return write_random_model(tmp_path_factory.mktemp('model') / 'tiny.safetensors',
-                              input_size=(WIDTH, HEIGHT))
-
-
+@pytest.mark.integration
 @pytest.mark.parametrize('image_format', ['raw', 'png'])
 def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, image_format):
     root = tmp_path / 'camvid'
@@ -80,6 +70,7 @@ def test_live_matches_offline_on_answered_frames(tmp_path, ros_env, model_file, 
     assert offline['accuracy']['mean_iou'] == pytest.approx(report['accuracy']['mean_iou'])
 
 
+@pytest.mark.integration
 def test_live_evaluate_leaves_the_environment_alone(tmp_path, ros_env):
     """The library call sets no Fast DDS profile in os.environ; it says when none is set."""
     root = tmp_path / 'camvid'
@@ -106,6 +97,7 @@ def test_live_evaluate_leaves_the_environment_alone(tmp_path, ros_env):
     assert 'no Fast DDS profile' in result.stderr
 
 
+@pytest.mark.integration
 def test_offline_tools_do_not_import_rclpy():
     code = ('import sys, enet_ros.evaluation.evaluate_bag, enet_ros.evaluation.dataset_to_bag, '
             'enet_ros.evaluation.live_evaluate, enet_ros.evaluation.live_peer, '

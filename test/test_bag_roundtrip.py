@@ -29,15 +29,6 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def model_file(tmp_path_factory) -> Path:
-    """Write a random CamVid model file with a 64x48 network input."""
-    from model_files import write_random_model
-
-    return write_random_model(tmp_path_factory.mktemp('model') / 'tiny.safetensors',
-                              input_size=(WIDTH, HEIGHT))
-
-
-@pytest.fixture(scope='module')
 def segmenter(model_file) -> Segmenter:
     """Build the real Segmenter on the CPU."""
     return Segmenter.from_file(str(model_file), device='cpu', precision='fp32')
@@ -181,6 +172,7 @@ def test_labels_folder_matched_by_recorded_name(dataset, segmenter, tmp_path):
         direct_miou(segmenter, frames.values()), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_outputs_json_report_and_cli(dataset, model_file, tmp_path, capsys):
     root, frames = dataset
     bag = make_bag(root, tmp_path / 'bag')

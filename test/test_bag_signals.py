@@ -26,20 +26,11 @@ from enet_ros.evaluation.node_subprocess import READY_LINE
 import pytest
 from rosbags.rosbag2 import Reader
 
-pytestmark = pytest.mark.usefixtures(quick_cpu.__name__)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures(quick_cpu.__name__)]
 #: Frames of the datasets the tools are stopped in (64x48, about 12 kB a frame with labels).
 FRAMES = 1500
 #: Bytes a bag file has before the signal: well past the first MCAP chunk (1 MiB).
 GROWN = 2 << 20
-
-
-@pytest.fixture(scope='module')
-def model_file(tmp_path_factory) -> Path:
-    """Write a random CamVid model file with a 64x48 network input."""
-    from model_files import write_random_model
-
-    return write_random_model(tmp_path_factory.mktemp('model') / 'tiny.safetensors',
-                              input_size=(WIDTH, HEIGHT))
 
 
 @pytest.fixture(scope='module')

@@ -27,12 +27,6 @@ needs_bf16 = pytest.mark.skipif(not cpu_supports_bf16(),
                                 reason='this CPU has no AVX-512 BF16 or AMX (or torch no oneDNN)')
 
 
-@pytest.fixture(scope='module')
-def loaded(random_model_file: Path):
-    """Load the shared random model file."""
-    return load_model_file(random_model_file)
-
-
 def _images():
     rng = np.random.default_rng(5)
     noise = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
@@ -41,6 +35,7 @@ def _images():
     return [noise, smooth]
 
 
+@pytest.mark.slow
 def test_bf16_refused_on_a_cpu_without_it(loaded, monkeypatch):
     """Without bf16 hardware, precision bf16 is a configuration error; auto stays fp32."""
     monkeypatch.setattr(config_module, 'cpu_supports_bf16', lambda: False)

@@ -120,6 +120,7 @@ def test_openvino_that_fails_to_compile_falls_back(monkeypatch, core_logs, rando
     assert any('openvino failed to load' in r.getMessage() for r in core_logs.records)
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_openvino_keeps_the_segmenter_contract(random_model_file):
     """HxWx3 uint8 in, HxW uint8 labels (and float32 confidence) out, any size, RGB or BGR."""
@@ -200,6 +201,7 @@ def test_thread_choice_runs_the_faster_count():
     assert choice.current == 2 and choice.switches == 2
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_openvino_auto_threads_are_timed_and_give_the_same_labels(random_model_file,
                                                                   monkeypatch):
@@ -235,6 +237,7 @@ def test_openvino_auto_threads_are_timed_and_give_the_same_labels(random_model_f
         (uint8, True, False, count) for uint8 in (True, False) for count in (1, 2)}
 
 
+@pytest.mark.slow
 def test_backends_equal_the_eager_reference_on_camvid_val(camvid_root: Path):
     """Every backend's labels (OpenVINO with either thread count) equal eager torch's (99.9 %)."""
     import cv2
@@ -279,6 +282,7 @@ def test_process_defaults_respect_the_user(monkeypatch):
     ({'OMP_WAIT_POLICY': 'PASSIVE'}, 1, 'OpenMP passive (no spin)'),
     ({'OMP_NUM_THREADS': '2'}, 0, 'OpenMP spin {spin} (set by the node)'),
 ])
+@pytest.mark.integration
 def test_node_runs_and_logs_the_chosen_configuration(ros_env, user_env, threads, expected):
     """The node logs backend, threads and OpenMP wait; it sets the wait unless the user did."""
     env = {k: v for k, v in ros_env.items() if k not in cpu_runtime.OPENMP_WAIT_VARIABLES}

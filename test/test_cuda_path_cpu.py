@@ -7,7 +7,6 @@ warm-up keys are checked without CUDA. The real captures, the blocking wait
 and the shared pool in use are tested in ``test_gpu.py``.
 """
 
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 from enet_ros.inference import cuda_graphs
@@ -20,19 +19,13 @@ from enet_ros.inference.graph_cache import GraphCache
 from enet_ros.inference.network import prepare_network
 from enet_ros.labels import CAMVID_11
 from enet_ros.masks import OutputRenderer
-from enet_ros.model_file import load_model_file, LoadedModel
+from enet_ros.model_file import LoadedModel
 from enet_ros.segmenter import Segmenter
 import numpy as np
 import pytest
 import torch
 
 NET_SIZE = (96, 64)  # (width, height)
-
-
-@pytest.fixture(scope='module')
-def loaded(random_model_file: Path) -> LoadedModel:
-    """Load the shared random model file."""
-    return load_model_file(random_model_file)
 
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:

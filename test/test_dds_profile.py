@@ -29,6 +29,8 @@ from xml.etree import ElementTree
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBE = REPO_ROOT / 'test' / 'dds_probe.py'
 PROFILE = REPO_ROOT / 'config' / 'fastdds_large_data.xml'

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from ros_harness import make_image_msg, NodeProcess, RosPeer, stamp_ns
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 NODE = '/segmentation_node'
 WIDTH, HEIGHT, FOCAL = 160, 120, 100.0
 CX, CY = 79.5, 59.5

@@ -71,12 +71,6 @@ def _images(shapes=((64, 96), (120, 160), (37, 53))) -> list:
 
 
 @pytest.fixture(scope='module')
-def loaded(random_model_file: Path):
-    """Load the shared random model file."""
-    return load_model_file(random_model_file)
-
-
-@pytest.fixture(scope='module')
 def eager(loaded) -> Segmenter:
     """Build the reference: the unoptimised fp32 network."""
     return Segmenter(loaded, device='cpu', input_size=NET_SIZE, optimize=False)

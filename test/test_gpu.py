@@ -13,12 +13,11 @@ and cuDNN may pick other algorithms); captured fp16 against eager fp32 >=
 max-pool near-ties).
 """
 
-from pathlib import Path
 import time
 
 from enet_ros.inference import cuda_graphs
 from enet_ros.labels import CAMVID_11
-from enet_ros.model_file import BUNDLED_MODEL, load_model_file, LoadedModel, ModelMetadata
+from enet_ros.model_file import load_model_file, LoadedModel, ModelMetadata
 from enet_ros.segmenter import Segmenter
 from model_files import label_agreement, overflowing_fp16_enet
 import numpy as np
@@ -51,12 +50,6 @@ def _scene(height: int, width: int, seed: int = 0) -> np.ndarray:
                       ((rows // 23 + cols // 31) % 3) * 100], axis=-1).astype(np.int32)
     image += rng.integers(-20, 21, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope='module')
-def loaded(random_model_file: Path):
-    """Load the shared random model file (480x360 network input)."""
-    return load_model_file(random_model_file)
 
 
 @pytest.fixture(scope='module')
@@ -319,8 +312,6 @@ def test_bundled_model_on_camvid_val_fp16_captured_vs_fp32(camvid_root):
     """On CamVid val, captured fp16 labels equal eager fp32 labels on >= 99.5% of pixels."""
     import cv2
 
-    if not BUNDLED_MODEL.exists():
-        pytest.skip(f'no bundled model at {BUNDLED_MODEL}')
     model = load_model_file(None)
     fast = Segmenter(model, device='cuda')
     reference = Segmenter(model, device='cuda', precision='fp32', optimize=False)

@@ -24,7 +24,7 @@ from ros_harness import make_image_msg, NodeProcess, RosPeer, stamp_ns
 from test_drivable_grid import (_Rig, camera_info, CX, CY, FOCAL, GRID, grid_array,
                                 GRID_FRAME, grid_parameters, HEIGHT, module_ros_env, WIDTH)
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 assert module_ros_env  # the fixture, imported for this module's node
 NODE = '/segmentation_node'
 #: The front camera's pose in grid_frame, as camera_pose.* values would give it.

@@ -6,7 +6,6 @@ fake capture) and ``test_gpu.py`` (for real).
 """
 
 import copy
-from pathlib import Path
 from typing import List, Tuple
 
 from enet_ros import segmenter as segmenter_module
@@ -17,7 +16,7 @@ from enet_ros.inference.eager import EagerPath
 from enet_ros.inference.fold import fold_enet
 from enet_ros.inference.network import (cast_network, Float32Layer, NonFiniteWeightsError,
                                         prepare_network)
-from enet_ros.model_file import load_model_file, LoadedModel
+from enet_ros.model_file import LoadedModel
 from enet_ros.segmenter import Segmenter
 from model_files import overflowing_fp16_enet, random_enet
 import numpy as np
@@ -28,12 +27,6 @@ import torch
 pytestmark = pytest.mark.usefixtures('torch_backend')
 
 NET_SIZE = (96, 64)  # (width, height)
-
-
-@pytest.fixture(scope='module')
-def loaded(random_model_file: Path) -> LoadedModel:
-    """Load the shared random model file."""
-    return load_model_file(random_model_file)
 
 
 # --- cuDNN autotuning is the caller's process-wide setting ----------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from ros_harness import make_image_msg, NodeProcess, RosPeer, set_parameters, stamp_ns
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 NODE = '/segmentation_node'
 #: A model with other classes, for the swap.
 TERRAIN = ClassTable(dataset='terrain', names=('grass', 'sidewalk', 'obstacle'),

@@ -17,7 +17,7 @@ import pytest
 from ros_harness import LifecycleClient, make_image_msg, NodeProcess, RosPeer, stamp_ns
 from test_drivable_grid import CAMERA_HEIGHT, camera_info, HEIGHT, PITCH, WIDTH
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 NODE = '/segmentation_node'
 QUIET_S = 2.0
 

@@ -17,7 +17,7 @@ from enet_ros.node.lifecycle_node import CONFIGURING_LINE, UNCONFIGURED_LINE
 import pytest
 from ros_harness import LifecycleClient, NodeProcess, RosPeer
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 NODE = '/segmentation_node'
 #: How long get_state may take to answer while configure runs.
 ANSWER_WITHIN_S = 1.0

@@ -189,6 +189,7 @@ def test_pickle_refused_without_running_it(tmp_path: Path, writer: str):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_header_length_that_looks_like_a_pickle_loads(tmp_path: Path, good_tensors):
     """A good file whose header length starts with byte 0x80 (a pickle's first byte) loads."""
     path = tmp_path / 'x80.safetensors'

@@ -7,14 +7,15 @@ discarded when it ends after a cleanup.
 The swap in a running node process, frames flowing, is in test_node_cameras.py.
 """
 
-import random
 import threading
 import time
 
 from enet_ros.labels import ClassTable
 import pytest
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
+#: The ROS domains of rclpy_context here.
+ROS_DOMAIN_IDS = (150, 199)
 TINY = {'network_width': 64, 'network_height': 48, 'torch_compile': False,
         'device': 'cpu', 'precision': 'fp32'}
 THREE = ClassTable(dataset='test3', names=('ground', 'thing', 'sky'),
@@ -23,17 +24,14 @@ THREE = ClassTable(dataset='test3', names=('ground', 'thing', 'sky'),
 
 
 @pytest.fixture
-def managed(random_model_file):
+def managed(random_model_file, rclpy_context):
     """Yield a configured lifecycle node in this process and a function spinning it."""
-    import rclpy
-    from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from enet_ros.node.lifecycle_node import SegmentationLifecycleNode
 
-    context = Context()
-    rclpy.init(context=context, domain_id=random.Random().randint(150, 199))
+    context = rclpy_context
     overrides = [Parameter(k, value=v) for k, v in
                  {**TINY, 'model_path': str(random_model_file)}.items()]
     node = SegmentationLifecycleNode(context=context, parameter_overrides=overrides)
@@ -57,7 +55,6 @@ def managed(random_model_file):
     finally:
         executor.shutdown()
         node.destroy_node()
-        rclpy.try_shutdown(context=context)
 
 
 def test_built_model_is_installed_on_the_executor_thread(managed, tmp_path):
@@ -123,17 +120,14 @@ def test_build_ending_after_cleanup_is_discarded(managed, tmp_path):
     assert node.segmenter is configured
 
 
-def test_managed_node_takes_start_up_settings_at_configure(random_model_file):
+def test_managed_node_takes_start_up_settings_at_configure(random_model_file, rclpy_context):
     """A bad device is fixed while unconfigured, then configure; refused while configured."""
-    import rclpy
-    from rclpy.context import Context
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
     from enet_ros.node.lifecycle_node import SegmentationLifecycleNode
 
-    context = Context()
-    rclpy.init(context=context, domain_id=random.Random().randint(150, 199))
+    context = rclpy_context
     overrides = [Parameter(k, value=v) for k, v in
                  {**TINY, 'device': 'tpu', 'model_path': str(random_model_file)}.items()]
     node = SegmentationLifecycleNode(context=context, parameter_overrides=overrides)
@@ -148,4 +142,3 @@ def test_managed_node_takes_start_up_settings_at_configure(random_model_file):
         assert not cameras.successful
     finally:
         node.destroy_node()
-        rclpy.try_shutdown(context=context)

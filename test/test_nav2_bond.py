@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from ros_harness import LifecycleClient, make_image_msg, NodeProcess, RosPeer
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 NODE = '/segmentation_node'
 BOND_ID = 'segmentation_node'
 #: nav2_lifecycle_manager's defaults: bond_timeout, its wait for the bond to form, the period.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ros_harness import image_array, make_image_msg, NodeProcess, OUTPUT_TOPICS, RosPeer, stamp_ns
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 NODE = '/segmentation_node'
 
 

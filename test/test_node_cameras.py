@@ -17,7 +17,8 @@ import pytest
 from ros_harness import (get_parameter, image_array, make_image_msg, NodeProcess, RosPeer,
                          set_parameters, stamp_ns)
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 NODE = '/segmentation_node'
 TINY = {'network_width': 64, 'network_height': 48, 'torch_compile': False}
 #: A second model with other classes, colours and drivable class than CamVid's.

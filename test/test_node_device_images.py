@@ -1,6 +1,5 @@
 """The node's images from the Segmenter (the CUDA path's branch) equal its own numpy ones."""
 
-import random
 import time
 
 from enet_ros.node.segmentation_node import SegmentationNode
@@ -8,28 +7,23 @@ import numpy as np
 import pytest
 from ros_harness import make_image_msg
 
-pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 
 IMAGES = ('labels', 'colored', 'overlay', 'drivable')
 
 
 @pytest.fixture
-def node(random_model_file):
+def node(random_model_file, rclpy_context):
     """Build an in-process node on the CPU (also on a CUDA machine), every image published."""
-    import rclpy
-    from rclpy.context import Context
     from rclpy.parameter import Parameter
 
-    context = Context()
-    rclpy.init(context=context, domain_id=random.Random().randint(1, 100))
-    built = SegmentationNode(context=context, parameter_overrides=[
+    built = SegmentationNode(context=rclpy_context, parameter_overrides=[
         Parameter('model_path', value=str(random_model_file)),
         Parameter('device', value='cpu'),
         Parameter('torch_compile', value=False),
         Parameter('publish', value=list(IMAGES))])
     yield built
     built.destroy_node()
-    context.try_shutdown()
 
 
 def _published(node: SegmentationNode, pixels: np.ndarray, encoding: str):

@@ -1,7 +1,6 @@
 """A dead device: frames that keep failing, with and without exit_on_failure (in process)."""
 
 import os
-import random
 import textwrap
 import threading
 import time
@@ -34,15 +33,12 @@ pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
 
 
 @pytest.fixture
-def failing_node(random_model_file):
+def failing_node(random_model_file, rclpy_context):
     """Build a node whose Segmenter always raises, with a subscriber on its labels."""
-    import rclpy
-    from rclpy.context import Context
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
 
-    context = Context()
-    rclpy.init(context=context, domain_id=random.Random().randint(1, 100))
+    context = rclpy_context
 
     def build(exit_on_failure: bool) -> SegmentationNode:
         node = SegmentationNode(context=context, parameter_overrides=[
@@ -67,7 +63,6 @@ def failing_node(random_model_file):
     yield build
     for node in built:
         node.destroy_node()
-    context.try_shutdown()
 
 
 def _feed_frames(node: SegmentationNode, stop: threading.Event) -> threading.Thread:
@@ -109,6 +104,7 @@ def _run_until(node: SegmentationNode, timeout_s: float, stop_after_failures: in
     return bool(fired)
 
 
+@pytest.mark.slow
 def test_exit_on_failure_ends_inference_after_the_limit(failing_node):
     """exit_on_failure: true returns from inference after 3 failures in a row (in process)."""
     node = failing_node(exit_on_failure=True)
@@ -118,6 +114,7 @@ def test_exit_on_failure_ends_inference_after_the_limit(failing_node):
     assert node.cameras[0].stats.totals['failed'] == 3
 
 
+@pytest.mark.integration
 def test_exit_on_failure_exits_the_process_with_code_3(ros_env, random_model_file, tmp_path):
     """The node as a process: failed frames in a row with exit_on_failure end it with code 3."""
     from sensor_msgs.msg import Image
@@ -150,6 +147,7 @@ def test_exit_on_failure_exits_the_process_with_code_3(ros_env, random_model_fil
             node.stop()
 
 
+@pytest.mark.slow
 def test_without_exit_on_failure_the_node_keeps_going(failing_node):
     """exit_on_failure: false (default) keeps taking frames past the limit, reporting ERROR."""
     node = failing_node(exit_on_failure=False)

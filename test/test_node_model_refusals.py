@@ -83,6 +83,7 @@ def _one_fatal_line(log: str, *fragments: str) -> None:
         assert fragment in lines[0], log
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name', sorted(BAD_MODELS))
 def test_bad_model_at_start_up_exits_2_with_one_line(ros_env, bad_models, name):
     """Each bad model: exit 2 (respawn does not loop), one line naming model_path and the key."""
@@ -100,6 +101,7 @@ def test_bad_model_at_start_up_exits_2_with_one_line(ros_env, bad_models, name):
     ({'network_width': 4096, 'network_height': 2032},
      ('parameters network_width and network_height', '4096x2032 is too large')),
 ])
+@pytest.mark.integration
 def test_sizes_over_the_limits_at_start_up_exit_2(ros_env, random_model_file, parameters,
                                                   fragments):
     """warmup_sizes beyond what the node accepts, a network size over the limit: exit 2."""
@@ -121,6 +123,7 @@ def test_warmup_sizes_are_checked_before_anything_is_allocated():
     assert warmup_sizes(['1280x720', '3840x2160'], 3840 * 2160) == ('1280x720', '3840x2160')
 
 
+@pytest.mark.integration
 def test_bad_models_at_run_time_are_refused_and_the_node_goes_on(ros_env, random_model_file,
                                                                  bad_models, tmp_path):
     """Setting model_path to each bad model (or a 5000-character path): refused, with why."""

@@ -15,6 +15,8 @@ from ros_harness import (get_parameter, image_array, make_image_msg, NodeProcess
                          RosPeer, set_parameters, stamp_ns)
 import torch
 
+pytestmark = pytest.mark.integration
+
 NODE = '/segmentation_node'
 TINY = {'network_width': 64, 'network_height': 48}
 

@@ -6,7 +6,7 @@ from ament_pep257.main import main
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ['enet_ros', 'launch', 'test', 'training', 'bench', 'scripts', 'setup.py']
+CHECKED = ['enet_ros', 'launch', 'test', 'training', 'bench', 'scripts', 'setup.py', 'conftest.py']
 
 
 @pytest.mark.linter

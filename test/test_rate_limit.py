@@ -7,6 +7,7 @@ from typing import List
 
 from enet_ros.node.cameras import RateLimit
 import numpy as np
+import pytest
 from ros_harness import make_image_msg, NodeProcess, RosPeer, set_parameters
 
 
@@ -78,6 +79,7 @@ def _stream_frames(publisher, stop: threading.Event, period: float = 0.05) -> No
         stop.wait(period)
 
 
+@pytest.mark.integration
 def test_node_rate_lowered_then_raised_resumes(ros_env, random_model_file):
     """
     max_rate_hz set to 0.001 (one frame), then 10: frames flow again at once; 1e-300 too.

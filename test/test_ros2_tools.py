@@ -21,7 +21,8 @@ from ros2_cli import (build_workspace, in_workspace, ros2, ros2_until, start_dae
                       TerminalProcess, tools_missing, topic_hz)
 from ros_harness import image_array, make_image_msg, OUTPUT_TOPICS, RosPeer, stamp_ns
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 EXECUTABLES = ('segmentation_node', 'dataset_to_bag', 'evaluate_bag', 'live_evaluate')
 READY = 'listening on'
 LAUNCH = 'ros2 launch enet_ros segment.launch.py'

@@ -66,6 +66,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_segmenter_memory_does_not_depend_on_the_aspect_ratio(random_model_file):
     """Frames of 4K's pixel count but 4 or 1 pixel wide fit in 1 GiB beyond a 4K frame's."""
     result = subprocess.run([sys.executable, '-c', CHILD, str(random_model_file)],
@@ -173,6 +174,7 @@ def _diagnostics(peer) -> dict:
     return {}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('transport', ['raw', 'compressed'])
 def test_node_refuses_thin_frames_and_counts_them(ros_env, random_model_file, transport):
     """A 4x2073600-like thin frame (here 2x40) is refused as bad_shape, counted, and survived."""

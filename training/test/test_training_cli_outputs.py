@@ -48,6 +48,7 @@ def test_json_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, t
         assert captured.err.count('\n') == 1 and f"--json '{path}'" in captured.err
 
 
+@pytest.mark.integration
 def test_json_that_cannot_be_written_comes_after_the_table(tmp_path, tree, model):
     """The write fails (files limited to 64 bytes: EFBIG): table printed, one line, exit 3."""
     json_path = tmp_path / 'scores.json'

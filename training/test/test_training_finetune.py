@@ -107,6 +107,7 @@ def test_new_classes_keep_every_tensor_but_the_classifier():
     assert 'all 591 tensors' in lines[1]
 
 
+@pytest.mark.slow
 def test_encoder_frozen_for_the_first_epoch_then_trained(run):
     """After epoch 1 the encoder's parameters are the bundled model's; after epoch 2 not."""
     out, _, epoch1 = run
@@ -125,6 +126,7 @@ def test_encoder_frozen_for_the_first_epoch_then_trained(run):
     assert log.count('encoder frozen') == 1  # the resumed run starts past the frozen epochs
 
 
+@pytest.mark.slow
 def test_run_log_metrics_tensorboard_and_record(run, voc: Path):
     """Progress bar with ETA, one validation line per epoch, metrics.csv, events, run.json."""
     out, stderr, _ = run
@@ -163,6 +165,7 @@ def test_run_log_metrics_tensorboard_and_record(run, voc: Path):
     assert [e.step for e in events.Scalars('val/val_miou')] == [1, 2]
 
 
+@pytest.mark.slow
 def test_class_table_travels_into_the_model_file_and_the_segmenter(run, tmp_path: Path):
     """best.safetensors and an exported checkpoint carry the new names, colours, void, drivable."""
     out, _, _ = run
@@ -184,6 +187,7 @@ def test_class_table_travels_into_the_model_file_and_the_segmenter(run, tmp_path
         assert labels.max() < 3
 
 
+@pytest.mark.slow
 def test_evaluate_finds_the_layout(run, voc: Path, capsys):
     """``enet-train evaluate`` on a VOC folder reads it as the VOC layout, no --dataset needed."""
     out, _, _ = run
@@ -195,6 +199,7 @@ def test_evaluate_finds_the_layout(run, voc: Path, capsys):
     assert status == 2 and 'the model predicts' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_onnx_export_agrees_with_the_segmenter(run, voc: Path, tmp_path: Path, capsys):
     """--onnx writes the index-free network with its metadata; ONNX Runtime agrees."""
     onnx = pytest.importorskip('onnx', reason='onnx is not installed (requirements-dev.txt)')
@@ -220,6 +225,7 @@ def test_onnx_export_agrees_with_the_segmenter(run, voc: Path, tmp_path: Path, c
     assert 'on 100.000% of the check pixels' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_onnx_export_fails_with_the_figure(run, tmp_path: Path, monkeypatch):
     """A network that disagrees with the Segmenter fails the check; no file is left."""
     pytest.importorskip('onnx', reason='onnx is not installed (requirements-dev.txt)')

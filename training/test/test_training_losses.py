@@ -138,6 +138,7 @@ def test_make_criterion_lovasz_needs_no_class_weights():
         parse_train_flags('--loss', 'iou')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('loss', ['lovasz', 'ce+lovasz'])
 def test_training_runs_with_lovasz(loss: str, tmp_path: Path):
     """A one-epoch run trains with the loss, records it, and its loss is finite."""

@@ -354,6 +354,7 @@ def test_bad_val_label_stops_before_training(voc: Path, tmp_path: Path, capsys):
     assert f"label '{path}': pixel (x=3, y=0) has colour (9, 9, 9)" in line
 
 
+@pytest.mark.slow
 def test_plain_layout_trains_and_evaluates_without_void(tmp_path: Path, capsys, monkeypatch):
     """A plain tree whose classes.yaml has no void trains, and the model carries its table."""
     from enet_ros.model_file import load_model_file

@@ -34,6 +34,7 @@ def test_resume_path(tmp_path: Path):
         resume_path(str(tmp_path / 'none.pth'), tmp_path)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(tmp_path: Path):
     """save_checkpoint then load_checkpoint restores weights, optimizer and state."""
     torch.manual_seed(0)
@@ -91,6 +92,7 @@ def test_lr_factor():
     assert lr_factor(args, 299) == 1.0
 
 
+@pytest.mark.slow
 def test_train_one_epoch_and_evaluate(tmp_path: Path, capsys):
     """One epoch stops at the iteration limit and logs each step; evaluate is the Segmenter's."""
     root = make_camvid_tree(tmp_path / 'camvid', {'train': 4, 'val': 1})

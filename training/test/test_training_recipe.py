@@ -472,6 +472,7 @@ def recipe_resumed(tree: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_recipe_ema_batchnorm_statistics_are_recomputed(tree: Path, recipe_full: Path):
     """The validated average holds its own statistics: a new pass from its weights agrees."""
     saved = checkpoint_enet_weights(_load(recipe_full))
@@ -502,6 +503,7 @@ def test_recipe_ema_batchnorm_statistics_are_recomputed(tree: Path, recipe_full:
                               _load(recipe_full)['model']['enet.initial.bn.running_var'])
 
 
+@pytest.mark.slow
 def test_recipe_resume_replays_the_uninterrupted_run(recipe_full: Path, recipe_resumed: Path):
     """Jitter, rotation, OHEM, median weights and the EMA state all resume exactly."""
     full, resumed = _load(recipe_full), _load(recipe_resumed)
@@ -518,6 +520,7 @@ def test_recipe_resume_replays_the_uninterrupted_run(recipe_full: Path, recipe_r
     assert full['args']['color_jitter'] == [0.3, 0.3, 0.3] and full['args']['loss'] == 'ohem'
 
 
+@pytest.mark.slow
 def test_recipe_run_records_and_uses_the_average(recipe_full: Path, tree: Path, tmp_path: Path):
     """Validation, best.safetensors and export use the EMA weights; holdout is scored."""
     state = _load(recipe_full)

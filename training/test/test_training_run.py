@@ -68,6 +68,7 @@ def run_b(tree: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_loss_goes_down(run_a: Path):
     """Each epoch's mean loss is below the previous one, and the last step below the first."""
     history = _history(run_a)
@@ -80,6 +81,7 @@ def test_loss_goes_down(run_a: Path):
     assert float(steps[3, 2]) < float(steps[1, 1])
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoint_and_best_model(run_a: Path):
     """The run folder holds checkpoint.pth, best.safetensors, the log and the weights cache."""
     state = torch.load(run_a / 'checkpoint.pth', map_location='cpu', weights_only=True)
@@ -109,12 +111,14 @@ def test_run_writes_checkpoint_and_best_model(run_a: Path):
         state['history'][best.metadata.training['epoch'] - 1]['val_sequence_miou']
 
 
+@pytest.mark.slow
 def test_same_seed_same_run(run_a: Path, run_b: Path):
     """Two runs with one seed log identical epoch-1 losses (initial weights are seeded too)."""
     a, b = _step_losses(run_a), _step_losses(run_b)
     assert a[1, 1] == b[1, 1] and a[1, 2] == b[1, 2]
 
 
+@pytest.mark.slow
 def test_resume_replays_the_uninterrupted_run(run_a: Path, run_b: Path):
     """Resuming from the epoch-1 checkpoint gives epoch 2 exactly as in the unbroken run."""
     a, b = _step_losses(run_a), _step_losses(run_b)
@@ -126,6 +130,7 @@ def test_resume_replays_the_uninterrupted_run(run_a: Path, run_b: Path):
     assert history_b[1]['val_miou'] == history_a[1]['val_miou']
 
 
+@pytest.mark.slow
 def test_resume_auto(tree: Path, run_b: Path):
     """--resume auto continues from <out>/checkpoint.pth; a finished run trains no more."""
     assert main(_train_argv(tree, run_b, '--epochs', '2', '--resume', 'auto')) == 0
@@ -133,6 +138,7 @@ def test_resume_auto(tree: Path, run_b: Path):
     assert (run_b / 'train.log').read_text().count('resumed from') == 2
 
 
+@pytest.mark.slow
 def test_export_checkpoint_loads_in_segmenter(run_a: Path, tmp_path: Path, capsys):
     """Export checkpoint.pth to a model file the Segmenter loads and runs."""
     out = tmp_path / 'exported' / 'enet.safetensors'
@@ -153,6 +159,7 @@ def test_export_checkpoint_loads_in_segmenter(run_a: Path, tmp_path: Path, capsy
     assert labels.shape == (48, 64) and labels.max() < 11
 
 
+@pytest.mark.slow
 def test_export_best_copies_validated_file(run_a: Path, tmp_path: Path):
     """Export best.safetensors by copying it (after validating) byte for byte."""
     out = tmp_path / 'best_copy.safetensors'
@@ -161,6 +168,7 @@ def test_export_best_copies_validated_file(run_a: Path, tmp_path: Path):
     Segmenter.from_file(str(out), device='cpu', warmup=False).segment(scene(1)[0])
 
 
+@pytest.mark.slow
 def test_export_record_is_merged_into_the_training_record(run_a: Path, tmp_path: Path,
                                                           capsys):
     """``--record`` adds keys to the file's training record; weights and scores stay."""
@@ -185,6 +193,7 @@ def test_export_record_is_merged_into_the_training_record(run_a: Path, tmp_path:
     assert 'JSON object' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_table(run_a: Path, tree: Path, tmp_path: Path, capsys):
     """Print per-class rows and the summary; the mIoU is the one recorded in training."""
     model = run_a / 'best.safetensors'
@@ -209,6 +218,7 @@ def test_evaluate_cli_prints_table(run_a: Path, tree: Path, tmp_path: Path, caps
     assert scores['per_class_iou']['Pole'] in (None, 0.0)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_refuses_labels_of_other_classes(run_a: Path, tmp_path: Path, capsys):
     """A CamVid model scored on Cityscapes labels (--dataset): one line, exit 2, no table."""
     cityscapes = make_cityscapes_tree(tmp_path / 'cityscapes', {'val': {'lindau': 1}})
@@ -219,6 +229,7 @@ def test_evaluate_cli_refuses_labels_of_other_classes(run_a: Path, tmp_path: Pat
     assert 'mIoU' not in captured.out
 
 
+@pytest.mark.slow
 def test_two_stage_training(tree: Path, tmp_path: Path):
     """--encoder-epochs 1 trains the encoder first, then the whole network, and validates."""
     out = tmp_path / 'two_stage'
@@ -230,6 +241,7 @@ def test_two_stage_training(tree: Path, tmp_path: Path):
     load_model_file(out / 'best.safetensors')
 
 
+@pytest.mark.slow
 def test_export_score_records_the_deployed_precisions(run_a: Path, tree: Path,
                                                       tmp_path: Path, monkeypatch, capsys):
     """``--score`` records val mIoU per precision the node runs; fp32 equals evaluate's."""
@@ -258,6 +270,7 @@ def test_export_score_records_the_deployed_precisions(run_a: Path, tree: Path,
     assert scored.metadata.val_miou == best.metadata.val_miou
 
 
+@pytest.mark.slow
 def test_training_on_train_plus_val_notes_the_shared_split(tree: Path, tmp_path: Path):
     """``--train-split train+val`` trains on both; the log says val is no longer held out."""
     out = tmp_path / 'final'
@@ -272,6 +285,7 @@ def test_training_on_train_plus_val_notes_the_shared_split(tree: Path, tmp_path:
     assert 'training on 8 frames (train), validating on 2 (val)' in plain_log
 
 
+@pytest.mark.slow
 def test_model_trained_on_val_records_no_held_out_val_miou(tree: Path, tmp_path: Path,
                                                            capsys):
     """Trained on train+val, best.safetensors and an exported checkpoint have val_miou null."""
@@ -297,6 +311,7 @@ def test_batch_larger_than_split_refused(tree: Path, tmp_path: Path):
         main(_train_argv(tree, tmp_path / 'run', '--epochs', '1', '--batch-size', '16'))
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_line(tmp_path: Path, run_a: Path, capsys):
     """A missing dataset or model file is an 'enet-train: error:' line and status 2."""
     assert main(['evaluate', '--model', str(run_a / 'best.safetensors'), '--data',
@@ -342,6 +357,7 @@ def test_resume_missing_checkpoint(tree: Path, tmp_path: Path):
                          str(tmp_path / 'nothing.pth')))
 
 
+@pytest.mark.integration
 def test_training_package_imports_no_ros():
     """Importing the training package's modules pulls in no rclpy (it runs without ROS)."""
     code = ('import sys\n'

@@ -30,6 +30,8 @@ import pytest
 from tiny_datasets import make_voc_tree
 import torch
 
+pytestmark = pytest.mark.integration
+
 SIZE = (32, 24)
 COMMON = ['--dataset', 'voc', '--input-size', '32', '24', '--workers', '0', '--device', 'cpu',
           '--scale', '1', '1', '--no-flip', '--freeze-bn', '--no-dropout', '--seed', '3',
