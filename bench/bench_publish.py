@@ -6,7 +6,7 @@ given sizes, in this process, with the package's own code:
 
 * ``fill``: drawing the image from a label map into the reused message
   (:class:`enet_ros.masks.OutputRenderer` into an
-  :class:`~enet_ros.node.image_msgs.ImageBuffer` view), the node's per-frame work;
+  :class:`~enet_ros.ros_io.image_msgs.ImageBuffer` view), the node's per-frame work;
 * ``convert``: ``rclpy.serialization.serialize_message`` of that message: the C
   conversion of the Python message (``uint8[]`` data through the buffer
   protocol) plus the CDR serialisation rmw does in a publish;
@@ -104,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--json', type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from enet_ros.node.dds import with_large_image_transport
+    from enet_ros.ros_io.dds import with_large_image_transport
     os.environ.update(with_large_image_transport(os.environ))
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     domain = random.Random().randint(150, 230)
@@ -117,7 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from enet_ros import masks
     from enet_ros.model_file import load_model_file
-    from enet_ros.node.image_msgs import ImageBuffer
+    from enet_ros.ros_io.image_msgs import ImageBuffer
 
     metadata = load_model_file(None).metadata
     drivable_ids = [metadata.class_names.index(name) for name in metadata.drivable_classes]
