@@ -415,6 +415,8 @@ def compile_network(run: Run, args: argparse.Namespace) -> None:
     wanted = args.compile == 'on' or (args.compile == 'auto' and run.env.device.type == 'cuda')
     if not wanted or os.environ.get('ENET_ROS_COMPILE', '1') == '0':
         return
+    # A graph the compiler cannot build runs eagerly rather than ending the run.
+    torch._dynamo.config.suppress_errors = True
     run.network = torch.compile(run.network)
     run.log('training forward compiled (torch.compile; the first steps include compiling)')
 
