@@ -6,9 +6,9 @@ train: 367 frames, 190 MB as uint8) and each batch is augmented there in one
 go: the random scale, the crop (padding with zeros / void), the horizontal
 flip and the colour jitter of :class:`~.transforms.TrainTransform`, drawn
 from the same distributions. The resize and the crop are one map from each
-output pixel to a source pixel, so a batch costs a few gathers: bilinear for
-images (OpenCV's half-pixel convention, edges clamped), nearest neighbour for
-labels (OpenCV's ``INTER_NEAREST`` index, so labels gain no new ids). The
+output pixel to a source pixel, so a batch costs one ``grid_sample`` for the
+images (bilinear, OpenCV's half-pixel centres, edges clamped) and one gather
+for the labels (OpenCV's ``INTER_NEAREST`` index, so labels gain no new ids). The
 draws come from torch's global CPU generator, which training re-seeds every
 epoch: the same draws on the CPU and on CUDA, and a resumed run replays.
 
@@ -104,15 +104,16 @@ def draw_params(batch: int, frame_size: Tuple[int, int], config: AugmentConfig) 
     return Draws(scale, scaled_width, scaled_height, top, left, flip, jitter)
 
 
-def _source_axis(start: torch.Tensor, size: int, scaled: torch.Tensor, source: int,
-                 flip: Optional[torch.Tensor], device: torch.device
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _source_axis(start: torch.Tensor, size: int, scaled: torch.Tensor,
+                 flip: Optional[torch.Tensor], source: int, device: torch.device
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     Map ``size`` output positions per frame to the source axis of length ``source``.
 
     Returns (inside: BxS bool, the position lies in the scaled frame, not the
     padding; nearest: BxS int64 source index, OpenCV's ``INTER_NEAREST``;
-    low: BxS int64 and weight: BxS float32, the bilinear pair low, low + 1).
+    grid: BxS float32, the position's centre in ``grid_sample``'s [-1, 1]
+    frame coordinates, i.e. source pixel (p + 0.5) * source / scaled - 0.5).
     """
     steps = torch.arange(size, dtype=torch.int64)
     if flip is not None:
@@ -123,10 +124,8 @@ def _source_axis(start: torch.Tensor, size: int, scaled: torch.Tensor, source: i
     # OpenCV's INTER_NEAREST index, in its double arithmetic: floor(x * (1 / (scaled / source))).
     inverse = 1.0 / (scaled.double() / source)
     nearest = torch.clamp((position.double() * inverse).floor().long(), max=source - 1)
-    exact = torch.clamp((position.double() + 0.5) * source / scaled - 0.5, 0, source - 1)
-    low = exact.floor().long()
-    weight = (exact - low).float()
-    return (inside.to(device), nearest.to(device), low.to(device), weight.to(device))
+    grid = (2 * (position.double() + 0.5) / scaled - 1).float()
+    return inside.to(device), nearest.to(device), grid.to(device)
 
 
 def apply_draws(images: torch.Tensor, labels: torch.Tensor, draws: Draws, config: AugmentConfig
@@ -134,7 +133,7 @@ def apply_draws(images: torch.Tensor, labels: torch.Tensor, draws: Draws, config
     """
     Augment BxHxWx3 uint8 RGB frames and BxHxW uint8 labels as ``draws`` say.
 
-    Returns (Bx3xCHxCW uint8, channels_last, BxCHxCW int64) at the crop size:
+    Returns (Bx3xCHxCW uint8 in channels_last layout, BxCHxCW int64) at the crop size:
     images resized bilinearly and rounded, as ``cv2.resize`` does, labels by
     nearest neighbour; padding is 0 in images and ``void_id`` in labels; the
     colour jitter follows :func:`~.transforms.adjust_colors` (brightness,
@@ -143,26 +142,20 @@ def apply_draws(images: torch.Tensor, labels: torch.Tensor, draws: Draws, config
     batch, height, width = labels.shape
     device = images.device
     rows = torch.arange(batch, device=device)[:, None]
-    y_in, y_near, y_low, y_weight = _source_axis(draws.top, config.crop_height, draws.height,
-                                                 height, None, device)
-    x_in, x_near, x_low, x_weight = _source_axis(draws.left, config.crop_width, draws.width,
-                                                 width, draws.flip, device)
+    y_in, y_near, y_grid = _source_axis(draws.top, config.crop_height, draws.height, None,
+                                        height, device)
+    x_in, x_near, x_grid = _source_axis(draws.left, config.crop_width, draws.width, draws.flip,
+                                        width, device)
     inside = y_in[:, :, None] & x_in[:, None, :]
     out_labels = labels[rows[:, :, None], y_near[:, :, None], x_near[:, None, :]].long()
     out_labels = torch.where(inside, out_labels, torch.full_like(out_labels, config.void_id))
-    # Bilinear: rows first (BxCHxWx3), then columns (BxCHxCWx3).
-    y_high = torch.clamp(y_low + 1, max=height - 1)
-    top_rows = images[rows, y_low].float()
-    bottom_rows = images[rows, y_high].float()
-    y_weight = y_weight[:, :, None, None]
-    blended = torch.lerp(top_rows, bottom_rows, y_weight)
-    x_high = torch.clamp(x_low + 1, max=width - 1)
-    rows3 = rows[:, :, None]
-    lines = torch.arange(config.crop_height, device=device)[None, :, None]
-    left_cols = blended[rows3, lines, x_low[:, None, :]]
-    right_cols = blended[rows3, lines, x_high[:, None, :]]
-    out = torch.lerp(left_cols, right_cols, x_weight[:, None, :, None]).round_()
-    out = out * inside[..., None]
+    # Bilinear with OpenCV's half-pixel centres, the coordinates clamped to the frame (border).
+    grid = torch.stack((x_grid[:, None, :].expand(-1, config.crop_height, -1),
+                        y_grid[:, :, None].expand(-1, -1, config.crop_width)), dim=-1)
+    out = torch.nn.functional.grid_sample(images.permute(0, 3, 1, 2).float(), grid,
+                                          mode='bilinear', padding_mode='border',
+                                          align_corners=False)
+    out = out.permute(0, 2, 3, 1).round_() * inside[..., None]
     if bool((draws.jitter != 1).any()):
         out = _jitter(out, draws.jitter.to(device))
     out = out.to(torch.uint8)
