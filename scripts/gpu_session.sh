@@ -15,7 +15,8 @@
 #   scripts/gpu_session.sh agreement      # fp16 vs fp32 on CamVid val; needs data/camvid
 #   scripts/gpu_session.sh compiled       # the compiled CUDA modes, one process each, then
 #                                         # two in one (where 'illegal memory access' was seen)
-#   scripts/gpu_session.sh train ARGS...  # enet-train train, resumable; needs data/camvid
+#   scripts/gpu_session.sh train          # the GPU training plan, resumable
+#                                         # (scripts/gpu_session_train.sh); needs data/camvid
 #                                         # (tar xf ../shared/data/camvid_jpeg.tar -C data)
 #                                         # carried, and runs/gpu carried back in on resume
 #   scripts/gpu_session.sh node           # the node over ROS 2 on CUDA; needs .whl carried:
@@ -235,14 +236,10 @@ case "$step" in
             test/test_node_device_images.py 2>&1 | tee "$OUT/test_node.txt"
         ;;
     train)
+        # Timing, the from-scratch run on train, its train+val twin: as far as the call's
+        # time goes, resuming from runs/gpu (unpacked from the last call's runs_gpu.tar).
         need_camvid
-        mkdir -p runs/gpu
-        # Each call trains until the device's per-call limit stops it; checkpoint.pth is
-        # written every epoch, so the next call (carrying runs/gpu) resumes where it ended.
-        timeout --signal=INT "${TRAIN_SECONDS:-540}" "$PYTHON" -m enet_training.cli train \
-            --data data/camvid --out runs/gpu --resume auto "$@" || true
-        cp runs/gpu/checkpoint.pth runs/gpu/train.log "$OUT/" 2>/dev/null || true
-        cp runs/gpu/best.safetensors "$OUT/" 2>/dev/null || true
+        exec scripts/gpu_session_train.sh "$@"
         ;;
     *)
         echo "gpu_session.sh: unknown step '$step' (issue33 or all, check, bench, compiled," \

@@ -12,6 +12,7 @@ then the initial weights, then the loaders), and it is read best in one place.
 
 import argparse
 from dataclasses import dataclass, field
+import math
 import random
 from typing import Dict, Optional, Tuple
 
@@ -28,6 +29,7 @@ from .checkpoint import load_checkpoint, resume_path, TrainingState
 from .class_weights import cached_enet_weights, cached_median_weights
 from .datasets import (DatasetError, hold_out, LayoutOptions, make_dataset, read_image,
                        seen_splits, SegmentationDataset)
+from .device_pipeline import device_batches, uses_device_pipeline
 from .distributed import DistributedEnv, GlobalBatchCrossEntropy, RunLog, ShardedRandomSampler
 from .finetune import count_trainable, load_init_weights, set_encoder_frozen
 from .losses import CrossEntropyLovaszLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss
@@ -325,10 +327,23 @@ def make_model(args: argparse.Namespace, table: ClassTable, device: torch.device
     return model.to(device, memory_format=memory_format)
 
 
-def make_optimizer(args: argparse.Namespace, model: nn.Module
+def scaled_lr(args: argparse.Namespace, world_size: int = 1) -> float:
+    """
+    Return ``--lr`` scaled by ``--lr-scaling`` for the global batch against ``--lr-base-batch``.
+
+    linear: lr x batch / base; sqrt: lr x sqrt(batch / base) (Adam's rule);
+    none: ``--lr`` as given. The global batch is ``--batch-size`` x processes.
+    """
+    ratio = args.batch_size * world_size / args.lr_base_batch
+    rule = getattr(args, 'lr_scaling', 'none')
+    return args.lr * {'none': 1.0, 'linear': ratio, 'sqrt': math.sqrt(ratio)}[rule]
+
+
+def make_optimizer(args: argparse.Namespace, model: nn.Module, world_size: int = 1
                    ) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam with weight decay, and the ``--lr-schedule`` stepped once per epoch."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    """Adam with weight decay at :func:`scaled_lr`, the ``--lr-schedule`` stepped per epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=scaled_lr(args, world_size),
+                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(args, e))
     return optimizer, scheduler
 
@@ -347,10 +362,13 @@ def make_loader(args: argparse.Namespace, train_set: SegmentationDataset,
                                        args.batch_size)
     else:
         sampler = RandomSampler(train_set, generator=generator)
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
-                        num_workers=args.workers, collate_fn=collate, drop_last=True,
-                        pin_memory=env.device.type == 'cuda', persistent_workers=False,
-                        worker_init_fn=worker_init)
+    if uses_device_pipeline(args, env.device):
+        loader = device_batches(train_set, env.device, args.batch_size, sampler)
+    else:
+        loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
+                            num_workers=args.workers, collate_fn=collate, drop_last=True,
+                            pin_memory=env.device.type == 'cuda', persistent_workers=False,
+                            worker_init_fn=worker_init)
     if len(loader) == 0:
         raise SystemExit(f'the training split has {len(train_set)} images, fewer than '
                          f'--batch-size {args.batch_size} x {env.world_size} processes '
@@ -370,6 +388,8 @@ def make_batchnorm_loader(args: argparse.Namespace, train_set: SegmentationDatas
     """
     if not args.ema or args.ema_bn != 'recompute' or not env.is_main:
         return None
+    if uses_device_pipeline(args, env.device):
+        return device_batches(train_set, env.device, args.batch_size, drop_last=False)
     return DataLoader(train_set, batch_size=args.batch_size, num_workers=args.workers,
                       collate_fn=collate, pin_memory=env.device.type == 'cuda',
                       worker_init_fn=worker_init, generator=torch.Generator())
@@ -444,7 +464,14 @@ def setup_run(args: argparse.Namespace, env: DistributedEnv) -> Run:
                      else torch.contiguous_format)
     model = make_model(args, table, env.device, memory_format, log)
     ema = make_ema(args, model)
-    optimizer, scheduler = make_optimizer(args, model)
+    optimizer, scheduler = make_optimizer(args, model, env.world_size)
+    if args.lr_scaling != 'none':
+        log(f'learning rate {optimizer.param_groups[0]["lr"]:.3g}: --lr {args.lr:g} scaled '
+            f'{args.lr_scaling} from batch {args.lr_base_batch} to {args.batch_size} x '
+            f'{env.world_size}')
+    log('input pipeline: ' + ('device (frames decoded once, batches augmented on '
+                              f'{env.device.type})' if uses_device_pipeline(args, env.device)
+                              else f'loader ({args.workers} workers, per-frame OpenCV)'))
     scaler = torch.amp.GradScaler('cuda', enabled=amp)
     state = TrainingState()
     checkpoint = resume_path(args.resume, args.out)

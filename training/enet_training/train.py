@@ -19,6 +19,7 @@ set-up, the processes and the checkpoints are already apart.
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 import sys
 import time
@@ -72,6 +73,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument('--epochs', type=int, default=300)
     parser.add_argument('--batch-size', type=int, default=10, help='per process')
     parser.add_argument('--lr', type=float, default=5e-4)
+    parser.add_argument('--lr-scaling', choices=('none', 'linear', 'sqrt'), default='none',
+                        help='scale --lr for the global batch (--batch-size x processes) '
+                             'against --lr-base-batch: linear (lr x batch/base) or sqrt (lr x '
+                             'sqrt(batch/base), the rule for Adam); none: --lr as given')
+    parser.add_argument('--lr-base-batch', type=int, default=5, metavar='BATCH',
+                        help='the batch --lr was tuned for (5: the CamVid recipes of '
+                             'training/README.md)')
     parser.add_argument('--weight-decay', type=float, default=2e-4)
     parser.add_argument('--lr-schedule', choices=('step', 'poly', 'none'), default='step',
                         help='step: x lr-gamma every lr-step epochs (paper); poly: (1-t)^0.9')
@@ -133,6 +141,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         default='channels_last',
                         help='layout of weights and activations (channels_last: 12%% faster '
                              'per step on the 2-core CPU)')
+    parser.add_argument('--pipeline', choices=('auto', 'device', 'loader'), default='auto',
+                        help='device: the training frames decoded once into memory (on the GPU '
+                             'with CUDA) and each batch augmented there in one go; loader: a '
+                             'DataLoader decoding and augmenting each frame with OpenCV in '
+                             '--workers processes (the only one with --rotate); auto: device on '
+                             'CUDA, loader on the CPU')
+    parser.add_argument('--compile', choices=('auto', 'on', 'off'), default='auto',
+                        help="torch.compile the network's training forward (auto: on CUDA; "
+                             'ENET_ROS_COMPILE=0 turns it off whatever this says)')
+    parser.add_argument('--time-limit', type=float, default=0, metavar='SECONDS',
+                        help='stop cleanly, after a whole epoch and its checkpoint, before this '
+                             'many seconds from the start would be passed by one more epoch '
+                             '(0: no limit); --resume auto continues')
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--deterministic', action='store_true',
@@ -388,8 +409,32 @@ def run_epoch(run: Run, epoch: int, progress: Progress,
                           record.get('val_class_iou'))
 
 
+def compile_network(run: Run, args: argparse.Namespace) -> None:
+    """
+    ``--compile``: wrap ``run.network`` in ``torch.compile`` (auto: on CUDA).
+
+    Only the training forward is compiled; validation runs the Segmenter on a
+    copy of the weights. ENET_ROS_COMPILE=0 keeps it off (tests).
+    """
+    wanted = args.compile == 'on' or (args.compile == 'auto' and run.env.device.type == 'cuda')
+    if not wanted or os.environ.get('ENET_ROS_COMPILE', '1') == '0':
+        return
+    # A graph the compiler cannot build runs eagerly rather than ending the run.
+    torch._dynamo.config.suppress_errors = True
+    run.network = torch.compile(run.network)
+    run.log('training forward compiled (torch.compile; the first steps include compiling)')
+
+
+def out_of_time(args: argparse.Namespace, start: float, last_epoch: float) -> bool:
+    """Whether one more epoch as long as the longest so far (+10 %) would pass the limit."""
+    if not args.time_limit:
+        return False
+    return time.time() - start + 1.1 * last_epoch > args.time_limit
+
+
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     """Run training as configured by :func:`add_train_arguments`; return the final history."""
+    started = time.time()
     env = init_distributed(args.device, args.deterministic)
     metrics = None
     try:
@@ -406,8 +451,16 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                                (args.progress == 'auto' and sys.stderr.isatty()))
         progress = Progress(run.log, args.epochs, run.state.epoch, run.step.iterations,
                             args.log_interval, env.world_size, bar, metrics)
+        compile_network(run, args)
+        longest = 0.0
         for epoch in range(run.state.epoch, args.epochs):
+            epoch_start = time.time()
             run_epoch(run, epoch, progress, metrics)
+            longest = max(longest, time.time() - epoch_start)
+            if out_of_time(args, started, longest):
+                run.log(f'stopping after epoch {epoch + 1} of {args.epochs}: one more would '
+                        f'pass --time-limit {args.time_limit:g} s (resume with --resume auto)')
+                break
         return {'history': run.state.history, 'best_miou': run.state.best_miou}
     finally:
         if metrics is not None:
