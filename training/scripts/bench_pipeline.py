@@ -26,7 +26,7 @@ import tempfile
 import time
 
 from enet_training.distributed import init_distributed, RunLog
-from enet_training.run import seed_epoch, setup_run
+from enet_training.run_setup import seed_epoch, setup_run
 from enet_training.train import add_train_arguments, compile_network, Progress, train_one_epoch
 
 RECIPE = ['--batch-size', '5', '--lr', '5e-4', '--lr-schedule', 'poly', '--workers', '1',

@@ -16,7 +16,7 @@ from enet_training.cli import main
 from enet_training.datasets import make_dataset, SegmentationDataset
 from enet_training.device_pipeline import (apply_draws, AugmentConfig, device_batches,
                                            draw_params, Draws)
-from enet_training.run import scaled_lr
+from enet_training.run_setup import scaled_lr
 from enet_training.transforms import collate, TrainTransform
 import numpy as np
 import pytest
