@@ -7,6 +7,8 @@ given sizes, in this process, with the package's own code:
 * ``fill``: drawing the image from a label map into the reused message
   (:class:`enet_ros.masks.OutputRenderer` into an
   :class:`~enet_ros.ros_io.image_msgs.ImageBuffer` view), the node's per-frame work;
+* ``numpy``: the same fill with OpenCV hidden from :mod:`enet_ros.masks` (its
+  numpy rules, the drawing before issue 33's phase 2), in the same process;
 * ``convert``: ``rclpy.serialization.serialize_message`` of that message: the C
   conversion of the Python message (``uint8[]`` data through the buffer
   protocol) plus the CDR serialisation rmw does in a publish;
@@ -15,9 +17,10 @@ given sizes, in this process, with the package's own code:
   publish minus convert, i.e. what rmw and Fast DDS add;
 * ``receive``: ``deserialize_message`` of it, what a Python subscriber (RViz is
   not one; ``bench_node.py``'s recorder is) pays before its callback runs;
-* the four together as the node publishes them today (all drawn, then one
-  publish after another), labels alone likewise, and the four publish calls
-  without drawing.
+* the four together as the node publishes them (each drawn and published in
+  turn, labels first, the overlay blended from the colour image already
+  drawn), the same with numpy drawing, labels alone likewise, and the four
+  publish calls without drawing.
 
 Then, for sensor_msgs/Image.data at the largest size, what the C conversion
 costs per form of the data (``array.array`` as the message class stores it,
@@ -30,6 +33,7 @@ element), and what the generated setter costs for each.
 
 import argparse
 import array
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -74,6 +78,18 @@ def _median_ms(function: Callable[[], object], repeats: int) -> float:
         function()
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1e3)
+
+
+@contextlib.contextmanager
+def numpy_drawing():
+    """Hide OpenCV from enet_ros.masks for a while: its numpy rules draw (same pixels)."""
+    from enet_ros import masks
+
+    saved, masks.cv2 = masks.cv2, None
+    try:
+        yield
+    finally:
+        masks.cv2 = saved
 
 
 def data_forms(size: int, repeats: int) -> Dict[str, Dict[str, float]]:
@@ -160,20 +176,27 @@ def main(argv: Optional[List[str]] = None) -> int:
                     buffer.msg.header = header
 
                 fill_ms = _median_ms(fill, args.repeats)
+                with numpy_drawing():
+                    fill_numpy_ms = _median_ms(fill, args.repeats)
                 convert_ms = _median_ms(lambda: serialize_message(buffer.msg), args.repeats)
                 publish_ms = _median_ms(lambda: publishers[name].publish(buffer.msg),
                                         args.repeats)
                 serialized = serialize_message(buffer.msg)
                 receive_ms = _median_ms(lambda: deserialize_message(serialized, Image),
                                         args.repeats)
-                row['outputs'][name] = {'fill_ms': fill_ms, 'convert_ms': convert_ms,
+                row['outputs'][name] = {'fill_ms': fill_ms, 'fill_numpy_ms': fill_numpy_ms,
+                                        'convert_ms': convert_ms,
                                         'publish_ms': publish_ms, 'receive_ms': receive_ms,
                                         'dds_ms': publish_ms - convert_ms,
                                         'bytes': len(buffer.msg.data)}
 
-            def all_four():
-                renderer.render(labels, rgb, OUTPUTS, out=views)
-                for name in OUTPUTS:
+            def all_four():  # as FrameLoop publishes them: each from where it is ready
+                colored = None
+                for name in ('labels', 'drivable', 'colored', 'overlay'):
+                    renderer.render(labels, rgb, (name,), out={name: views[name]},
+                                    colored=colored)
+                    if name == 'colored':
+                        colored = views[name]
                     buffers[name].msg.header = header
                     publishers[name].publish(buffers[name].msg)
 
@@ -188,6 +211,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             row['publish_four_ms'] = _median_ms(publish_four, args.repeats)
             row['all_four_ms'] = _median_ms(all_four, args.repeats)
+            with numpy_drawing():
+                row['all_four_numpy_ms'] = _median_ms(all_four, args.repeats)
             row['labels_only_ms'] = _median_ms(labels_only, args.repeats)
             rows.append(row)
         largest = max(rows, key=lambda r: r['outputs']['colored']['bytes'])
@@ -204,22 +229,24 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print(f'\nPublishing breakdown ({platform.node()}, {os.cpu_count()} CPUs, '
           f'median of {args.repeats}, one subscriber in another process; ms)')
-    header = (f'{"size":>9} {"output":>9} {"MB":>5} {"fill":>7} {"convert":>8} {"dds":>7} '
-              f'{"publish":>8} {"total":>7} {"receive":>8}')
+    header = (f'{"size":>9} {"output":>9} {"MB":>5} {"fill":>7} {"numpy":>7} {"convert":>8} '
+              f'{"dds":>7} {"publish":>8} {"total":>7} {"receive":>8}')
     print(header)
     print('-' * len(header))
     for row in rows:
         for name, v in row['outputs'].items():
             print(f'{row["size"]:>9} {name:>9} {v["bytes"] / 1e6:>5.2f} {v["fill_ms"]:>7.2f} '
-                  f'{v["convert_ms"]:>8.2f} {v["dds_ms"]:>7.2f} {v["publish_ms"]:>8.2f} '
+                  f'{v["fill_numpy_ms"]:>7.2f} {v["convert_ms"]:>8.2f} {v["dds_ms"]:>7.2f} '
+                  f'{v["publish_ms"]:>8.2f} '
                   f'{v["fill_ms"] + v["publish_ms"]:>7.2f} {v["receive_ms"]:>8.2f}')
         print(f'{row["size"]:>9} labels only, drawn and published: {row["labels_only_ms"]:.2f}; '
               f'all four: {row["all_four_ms"]:.2f} '
-              f'(+{row["all_four_ms"] - row["labels_only_ms"]:.2f}); the four publish calls '
+              f'(+{row["all_four_ms"] - row["labels_only_ms"]:.2f}; numpy drawing: '
+              f'{row["all_four_numpy_ms"]:.2f}); the four publish calls '
               f'alone: {row["publish_four_ms"]:.2f}')
-    print('fill: drawing into the reused message; convert: serialize_message (C conversion '
-          '+ CDR); dds: publish - convert; total: fill + publish; receive: '
-          'deserialize_message in a Python subscriber')
+    print('fill: drawing into the reused message (numpy: OpenCV hidden); convert: '
+          'serialize_message (C conversion + CDR); dds: publish - convert; total: fill + '
+          'publish; receive: deserialize_message in a Python subscriber')
     print(f'Image.data of {largest["outputs"]["colored"]["bytes"]} bytes, per form (ms): '
           + ', '.join(f'{name}: serialize {v["serialize_ms"]:.3f}, setter '
                       + ('n/a' if v['setter_ms'] is None else f'{v["setter_ms"]:.3f}')

@@ -227,3 +227,64 @@ def test_overlay_reuses_a_colour_image_drawn_before(monkeypatch):
     assert calls == []
     np.testing.assert_array_equal(buffer, together['colored'])
     np.testing.assert_array_equal(later['overlay'], together['overlay'])
+
+
+def test_opencv_overlay_equals_the_fixed_point_rule_for_every_weight_and_value_pair():
+    """cv2.addWeighted (+1/1024) is the fixed-point blend exactly: all weights, all pairs."""
+    pytest.importorskip('cv2')
+    first = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(256, 256)
+    second = first.T.copy()
+    image = np.ascontiguousarray(np.stack([first, second, first], axis=-1))
+    colored = np.ascontiguousarray(np.stack([second, first, second], axis=-1))
+    narrow_image, narrow_colored = image[:, :251].copy(), colored[:, :251].copy()  # SIMD tails
+    for weight in range(257):
+        alpha = weight / 256
+        expected = _reference_overlay(image, colored, alpha)
+        fast = overlay(image, colored, alpha)
+        assert np.array_equal(fast, expected), f'weight {weight}'
+        assert np.array_equal(overlay(image, colored, alpha, fast=False), expected)
+        out = np.zeros_like(narrow_image)
+        assert overlay(narrow_image, narrow_colored, alpha, out=out) is out
+        assert np.array_equal(out, expected[:, :251]), f'weight {weight}, odd width'
+    for alpha in (0.3, 0.4, 0.7, 0.123):  # weights between the 1/256 steps round the same way
+        assert np.array_equal(overlay(image, colored, alpha), _reference_overlay(image, colored,
+                                                                                 alpha))
+
+
+def test_opencv_tables_equal_numpy_for_every_id_and_odd_sizes():
+    """Colour and drivable through cv2.LUT: numpy's pixels, every id 0-255, in place in out=."""
+    pytest.importorskip('cv2')
+    rng = np.random.default_rng(11)
+    colors = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(19)]
+    palette = palette_lut(colors)
+    lut = drivable_lut([0, 3, 18])
+    for height, width in ((1, 1), (7, 13), (720, 1280), (3, 257)):
+        labels = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        labels.flat[:min(256, labels.size)] = np.arange(min(256, labels.size))
+        expected = np.take(palette, labels, axis=0)
+        np.testing.assert_array_equal(colorize(labels, palette), expected)
+        np.testing.assert_array_equal(colorize(labels, palette, fast=False), expected)
+        out = np.zeros((height, width, 3), np.uint8)
+        assert colorize(labels, palette, out=out) is out
+        np.testing.assert_array_equal(out, expected)
+        mask = np.zeros((height, width), np.uint8)
+        assert drivable_mask(labels, lut, out=mask) is mask
+        np.testing.assert_array_equal(mask, np.take(lut, labels))
+
+
+def test_renderer_overlay_of_a_bgr_view_and_of_strided_buffers():
+    """A BGR frame's reversed view (CameraFrame.rgb) and a strided out= give the rule's pixels."""
+    rng = np.random.default_rng(12)
+    colors = [(i * 20, 255 - i * 20, i * 7) for i in range(11)]
+    renderer = OutputRenderer(colors, [3, 4], 0.4)
+    labels = rng.integers(0, 11, (9, 14), dtype=np.uint8)
+    bgr = rng.integers(0, 256, (9, 14, 3), dtype=np.uint8)
+    rgb_view = bgr[..., ::-1]
+    expected_colored = np.take(palette_lut(colors), labels, axis=0)
+    expected = _reference_overlay(rgb_view, expected_colored, 0.4)
+    wide = np.zeros((9, 20, 3), np.uint8)  # a row step past the width: not contiguous
+    images = renderer.render(labels, rgb_view, ['colored', 'overlay'],
+                             out={'overlay': wide[:, :14]})
+    np.testing.assert_array_equal(images['colored'], expected_colored)
+    np.testing.assert_array_equal(wide[:, :14], expected)
+    assert not wide[:, 14:].any()

@@ -129,6 +129,26 @@ class FrameSlots:
                     return camera, msg, received
             return None  # unreachable: a slot exists only for a known camera
 
+    def take_waiting(self) -> List[Tuple[Camera, Any, float]]:
+        """
+        Return every frame waiting now, in round-robin order, without waiting for any.
+
+        (camera, message, receipt time) each, as :meth:`take`; the batch a
+        batching Segmenter runs together with the frame :meth:`take` gave. A
+        camera without a frame is not waited for: it is simply not in the list.
+        """
+        with self._condition:
+            if self._stopped:
+                return []
+            count = len(self._cameras)
+            taken = []
+            for step in range(count):
+                camera = self._cameras[(self._next + step) % count]
+                if camera.name in self._slots:
+                    msg, received = self._slots.pop(camera.name)
+                    taken.append((camera, msg, received))
+            return taken
+
     def clear(self) -> None:
         """Forget the frames waiting (they are not counted as dropped)."""
         with self._condition:

@@ -3,14 +3,27 @@ The node's frames: parked by the subscription callbacks, segmented on the infere
 
 See :mod:`~enet_ros.node.segmentation_node` for the threading. Per frame:
 decode, segment (with confidence when wanted), void low-confidence pixels,
-render the subscribed images into reused messages, publish them with the
-input header, and project the drivable mask onto the ground grid when it is
-subscribed (:class:`~enet_ros.node.grid_output.GridOutput`).
+then each subscribed image from where it is ready: drawn into its reused
+message and published with the input header one after another, cheapest
+first (:data:`PUBLISH_ORDER`: labels, drivable, confidence, colour, then the
+overlay, blended from the colour image already drawn), so a subscriber to the
+labels does not wait for the overlay. Then the ground grid when it is
+subscribed (:class:`~enet_ros.node.grid_output.GridOutput`) and the frame's
+counters. On CUDA the colour, overlay and drivable images come with the labels
+from the frame's graph; the labels still go out first.
+
+Batched cameras: where the Segmenter batches (:attr:`Segmenter.batches`: CUDA
+by default, off on the CPU), after taking one camera's frame the loop also
+takes the frames other cameras already have waiting (never waiting for one
+that has none) and segments those of one size together with
+:meth:`Segmenter.segment_batch`; each camera's images are then published as
+above, camera by camera.
 """
 
+from dataclasses import dataclass
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
@@ -25,6 +38,30 @@ from ..inference.device_images import DEVICE_IMAGES
 from ..ros_io.image_msgs import (CameraFrame, check_raw_image, compressed_image_to_frame,
                                  InvalidImage, raw_image_to_frame)
 from ..segmenter import Segmenter
+
+#: The order a frame's images are drawn and published in: cheapest first; the overlay after
+#: the colour image it is blended from.
+PUBLISH_ORDER = ('labels', 'drivable', 'confidence', 'colored', 'overlay')
+
+
+@dataclass
+class PendingFrame:
+    """A decoded frame, due and wanted, on its way to the Segmenter and its publishers."""
+
+    camera: Camera
+    msg: Any
+    received: float
+    frame: CameraFrame
+    images: List[str]  # the image outputs to publish, in PUBLISH_ORDER
+    grid: bool  # the drivable grid is subscribed
+    with_confidence: bool
+    on_device: List[str]  # images the Segmenter draws in the frame's CUDA graph
+    buffers: Dict[str, np.ndarray]  # views into the camera's reused messages
+
+    def group_key(self) -> Tuple[Any, ...]:
+        """Frames with the same key can go through one :meth:`Segmenter.segment_batch` call."""
+        return (self.frame.height, self.frame.width, self.with_confidence,
+                tuple(self.on_device))
 
 
 class FrameLoop:
@@ -87,15 +124,51 @@ class FrameLoop:
             taken = slots.take(timeout=0.2)
             if taken is None:
                 continue
-            camera, msg, received = taken
             with self.lock:
-                if not self.active or self._model.setup is None:
+                setup = self._model.setup
+                if not self.active or setup is None:
                     continue  # deactivated while the frame waited
+                # Only a batching Segmenter takes the other cameras' frames now: one at a time,
+                # a frame taken early could not be replaced by a newer one while it waits.
+                others = slots.take_waiting() if setup.segmenter.batches else []
+                if self.serve([taken] + others):
+                    return
+
+    def serve(self, taken: Sequence[Tuple[Camera, Any, float]]) -> bool:
+        """
+        Segment and publish frames taken from the slots, batched where the Segmenter batches.
+
+        ``taken``: (camera, message, receipt time) per camera, one frame each
+        (the inference thread, under the lock). A failure counts against the
+        camera(s) it hit only. Returns True when the node should exit
+        (``exit_on_failure``).
+        """
+        setup = self._model.setup
+        pending = []
+        for camera, msg, received in taken:
+            try:
+                frame = self._prepare(camera, msg, received, setup)
+            except Exception as error:  # noqa: B902 - a frame must never kill the node
+                if self._failed(camera, error):
+                    return True
+                continue
+            if frame is not None:
+                pending.append(frame)
+        for group in self._groups(pending, setup.segmenter.batches):
+            try:
+                results, inference_s = self._segment(group, setup)
+            except Exception as error:  # noqa: B902
+                failed = [self._failed(frame.camera, error) for frame in group]  # count each
+                if failed[-1]:
+                    return True
+                continue
+            for frame, result in zip(group, results):
                 try:
-                    self.process(camera, msg, received)
-                except Exception as error:  # noqa: B902 - a frame must never kill the node
-                    if self._failed(camera, error):
-                        return
+                    self._publish(frame, result, inference_s, setup)
+                except Exception as error:  # noqa: B902
+                    if self._failed(frame.camera, error):
+                        return True
+        return False
 
     def _failed(self, camera: Camera, error: Exception) -> bool:
         """Count a failed frame; return True when the node should exit (exit_on_failure)."""
@@ -113,14 +186,22 @@ class FrameLoop:
     def process(self, camera: Camera, msg: Any, received: float) -> None:
         """Segment and publish one frame of ``camera`` (the inference thread, under the lock)."""
         setup = self._model.setup
+        pending = self._prepare(camera, msg, received, setup)
+        if pending is not None:
+            results, inference_s = self._segment([pending], setup)
+            self._publish(pending, results[0], inference_s, setup)
+
+    def _prepare(self, camera: Camera, msg: Any, received: float,
+                 setup: Any) -> Optional[PendingFrame]:
+        """Decode a frame that is wanted and due; None when it is skipped (counted)."""
         wanted = camera.subscribed_outputs(setup.settings.publish)
         if not wanted:
             camera.stats.count('skipped_no_subscribers')
             camera.grid.problem = None
-            return
+            return None
         if not camera.rate.due(received, setup.min_interval_s):
             camera.stats.count('dropped_rate_limit')
-            return
+            return None
         try:
             if isinstance(msg, CompressedImage):
                 frame = compressed_image_to_frame(msg, setup.settings.max_pixels)
@@ -128,45 +209,82 @@ class FrameLoop:
                 frame = raw_image_to_frame(msg, setup.settings.max_pixels)
         except InvalidImage as error:
             self._reject(camera, error)
-            return
+            return None
         camera.rate.processed(received, setup.min_interval_s)
-        images = [name for name in wanted if name != GRID_OUTPUT]
+        images = [name for name in PUBLISH_ORDER if name in wanted]
         with_confidence = 'confidence' in images or setup.settings.min_confidence > 0
         # On CUDA the colour, overlay and drivable images come from the frame's graph, unless
         # min_confidence voids labels on the host first (then they are drawn after it).
-        on_device = ([name for name in images if name in DEVICE_IMAGES]
+        on_device = ([name for name in wanted if name in DEVICE_IMAGES]
                      if setup.images_on_device else [])
         height, width = frame.height, frame.width  # the outputs' size (_check_labels checks)
         buffers = {name: camera.buffers[name].view(height, width, masks.OUTPUT_CHANNELS[name])
                    for name in images}
+        return PendingFrame(camera, msg, received, frame, images, GRID_OUTPUT in wanted,
+                            with_confidence, on_device, buffers)
+
+    @staticmethod
+    def _groups(pending: List[PendingFrame], batches: bool) -> List[List[PendingFrame]]:
+        """One frame a group, or with a batching Segmenter the frames of one key together."""
+        if not batches:
+            return [[frame] for frame in pending]
+        groups: Dict[Tuple[Any, ...], List[PendingFrame]] = {}
+        for frame in pending:
+            groups.setdefault(frame.group_key(), []).append(frame)
+        return list(groups.values())
+
+    @staticmethod
+    def _segment(group: List[PendingFrame], setup: Any) -> Tuple[List[Any], float]:
+        """Segment a group (one frame: ``segment``; more: ``segment_batch``); results, seconds."""
         setup.prepare_device_images()
-        inference_start = time.monotonic()
-        result = setup.segmenter.segment(frame.pixels, bgr=frame.bgr,
-                                         with_confidence=with_confidence, images=on_device,
-                                         out={name: buffers[name] for name in on_device})
-        inference_s = time.monotonic() - inference_start
+        first = group[0]
+        start = time.monotonic()
+        if len(group) == 1:
+            results = [setup.segmenter.segment(
+                first.frame.pixels, bgr=first.frame.bgr, with_confidence=first.with_confidence,
+                images=first.on_device,
+                out={name: first.buffers[name] for name in first.on_device})]
+        else:
+            results = setup.segmenter.segment_batch(
+                [frame.frame.pixels for frame in group],
+                bgr=[frame.frame.bgr for frame in group],
+                with_confidence=first.with_confidence, images=first.on_device,
+                out=[{name: frame.buffers[name] for name in frame.on_device}
+                     for frame in group])
+        return results, time.monotonic() - start
+
+    def _publish(self, pending: PendingFrame, result: Any, inference_s: float,
+                 setup: Any) -> None:
+        """Draw and publish a segmented frame's images one by one (:data:`PUBLISH_ORDER`)."""
+        camera, frame, buffers = pending.camera, pending.frame, pending.buffers
         labels = result.labels
         self._check_labels(labels, frame, setup.segmenter)
         if setup.settings.min_confidence > 0:
             masks.void_low_confidence(labels, result.confidence, setup.settings.min_confidence,
                                       setup.void_id)
-        on_host = [name for name in images if name not in on_device]
-        setup.renderer.render(labels, frame.rgb() if 'overlay' in on_host else None, on_host,
-                              out=buffers, confidence=result.confidence)
-        if not self.active:  # deactivated while this frame ran: it is not published
-            camera.stats.count('dropped_deactivated')
-            return
-        for name in images:
+        colored = None
+        for name in pending.images:
+            if name not in pending.on_device:
+                setup.renderer.render(labels, frame.rgb() if name == 'overlay' else None,
+                                      (name,), out={name: buffers[name]},
+                                      confidence=result.confidence, colored=colored)
+            if name == 'colored':
+                colored = buffers[name]  # the overlay blends it instead of drawing it again
+            if not self.active:  # deactivated while this frame ran: the rest is not published
+                camera.stats.count('dropped_deactivated')
+                return
             buffer = camera.buffers[name]
-            buffer.msg.header = msg.header
+            buffer.msg.header = pending.msg.header
             camera.publishers[name].publish(buffer.msg)
-        camera.stats.published(self._latency_s(msg), time.monotonic() - received, inference_s)
-        if GRID_OUTPUT in wanted:
+        camera.stats.published(self._latency_s(pending.msg), time.monotonic() - pending.received,
+                               inference_s)
+        if pending.grid:
             drivable = buffers.get('drivable')
             if drivable is None:
-                drivable = masks.drivable_mask(labels, setup.renderer.drivable,
-                                               out=camera.grid.drivable_scratch(height, width))
-            self._grid.publish(camera, msg, drivable, setup)
+                drivable = masks.drivable_mask(
+                    labels, setup.renderer.drivable,
+                    out=camera.grid.drivable_scratch(frame.height, frame.width))
+            self._grid.publish(camera, pending.msg, drivable, setup)
         else:
             camera.grid.problem = None
 

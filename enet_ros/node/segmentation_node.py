@@ -28,9 +28,11 @@ Threading: the ROS executor spins on a helper thread; a subscription callback
 only validates the message and parks it as its camera's newest frame
 (:class:`~enet_ros.node.cameras.FrameSlots`). The process's main thread, the
 one that built and warmed up the Segmenter, serves the cameras' newest frames
-round robin. (Calling torch from a second thread after the main thread has
-used it doubled the CPU inference time: each thread keeps its own OpenMP team,
-and the two teams' threads compete for the cores.) A frame replaced before
+round robin (with a batching Segmenter, CUDA's default, together with the
+frames other cameras have waiting; see :mod:`~enet_ros.node.frame_loop`).
+(Calling torch from a second thread after the main thread has used it doubled
+the CPU inference time: each thread keeps its own OpenMP team, and the two
+teams' threads compete for the cores.) A frame replaced before
 inference took it is counted as dropped, so a slow model drops old frames
 instead of queueing them. No exception leaves a callback: a bad message or a
 failed frame is counted and logged (throttled). A frame is processed under a
