@@ -15,8 +15,10 @@ keeps the bond the manager waits for, so its default bond_timeout works)
 or by hand: ros2 lifecycle set /segmentation_node configure, then activate.
 """
 
+import atexit
 import os
 import re
+import signal
 from typing import List, Tuple
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
@@ -247,8 +249,23 @@ def _segmentation_node(context: LaunchContext) -> List:
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_node_exit))]
 
 
+def _ignore_ctrl_c_at_exit() -> None:
+    """
+    Ignore SIGINT while ``ros2 launch`` runs its exit handlers.
+
+    A terminal's Ctrl-C pressed twice reaches the whole process group; when the
+    node stops between the presses, the second one finds ``ros2 launch``
+    finishing, with Python's default handler back, and interrupts the logging
+    module's exit handler: a "KeyboardInterrupt" traceback after a clean stop.
+    At that point there is nothing left for a Ctrl-C to stop.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def generate_launch_description() -> LaunchDescription:
     """Describe the node with the parameters file, argument overrides and remappings."""
+    # Exit handlers run last registered first: this one before logging's.
+    atexit.register(_ignore_ctrl_c_at_exit)
     share = get_package_share_directory('enet_ros')
     dds_profile = LaunchConfiguration('dds_profile')
     return LaunchDescription([
