@@ -23,6 +23,49 @@ Pipeline = Callable[[torch.Tensor],
 HostResults = Tuple[np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]
 
 
+def capture(step: Callable[[], None], device: torch.device, warmup_iterations: int,
+            pool: Optional[Tuple[int, int]]) -> 'torch.cuda.CUDAGraph':
+    """
+    Run ``step`` ``warmup_iterations`` times on a side stream, then capture it as a graph.
+
+    The warm-up runs where cuDNN autotuning and the caching allocator settle,
+    outside the capture; the graph's memory comes from ``pool`` (None: a
+    private pool).
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(max(1, warmup_iterations)):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        step()
+    torch.cuda.synchronize(device)
+    return graph
+
+
+def run_step(pipeline: Pipeline, host_in: torch.Tensor, device_in: torch.Tensor,
+             host_labels: torch.Tensor, host_confidence: Optional[torch.Tensor],
+             host_images: Dict[str, torch.Tensor]) -> None:
+    """
+    Do a capture's work: upload, pipeline, download (all stream-ordered, no sync).
+
+    Works for one frame (HxWx3 in, HxW labels) and for a batch (a leading N on
+    every buffer) alike.
+    """
+    device_in.copy_(host_in, non_blocking=True)
+    labels, confidence, images = pipeline(device_in)
+    host_labels.copy_(labels, non_blocking=True)
+    for name, buffer in host_images.items():
+        buffer.copy_(images[name], non_blocking=True)
+    if host_confidence is not None:
+        if confidence is None:
+            raise ValueError('pipeline returned no confidence map but one was requested')
+        host_confidence.copy_(confidence, non_blocking=True)
+
+
 def completion_event() -> 'torch.cuda.Event':
     """Return the event a frame waits on: blocking, so the waiting thread sleeps."""
     return torch.cuda.Event(blocking=True)
@@ -67,29 +110,12 @@ class CapturedFrame:
             self._host_frame_array = self.host_frame.numpy()
             self._pipeline = pipeline
             self.done = completion_event()
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(max(1, warmup_iterations)):
-                    self._step()
-            torch.cuda.current_stream(device).wait_stream(side)
-            torch.cuda.synchronize(device)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool):
-                self._step()
-            torch.cuda.synchronize(device)
+            self.graph = capture(self._step, device, warmup_iterations, pool)
 
     def _step(self) -> None:
         """Do the captured work: upload, pipeline, download (all stream-ordered, no sync)."""
-        self.device_frame.copy_(self.host_frame, non_blocking=True)
-        labels, confidence, images = self._pipeline(self.device_frame)
-        self.host_labels.copy_(labels, non_blocking=True)
-        for name, buffer in self.host_images.items():
-            buffer.copy_(images[name], non_blocking=True)
-        if self.host_confidence is not None:
-            if confidence is None:
-                raise ValueError('pipeline returned no confidence map but one was requested')
-            self.host_confidence.copy_(confidence, non_blocking=True)
+        run_step(self._pipeline, self.host_frame, self.device_frame, self.host_labels,
+                 self.host_confidence, self.host_images)
 
     def launch(self, image: np.ndarray) -> None:
         """
@@ -161,29 +187,12 @@ class CapturedBatch:
             self._host_frames_array = self.host_frames.numpy()
             self._pipeline = pipeline
             self.done = completion_event()
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(max(1, warmup_iterations)):
-                    self._step()
-            torch.cuda.current_stream(device).wait_stream(side)
-            torch.cuda.synchronize(device)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool):
-                self._step()
-            torch.cuda.synchronize(device)
+            self.graph = capture(self._step, device, warmup_iterations, pool)
 
     def _step(self) -> None:
         """Do the captured work: upload N frames, pipeline, download (stream-ordered)."""
-        self.device_frames.copy_(self.host_frames, non_blocking=True)
-        labels, confidence, images = self._pipeline(self.device_frames)
-        self.host_labels.copy_(labels, non_blocking=True)
-        for name, buffer in self.host_images.items():
-            buffer.copy_(images[name], non_blocking=True)
-        if self.host_confidence is not None:
-            if confidence is None:
-                raise ValueError('pipeline returned no confidence map but one was requested')
-            self.host_confidence.copy_(confidence, non_blocking=True)
+        run_step(self._pipeline, self.host_frames, self.device_frames, self.host_labels,
+                 self.host_confidence, self.host_images)
 
     def launch(self, images: Sequence[np.ndarray]) -> None:
         """Copy N HxWx3 uint8 images (any strides) to pinned memory and launch the graph."""
