@@ -121,6 +121,27 @@ def test_openvino_that_fails_to_compile_falls_back(monkeypatch, core_logs, rando
 
 
 @pytest.mark.slow
+def test_preload_imports_what_an_openvino_build_imports_first(monkeypatch):
+    """
+    The node's process imports openvino and onnx before it answers services.
+
+    (Importing onnx on the configure thread held the GIL 0.9 s.) Nothing where
+    the OpenVINO path cannot run; a missing module is left to the build's
+    fallback.
+    """
+    monkeypatch.setattr(backends, '_openvino_installed', lambda: True)
+    _features(monkeypatch, NO_SSE42)
+    assert backends.preload_openvino_modules() == ()
+    _features(monkeypatch, AVX2_ONLY)
+    monkeypatch.setitem(sys.modules, 'onnx', None)  # import onnx raises ImportError
+    assert backends.preload_openvino_modules() == ('openvino',)
+    monkeypatch.delitem(sys.modules, 'onnx')
+    assert backends.preload_openvino_modules() == ('openvino', 'onnx')
+    assert 'onnx' in sys.modules
+    monkeypatch.setattr(backends, '_openvino_installed', lambda: False)
+    assert backends.preload_openvino_modules() == ()
+
+
 @needs_openvino
 def test_openvino_keeps_the_segmenter_contract(random_model_file):
     """HxWx3 uint8 in, HxW uint8 labels (and float32 confidence) out, any size, RGB or BGR."""

@@ -29,6 +29,7 @@ threads won beside busy processes). A number: OpenVINO's
 process).
 """
 
+import importlib
 import logging
 import os
 from typing import Optional, Tuple
@@ -70,6 +71,30 @@ def check_threads(threads: Optional[int]) -> Optional[int]:
 def _openvino_installed() -> bool:
     from .openvino_backend import openvino_version
     return openvino_version() is not None
+
+
+def preload_openvino_modules() -> Tuple[str, ...]:
+    """
+    Import now the modules an OpenVINO build imports on first use; return the names imported.
+
+    For a process that builds a Segmenter on one thread while another must
+    keep answering: the node's configure transition and model swaps, beside
+    its executor. Importing ``onnx`` (the ONNX exporter's first use) held the
+    GIL for 0.9 s on a 2-core Zen 3, and longer on busy cores, so the node
+    left ``get_state`` unanswered that long. Imports nothing where the
+    OpenVINO path cannot run (not installed, or the CPU lacks what it needs).
+    """
+    if not _openvino_installed() or cpu_runtime.openvino_cpu_supported(
+            cpu_runtime.cpu_features()):
+        return ()
+    imported = []
+    for name in ('openvino', 'onnx'):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # the build then falls back with its own warning
+            continue
+        imported.append(name)
+    return tuple(imported)
 
 
 def resolve_backend(choice: Optional[str], device: torch.device, dtype: torch.dtype,

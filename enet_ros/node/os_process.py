@@ -27,6 +27,7 @@ from .lifecycle_node import SegmentationLifecycleNode
 from .parameter_table import ConfigError
 from .segmentation_node import NODE_NAME, SegmentationNode
 from .signal_handling import StopOnSignal
+from ..inference.backends import preload_openvino_modules
 
 EXIT_OK, EXIT_EXECUTOR_FAILED, EXIT_CONFIG_ERROR, EXIT_FAILED_FRAMES = 0, 1, 2, 3
 SPIN_JOIN_TIMEOUT_S = 10.0
@@ -65,6 +66,9 @@ def run(args: Optional[List[str]], stop_on_signal: StopOnSignal, lifecycle: bool
             rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         except RCLError as error:  # e.g. a --params-file that is missing or not YAML
             raise ConfigError(f'invalid ROS arguments: {error}') from None
+        # Before the node answers anything: its configure transition and model swaps build
+        # on their own thread, and a first import there held the GIL (and the executor) 0.9 s.
+        preload_openvino_modules()
         node = SegmentationLifecycleNode() if lifecycle else SegmentationNode()
         # One executor thread: a multi-threaded executor's Python threads competed with
         # inference for the GIL (p99 latency under overload 3-15x higher, test_node_robustness).
