@@ -62,8 +62,9 @@ import torch
 from torch import nn
 
 from .inference import cpu_runtime
-from .inference.backends import (apply_torch_threads, check_threads, INFERENCE_BACKENDS,
-                                 open_openvino_path, resolve_backend)
+from .inference.backends import (apply_torch_threads, BackendTrial, check_threads,
+                                 INFERENCE_BACKENDS, open_openvino_path, resolve_backend,
+                                 time_backends, TIMED)
 from .inference.compiled_cpu import CompiledCpuPath
 from .inference.config import (check_input_size, compile_enabled, COMPILE_ENV,
                                cpu_supports_bf16, DEVICE_CHOICES, FrameSize, freezing_enabled,
@@ -224,18 +225,31 @@ class Segmenter:
                                   notes + ['torch.compile off'])
         if backend_note:
             LOGGER.warning(backend_note)
+        if backend == TIMED and not warmup:
+            backend = 'openvino'  # no frames to time: OpenVINO, as before the trial
         openvino_path = (open_openvino_path(model, self.input_size, dtype, threads)
-                         if backend == 'openvino' else None)
-        self.backend = 'torch' if openvino_path is None else 'openvino'
-        if openvino_path is not None:
-            self.path = openvino_path
-        elif not on_cuda:
+                         if backend in ('openvino', TIMED) else None)
+        torch_path = self.path
+        if (openvino_path is None or backend == TIMED) and not on_cuda:
             apply_torch_threads(threads)
-        if openvino_path is None:  # OpenVINO's graph has batch 1: it always loops
-            if batch_frames is not None:
-                self.path.batch_forward = bool(batch_frames)
-            elif not on_cuda:
-                self.path.batch_forward = CPU_BATCH_DEFAULT
+        if batch_frames is not None:  # OpenVINO's graph has batch 1: it always loops
+            torch_path.batch_forward = bool(batch_frames)
+        elif not on_cuda:
+            torch_path.batch_forward = CPU_BATCH_DEFAULT
+        #: ``auto``'s start-up trial (CPUs without AVX-512, OpenVINO installed), or None.
+        self.backend_trial: Optional[BackendTrial] = None
+        if openvino_path is not None and backend == TIMED:
+            for path in (torch_path, openvino_path):
+                path.warm_up(sizes)
+            warmup = False  # both are warm
+            self.backend_trial = time_backends({'openvino': openvino_path, 'torch': torch_path},
+                                               sizes[0] if sizes else self.input_size)
+            LOGGER.info('inference_backend %s: running %s', self.backend_trial.describe(),
+                        self.backend_trial.winner)
+            if self.backend_trial.winner != 'openvino':
+                openvino_path = None  # dropped, with its compiled graphs
+        self.path = torch_path if openvino_path is None else openvino_path
+        self.backend = 'torch' if openvino_path is None else 'openvino'
         if warmup:
             self.path.warm_up(sizes)
 
@@ -293,10 +307,11 @@ class Segmenter:
             return ''
         wait = cpu_runtime.openmp_wait_description()
         torch_part = f'{cpu_runtime.threads_text(torch.get_num_threads())}, {wait}'
+        trial = f'; {self.backend_trial.describe()}' if self.backend_trial else ''
         if self.backend == 'openvino':
             return (f'backend openvino ({self.path.thread_choice.describe()}; torch '
-                    f'pre-processing {torch_part}), ')
-        return f'backend torch ({torch_part}), '
+                    f'pre-processing {torch_part}{trial}), ')
+        return f'backend torch ({torch_part}{trial}), '
 
     def preprocess(self, image: np.ndarray, bgr: bool = False) -> torch.Tensor:
         """

@@ -11,6 +11,7 @@ the chosen configuration, including the OpenMP wait it sets for itself.
 import logging
 from pathlib import Path
 import sys
+import time
 
 from enet_ros.inference import backends, cpu_runtime
 from enet_ros.model_file import load_model_file
@@ -39,10 +40,10 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_auto_chooses_by_cpu_features(monkeypatch):
-    """auto: OpenVINO on AVX2-only CPUs (where installed), torch with AVX-512, bf16 or CUDA."""
+    """Auto: a timed trial on AVX2-only CPUs with OpenVINO; torch with AVX-512, bf16, CUDA."""
     monkeypatch.setattr(backends, '_openvino_installed', lambda: True)
     _features(monkeypatch, AVX2_ONLY)
-    assert backends.resolve_backend('auto', CPU, torch.float32, True) == ('openvino', None)
+    assert backends.resolve_backend('auto', CPU, torch.float32, True) == (backends.TIMED, None)
     assert backends.resolve_backend('torch', CPU, torch.float32, True) == ('torch', None)
     assert backends.resolve_backend('auto', CPU, torch.float32, False) == ('torch', None)
     assert backends.resolve_backend('auto', torch.device('cuda'), torch.float16,
@@ -67,7 +68,50 @@ def test_auto_chooses_by_cpu_features(monkeypatch):
         backends.resolve_backend(None, CPU, torch.float32, True)
     monkeypatch.delenv(backends.BACKEND_ENV)
     monkeypatch.setattr(backends, '_openvino_installed', lambda: True)
-    assert backends.resolve_backend(None, CPU, torch.float32, True) == ('openvino', None)
+    assert backends.resolve_backend(None, CPU, torch.float32, True) == (backends.TIMED, None)
+
+
+@needs_openvino
+@pytest.mark.parametrize('winner', ['openvino', 'torch'])
+def test_auto_trial_runs_the_faster_backend(monkeypatch, core_logs, random_model_file, winner):
+    """
+    Auto on a CPU without AVX-512: both paths warmed and timed in turns; the faster one runs.
+
+    The trial's timings are real; which one wins is forced here by slowing
+    the other path's frames. Its labels equal the eager reference's, and
+    describe() and the log say what was timed.
+    """
+    _features(monkeypatch, AVX2_ONLY)
+    monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
+    from enet_ros.inference.eager import EagerPath  # OpenVinoPath's base: one run for both
+
+    run = EagerPath.run
+    slowed = []
+
+    def slow_run(self, *args, **kwargs):
+        if (self.mode == 'openvino') == (winner == 'torch'):
+            slowed.append(self.mode)
+            time.sleep(0.05)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(EagerPath, 'run', slow_run)
+    loaded = load_model_file(random_model_file)
+    with core_logs.at_level(logging.INFO):
+        segmenter = Segmenter(loaded, device='cpu', torch_compile=False, warmup_sizes=['96x64'])
+    trial = segmenter.backend_trial
+    assert trial is not None and trial.frame_size == (96, 64)
+    assert set(trial.medians_ms) == {'openvino', 'torch'} and trial.frames == backends.TRIAL_FRAMES
+    assert trial.winner == winner == segmenter.backend, trial
+    assert len(slowed) >= backends.TRIAL_FRAMES, slowed
+    text = segmenter.describe()
+    assert f'backend {winner} (' in text and 'auto, timed at start-up: openvino ' in text, text
+    assert any(f'running {winner}' in r.getMessage() for r in core_logs.records), core_logs.text
+    reference = Segmenter(loaded, device='cpu', optimize=False)
+    image = np.random.default_rng(5).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    assert _agreement(segmenter.segment(image).labels, reference.segment(image).labels) >= 0.999
+    # Nothing to time without warm-up: OpenVINO, as the CPU-feature rule had it.
+    untimed = Segmenter(loaded, device='cpu', torch_compile=False, warmup=False)
+    assert untimed.backend == 'openvino' and untimed.backend_trial is None
 
 
 def test_cpu_without_the_instructions_gets_torch(monkeypatch, core_logs, random_model_file):
@@ -309,16 +353,21 @@ def test_node_runs_and_logs_the_chosen_configuration(ros_env, user_env, threads,
     env = {k: v for k, v in ros_env.items() if k not in cpu_runtime.OPENMP_WAIT_VARIABLES}
     env.update(user_env)
     expected = expected.format(spin=cpu_runtime.NODE_OPENMP_ENVIRONMENT['GOMP_SPINCOUNT'])
-    chosen = 'openvino' if HAS_OPENVINO and not cpu_runtime.has_avx512(
-        cpu_runtime.cpu_features()) else 'torch'
+    timed = HAS_OPENVINO and not cpu_runtime.has_avx512(cpu_runtime.cpu_features())
     node = NodeProcess(env, {'device': 'cpu', 'torch_compile': False, 'cpu_threads': threads})
     try:
         node.wait_ready()
         log = node.log()
     finally:
         assert node.stop() == 0
-    line = next((text for text in log.splitlines() if 'backend ' in text), '')
+    line = next((text for text in log.splitlines() if ' backend ' in text), '')
     assert expected in line, line
+    chosen = 'torch'
+    if timed:  # auto's trial: its log line, and describe() says what was timed
+        trial = next((text for text in log.splitlines() if 'timed at start-up' in text), '')
+        chosen = trial.rsplit('running ', 1)[-1].strip()
+        assert chosen in ('openvino', 'torch'), log
+        assert 'auto, timed at start-up: openvino ' in line, line
     if threads == 1:
         assert f'backend {chosen} (1 thread' in line, log
         if chosen == 'torch':

@@ -11,12 +11,16 @@ that the bag tools can be told too):
   graph that fails to load: a warning, and the torch path runs instead. On
   CUDA, or with ``optimize=False`` (the eager reference), torch runs, with a
   warning.
-* ``auto`` (default): by CPU features, from measurements (README,
-  Performance): torch where the CPU has AVX-512 (there torch bf16, or
-  compiled fp32, was faster than OpenVINO), OpenVINO elsewhere where it is
-  installed and the CPU can run it (on a Zen 3 with AVX2 it was 1.3x faster
-  idle than compiled torch fp32 and held its speed beside busy processes),
-  else torch. CUDA and the eager reference: torch.
+* ``auto`` (default): torch where the CPU has AVX-512 (there torch bf16, or
+  compiled fp32, was faster than OpenVINO in every run). Elsewhere, where
+  OpenVINO is installed and the CPU can run it, by a timed trial at
+  start-up (:func:`time_backends`): both paths built and warmed, frames of
+  the first warm-up size run in turns, the faster median runs the frames and
+  the other is dropped. Why a trial: on the same kind of 2-core Zen 3 (AVX2)
+  OpenVINO was 0.8x the time of compiled torch fp32 in some runs and 1.4-1.6x
+  in others (docs/performance.md), so no CPU-feature rule held. Without
+  warm-up (nothing timed) OpenVINO, as before the trial. CUDA and the eager
+  reference: torch.
 
 ``cpu_threads``: None or 0 is auto: both runtimes use torch's setting for
 the process (``torch.get_num_threads()``: one per core, or ``OMP_NUM_THREADS``,
@@ -29,11 +33,15 @@ threads won beside busy processes). A number: OpenVINO's
 process).
 """
 
+from dataclasses import dataclass
 import importlib
 import logging
 import os
-from typing import Optional, Tuple
+import statistics
+import time
+from typing import Dict, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 
 from . import cpu_runtime
@@ -42,6 +50,10 @@ from .config import SegmenterConfigError
 LOGGER = logging.getLogger(__name__)
 
 INFERENCE_BACKENDS = ('auto', 'torch', 'openvino')
+#: What :func:`resolve_backend` returns when ``auto`` decides by a timed trial.
+TIMED = 'timed'
+#: Frames each path runs in the trial (in turns, after the warm-up).
+TRIAL_FRAMES = 8
 #: Environment variable: the backend where ``inference_backend`` is None.
 BACKEND_ENV = 'ENET_ROS_BACKEND'
 
@@ -100,7 +112,7 @@ def preload_openvino_modules() -> Tuple[str, ...]:
 def resolve_backend(choice: Optional[str], device: torch.device, dtype: torch.dtype,
                     optimized: bool) -> Tuple[str, Optional[str]]:
     """
-    Return ``('torch' | 'openvino', note)`` for a choice; see the module docstring.
+    Return ``('torch' | 'openvino' | TIMED, note)`` for a choice; see the module docstring.
 
     ``note``: None, or why an explicit ``openvino`` gets torch (logged as a
     warning by the caller). Loading can still fail later; the caller falls
@@ -123,7 +135,7 @@ def resolve_backend(choice: Optional[str], device: torch.device, dtype: torch.dt
         return 'openvino', None
     if dtype == torch.bfloat16 or cpu_runtime.has_avx512(features):
         return 'torch', None  # measured faster there
-    return ('openvino', None) if _openvino_installed() else ('torch', None)
+    return (TIMED, None) if _openvino_installed() else ('torch', None)
 
 
 def apply_torch_threads(threads: Optional[int]) -> None:
@@ -158,3 +170,46 @@ def open_openvino_path(model, input_size, dtype: torch.dtype, threads: Optional[
         LOGGER.warning('inference_backend openvino failed to load, running torch instead: '
                        '%s: %s', type(error).__name__, lines[0][:300] if lines else '')
         return None
+
+
+@dataclass(frozen=True)
+class BackendTrial:
+    """The start-up trial of ``auto``: median milliseconds per frame of each path, by name."""
+
+    medians_ms: Mapping[str, float]
+    frame_size: Tuple[int, int]
+    frames: int
+
+    @property
+    def winner(self) -> str:
+        """Return the name with the smallest median (the first given on a tie)."""
+        return min(self.medians_ms, key=self.medians_ms.__getitem__)
+
+    def describe(self) -> str:
+        """``auto, timed at start-up: torch 45.1 ms, openvino 52.3 ms a 480x360 frame``."""
+        width, height = self.frame_size
+        timings = ', '.join(f'{name} {ms:.1f} ms' for name, ms in self.medians_ms.items())
+        return f'auto, timed at start-up: {timings} a {width}x{height} frame'
+
+
+def time_backends(paths: Mapping[str, object], frame_size: Tuple[int, int],
+                  frames: int = TRIAL_FRAMES) -> BackendTrial:
+    """
+    Time warmed execution paths on the same frame, in turns; return their medians.
+
+    ``paths``: name to an execution path (``run(image)`` takes an HxWx3
+    uint8 RGB frame), already warmed at ``frame_size`` (``(width, height)``).
+    In turns (A, B, A, B, ...) so that load that comes and goes during the
+    trial falls on both; a fixed pseudo-random frame, as a camera's.
+    """
+    width, height = frame_size
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    times: Dict[str, list] = {name: [] for name in paths}
+    with torch.inference_mode():
+        for _ in range(max(1, int(frames))):
+            for name, path in paths.items():
+                start = time.perf_counter()
+                path.run(image)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return BackendTrial({name: statistics.median(values) for name, values in times.items()},
+                        (width, height), max(1, int(frames)))
