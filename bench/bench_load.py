@@ -80,7 +80,8 @@ def child_command(script: str, args: argparse.Namespace, mode: str, json_path: s
     command = [sys.executable, script, '--device', args.device, '--sizes', args.sizes,
                '--frames', str(args.frames), '--warmup', str(args.warmup),
                '--block', str(args.block), '--load', str(args.load),
-               '--load-seconds', str(args.load_seconds), '--peak-gflops', str(args.peak_gflops),
+               '--load-seconds', str(args.load_seconds), '--load-nice', str(args.load_nice),
+               '--peak-gflops', str(args.peak_gflops),
                '--modes', base, '--same-process', '--json', json_path]
     if args.forward_frames is not None:
         command += ['--forward-frames', str(args.forward_frames)]

@@ -220,6 +220,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='also run every scenario beside N busy processes (default 0)')
     parser.add_argument('--load-seconds', type=float, default=900.0,
                         help='the busy processes end by themselves after this long')
+    parser.add_argument('--load-nice', type=int, default=0,
+                        help='niceness of the busy processes (default 0, the same priority as '
+                             'the node; e.g. 10: the node given priority over the rest)')
     parser.add_argument('--stub-segmenter', action='store_true',
                         help='run the node with a Segmenter that returns labels at once '
                              '(bench/stub_node.py): the cost of the node around inference')
@@ -269,7 +272,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                   for n in sorted({0, args.load})]:
                 count = max(20, args.frames // 2)
                 paced, back_to_back = [], []
-                with BusyLoad(load, args.load_seconds):
+                with BusyLoad(load, args.load_seconds, args.load_nice):
                     if segmenter is not None:
                         back_to_back = time_segmenter(segmenter, rgb, count)
                         paced = time_segmenter(segmenter, rgb, count, args.rate)

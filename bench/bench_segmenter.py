@@ -127,6 +127,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              'only); each mode then runs in a process of its own')
     parser.add_argument('--load-seconds', type=float, default=900.0,
                         help='the busy processes end by themselves after this long')
+    parser.add_argument('--load-nice', type=int, default=0,
+                        help='niceness of the busy processes (default 0, the same priority as '
+                             'the benchmark; e.g. 10: the node given priority over the rest)')
     parser.add_argument('--repeat', type=int, default=1,
                         help='run the modes this many times, each mode in a process of its own '
                              'per run, in turns; the figures are medians over the runs')

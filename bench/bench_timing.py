@@ -45,7 +45,7 @@ def run_size(loaded_for: Callable[[Tuple[int, int]], LoadedModel], device: torch
                           mode.forward_ms)
         done += args.block
     if args.load:
-        with BusyLoad(args.load, args.load_seconds):
+        with BusyLoad(args.load, args.load_seconds, args.load_nice):
             for done in range(0, args.frames, args.block):
                 for mode in modes:
                     mode.time(mode.frame, min(args.block, args.frames - done), mode.loaded_ms,

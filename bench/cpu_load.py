@@ -41,11 +41,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class BusyLoad:
     """N busy-looping processes for at most ``max_seconds``; a context manager."""
 
-    def __init__(self, processes: int, max_seconds: float = 900.0):
+    def __init__(self, processes: int, max_seconds: float = 900.0, nice: int = 0):
         if processes < 0:
             raise ValueError(f'--load: {processes} busy processes is not a count')
+        if nice < 0:
+            raise ValueError(f'--load-nice: {nice}; the busy processes can only be lowered')
         self.count = processes
         self.max_seconds = max_seconds
+        #: The busy processes' niceness (0: the benchmark's own priority; 10: well below it).
+        self.nice = int(nice)
         self.children: List[subprocess.Popen] = []
         self._previous_sigterm: Optional[object] = None
 
@@ -55,6 +59,13 @@ class BusyLoad:
             return self
         deadline = time.time() + self.max_seconds
         preexec = _die_with_parent if sys.platform.startswith('linux') else None
+        if self.nice:
+            nice, parent_guard = self.nice, preexec
+
+            def preexec() -> None:  # pragma: no cover - runs in the child before exec
+                os.nice(nice)
+                if parent_guard is not None:
+                    parent_guard()
         for _ in range(self.count):
             self.children.append(subprocess.Popen(
                 [sys.executable, '-c', _SPIN, repr(deadline)], stdin=subprocess.DEVNULL,

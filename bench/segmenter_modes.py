@@ -169,7 +169,7 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
             if built is None:
                 continue
             path, frame, forward = built
-            optimize = False
+            optimize, trial = False, None
         else:
             options = (CUDA_MODES if on_cuda else CPU_SEGMENTER_MODES)[name]
             if options.get('cpu_threads') == 'torch':  # fixed: as many as torch's pool
@@ -183,6 +183,7 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
                                                        mode=compiled[0])
             network_input = segmenter.preprocess(image)
             path = f'{segmenter.precision} {segmenter.execution_path}'
+            trial = segmenter.backend_trial  # inference_backend auto's start-up choice
             optimize = options.get('optimize', True)
             if name == 'baseline fp32':
                 frame, forward = _baseline(segmenter, image, network_input)
@@ -209,7 +210,8 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
         setup = time.perf_counter() - start
         mode.setup_s = setup
         modes.append(mode)
-        print(f'  {name}: ready in {setup:.1f} s ({path})', flush=True)
+        chosen = f'; inference_backend {trial.describe()}' if trial else ''
+        print(f'  {name}: ready in {setup:.1f} s ({path}{chosen})', flush=True)
     return modes
 
 
