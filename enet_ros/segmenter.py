@@ -72,6 +72,7 @@ from .inference.config import (check_input_size, compile_enabled, COMPILE_ENV,
                                resolve_device, resolve_precision, SegmenterConfigError)
 from .inference.cuda_graphs import CudaGraphPath, enable_cudnn_autotuning
 from .inference.eager import EagerPath
+from .inference.timed_paths import TimedPaths
 from .inference.frames import (argmax_classes, FramePipeline, labels_from_logits,
                                normalization_constants, normalize, Segmentation)
 from .inference.network import NonFiniteWeightsError, prepare_network
@@ -239,17 +240,18 @@ class Segmenter:
         #: ``auto``'s start-up trial (CPUs without AVX-512, OpenVINO installed), or None.
         self.backend_trial: Optional[BackendTrial] = None
         if openvino_path is not None and backend == TIMED:
-            for path in (torch_path, openvino_path):
+            paths = {'openvino': openvino_path, 'torch': torch_path}
+            for path in paths.values():
                 path.warm_up(sizes)
             warmup = False  # both are warm
-            self.backend_trial = time_backends({'openvino': openvino_path, 'torch': torch_path},
-                                               sizes[0] if sizes else self.input_size)
-            LOGGER.info('inference_backend %s: running %s', self.backend_trial.describe(),
+            self.backend_trial = time_backends(paths, sizes[0] if sizes else self.input_size)
+            LOGGER.info('inference_backend %s: starting with %s, both kept warm and re-timed '
+                        'while frames run', self.backend_trial.describe(),
                         self.backend_trial.winner)
-            if self.backend_trial.winner != 'openvino':
-                openvino_path = None  # dropped, with its compiled graphs
-        self.path = torch_path if openvino_path is None else openvino_path
-        self.backend = 'torch' if openvino_path is None else 'openvino'
+            self.path = TimedPaths(paths, self.backend_trial.winner,
+                                   self.backend_trial.medians_ms)
+        else:
+            self.path = torch_path if openvino_path is None else openvino_path
         if warmup:
             self.path.warm_up(sizes)
 
@@ -257,6 +259,13 @@ class Segmenter:
     def from_file(cls, path: Union[str, None], **kwargs) -> 'Segmenter':
         """Load ``path`` (empty or None: the bundled default) and build a Segmenter."""
         return cls(load_model_file(path), **kwargs)
+
+    @property
+    def backend(self) -> str:
+        """Return which runtime runs the next frame: ``'torch'`` or ``'openvino'``."""
+        if isinstance(self.path, TimedPaths):
+            return self.path.current_name
+        return 'openvino' if self.path.mode == 'openvino' else 'torch'
 
     @property
     def network(self) -> nn.Module:
@@ -307,7 +316,8 @@ class Segmenter:
             return ''
         wait = cpu_runtime.openmp_wait_description()
         torch_part = f'{cpu_runtime.threads_text(torch.get_num_threads())}, {wait}'
-        trial = f'; {self.backend_trial.describe()}' if self.backend_trial else ''
+        timed = self.path.describe_choice() if isinstance(self.path, TimedPaths) else ''
+        trial = f'; {timed}' if timed else ''
         if self.backend == 'openvino':
             return (f'backend openvino ({self.path.thread_choice.describe()}; torch '
                     f'pre-processing {torch_part}{trial}), ')

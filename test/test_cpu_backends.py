@@ -73,13 +73,14 @@ def test_auto_chooses_by_cpu_features(monkeypatch):
 
 @needs_openvino
 @pytest.mark.parametrize('winner', ['openvino', 'torch'])
-def test_auto_trial_runs_the_faster_backend(monkeypatch, core_logs, random_model_file, winner):
+def test_auto_runs_the_faster_backend_and_moves_when_the_other_gets_faster(
+        monkeypatch, core_logs, random_model_file, winner):
     """
-    Auto on a CPU without AVX-512: both paths warmed and timed in turns; the faster one runs.
+    Auto on a CPU without AVX-512: both paths warm, timed at start-up and while frames run.
 
-    The trial's timings are real; which one wins is forced here by slowing
-    the other path's frames. Its labels equal the eager reference's, and
-    describe() and the log say what was timed.
+    The timings are real; which path is faster is forced here by slowing the
+    other path's frames (and then the first one's: the frames move). Labels
+    equal the eager reference's, and describe() and the log say what was timed.
     """
     _features(monkeypatch, AVX2_ONLY)
     monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
@@ -87,9 +88,10 @@ def test_auto_trial_runs_the_faster_backend(monkeypatch, core_logs, random_model
 
     run = EagerPath.run
     slowed = []
+    slow = {'openvino' if winner == 'torch' else 'optimised'}  # path modes
 
     def slow_run(self, *args, **kwargs):
-        if (self.mode == 'openvino') == (winner == 'torch'):
+        if self.mode in slow:
             slowed.append(self.mode)
             time.sleep(0.05)
         return run(self, *args, **kwargs)
@@ -104,11 +106,26 @@ def test_auto_trial_runs_the_faster_backend(monkeypatch, core_logs, random_model
     assert trial.winner == winner == segmenter.backend, trial
     assert len(slowed) >= backends.TRIAL_FRAMES, slowed
     text = segmenter.describe()
-    assert f'backend {winner} (' in text and 'auto, timed at start-up: openvino ' in text, text
-    assert any(f'running {winner}' in r.getMessage() for r in core_logs.records), core_logs.text
+    assert f'backend {winner} (' in text, text
+    assert f'auto: openvino or torch, timed while frames run (now {winner}; at start-up ' \
+        'openvino ' in text, text
+    assert any(f'starting with {winner}' in r.getMessage() for r in core_logs.records), \
+        core_logs.text
     reference = Segmenter(loaded, device='cpu', optimize=False)
     image = np.random.default_rng(5).integers(0, 256, (64, 96, 3), dtype=np.uint8)
-    assert _agreement(segmenter.segment(image).labels, reference.segment(image).labels) >= 0.999
+    want = reference.segment(image).labels
+    assert _agreement(segmenter.segment(image).labels, want) >= 0.999
+    # The first path gets slow: within a probe or two (every 50 frames) the frames move.
+    other = 'torch' if winner == 'openvino' else 'openvino'
+    slow.clear()
+    slow.add('openvino' if winner == 'openvino' else 'optimised')
+    for _ in range(120):
+        segmenter.segment(image)
+        if segmenter.backend == other:
+            break
+    assert segmenter.backend == other, segmenter.describe()
+    assert _agreement(segmenter.segment(image).labels, want) >= 0.999
+    assert f'(now {other};' in segmenter.describe()
     # Nothing to time without warm-up: OpenVINO, as the CPU-feature rule had it.
     untimed = Segmenter(loaded, device='cpu', torch_compile=False, warmup=False)
     assert untimed.backend == 'openvino' and untimed.backend_trial is None
@@ -365,9 +382,9 @@ def test_node_runs_and_logs_the_chosen_configuration(ros_env, user_env, threads,
     chosen = 'torch'
     if timed:  # auto's trial: its log line, and describe() says what was timed
         trial = next((text for text in log.splitlines() if 'timed at start-up' in text), '')
-        chosen = trial.rsplit('running ', 1)[-1].strip()
+        chosen = trial.split('starting with ', 1)[-1].split(',')[0].strip()
         assert chosen in ('openvino', 'torch'), log
-        assert 'auto, timed at start-up: openvino ' in line, line
+        assert f'auto: openvino or torch, timed while frames run (now {chosen};' in line, line
     if threads == 1:
         assert f'backend {chosen} (1 thread' in line, log
         if chosen == 'torch':
