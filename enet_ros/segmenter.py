@@ -72,10 +72,10 @@ from .inference.config import (check_input_size, compile_enabled, COMPILE_ENV,
                                resolve_device, resolve_precision, SegmenterConfigError)
 from .inference.cuda_graphs import CudaGraphPath, enable_cudnn_autotuning
 from .inference.eager import EagerPath
-from .inference.timed_paths import TimedPaths
 from .inference.frames import (argmax_classes, FramePipeline, labels_from_logits,
                                normalization_constants, normalize, Segmentation)
 from .inference.network import NonFiniteWeightsError, prepare_network
+from .inference.timed_paths import TimedPaths
 from .model_file import input_size_problem, load_model_file, LoadedModel, ModelMetadata
 
 __all__ = [

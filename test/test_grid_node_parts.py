@@ -470,6 +470,7 @@ def test_transform_problem():
 class _Segmenter:
     device = 'cpu'
     precision = 'fp32'
+    backend = 'torch'
     model_path = '/m.safetensors'
 
     class metadata:

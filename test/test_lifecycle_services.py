@@ -132,8 +132,9 @@ def _expect_diagnostics(peer: RosPeer, period_s: float) -> None:
         assert status.hardware_id == 'cpu'
         values = {kv.key: kv.value for kv in status.values}
         for key in ('frames_received', 'input_rate_hz', 'latency_median_ms', 'grid_status',
-                    'classes', 'device'):
+                    'classes', 'device', 'backend'):
             assert key in values, (key, values)
+        assert values['backend'] in ('torch', 'openvino'), values
 
 
 def _expect_no_diagnostics(peer: RosPeer) -> None:

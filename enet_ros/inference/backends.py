@@ -13,14 +13,17 @@ that the bag tools can be told too):
   warning.
 * ``auto`` (default): torch where the CPU has AVX-512 (there torch bf16, or
   compiled fp32, was faster than OpenVINO in every run). Elsewhere, where
-  OpenVINO is installed and the CPU can run it, by a timed trial at
-  start-up (:func:`time_backends`): both paths built and warmed, frames of
-  the first warm-up size run in turns, the faster median runs the frames and
-  the other is dropped. Why a trial: on the same kind of 2-core Zen 3 (AVX2)
-  OpenVINO was 0.8x the time of compiled torch fp32 in some runs and 1.4-1.6x
-  in others (docs/performance.md), so no CPU-feature rule held. Without
-  warm-up (nothing timed) OpenVINO, as before the trial. CUDA and the eager
-  reference: torch.
+  OpenVINO is installed and the CPU can run it, both paths are built and
+  warmed and timed: a trial at start-up (:func:`time_backends`, frames of the
+  first warm-up size in turns) picks the first, and while frames run the
+  other is re-timed and takes over when faster
+  (:class:`~enet_ros.inference.timed_paths.TimedPaths`). Why timed, and
+  while frames run: on the same kind of 2-core Zen 3 (AVX2) OpenVINO took
+  0.8x the time of compiled torch fp32 idle in one run and 1.1-1.6x in
+  others, and beside busy processes torch was faster in every run
+  (docs/performance.md), so no CPU-feature rule held. Without warm-up
+  (nothing timed) OpenVINO alone, as before. CUDA and the eager reference:
+  torch.
 
 ``cpu_threads``: None or 0 is auto: both runtimes use torch's setting for
 the process (``torch.get_num_threads()``: one per core, or ``OMP_NUM_THREADS``,

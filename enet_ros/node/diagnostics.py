@@ -82,6 +82,7 @@ def fill_camera_status(stat: DiagnosticStatusWrapper, camera: Camera,
         'consecutive_failures': str(snapshot.consecutive_failures),
         'device': str(segmenter.device),
         'precision': segmenter.precision,
+        'backend': segmenter.backend,
         'model_path': segmenter.model_path,
         'classes': ','.join(segmenter.metadata.class_names),
     }

@@ -94,7 +94,7 @@ PARAMETERS: Dict[str, Tuple[Any, ParameterDescriptor]] = {
         ParameterType.PARAMETER_BOOL)),
     'inference_backend': ('auto', _descriptor(
         "CPU runtime: 'auto' (torch where the CPU has AVX-512, else the faster of torch and "
-        'OpenVINO, timed at start-up, when OpenVINO is installed), '
+        'OpenVINO, timed while frames run, when OpenVINO is installed), '
         "'torch' or 'openvino' (falls back to torch with a warning where it cannot run)", True,
         STRING)),
     'cpu_threads': (0, _descriptor(
