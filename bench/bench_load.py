@@ -54,6 +54,20 @@ def split_mode(text: str) -> Tuple[str, Dict[str, str]]:
     return base.strip(), settings
 
 
+def split_mode_list(text: str) -> List[str]:
+    """Split ``'a [X=1,threads=2],b'`` into ``['a [X=1,threads=2]', 'b']`` at outer commas."""
+    modes, depth, current = [], 0, []
+    for char in text or '':
+        depth += {'[': 1, ']': -1}.get(char, 0)
+        if char == ',' and depth == 0:
+            modes.append(''.join(current))
+            current = []
+        else:
+            current.append(char)
+    modes.append(''.join(current))
+    return [mode.strip() for mode in modes if mode.strip()]
+
+
 def base_mode(text: str) -> str:
     """Return the mode name without its bracketed settings (``node default``: ``default``)."""
     base = split_mode(text)[0]
@@ -175,7 +189,9 @@ def run_and_report(script: str, args: argparse.Namespace, modes: List[str]) -> i
     for machine in machines:
         print(f'  {machine["mode"]} (run {machine["run"]}): '
               f'OMP_WAIT_POLICY={machine["OMP_WAIT_POLICY"]} '
-              f'GOMP_SPINCOUNT={machine["GOMP_SPINCOUNT"]} threads={machine["torch_threads"]} '
+              f'GOMP_SPINCOUNT={machine["GOMP_SPINCOUNT"]} '
+              f'ENET_ROS_OPENMP_WAIT={machine.get("ENET_ROS_OPENMP_WAIT", "(unset)")} '
+              f'threads={machine["torch_threads"]} '
               f'load average {machine["load_average_start"]} -> {machine["load_average_end"]}')
     for row in rows:
         print(f'  {row["mode"]}: {row["path"]}')

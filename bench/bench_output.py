@@ -32,6 +32,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
             'cpu_bf16': cpu_supports_bf16(),
             'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', '(unset)'),
             'GOMP_SPINCOUNT': os.environ.get('GOMP_SPINCOUNT', '(unset)'),
+            'ENET_ROS_OPENMP_WAIT': os.environ.get('ENET_ROS_OPENMP_WAIT', '(unset)'),
             'onnxruntime': onnx_peers.onnxruntime_version(),
             'openvino': onnx_peers.openvino_version(),
             'load_average_start': os.getloadavg()}

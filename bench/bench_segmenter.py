@@ -164,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
         print('\n'.join(known))
         return 0
     try:
-        requested = [m.strip() for m in (args.modes or '').split(',') if m.strip()]
+        requested = bench_load.split_mode_list(args.modes)
         unknown = [m for m in requested if bench_load.base_mode(m) not in known]
     except ValueError as error:
         print(f'bench_segmenter: --modes: {error}', file=sys.stderr)

@@ -44,10 +44,11 @@ This module is a facade. The work lives in :mod:`enet_ros.inference`:
 CPU threads: ``cpu_threads`` (auto: torch's, one per core by default). Where
 other processes keep the cores busy, GNU OpenMP's spin-waiting makes
 multi-threaded torch inference several times slower (measured on 2 busy
-cores: up to 100x on small inputs); the node sets a short spin for its own
-process before torch loads (:mod:`enet_ros.inference.cpu_runtime`). The
-Segmenter never changes the environment; in a process of your own, set
-``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` before it starts.
+cores: up to 100x on small inputs); the node has its Segmenter spin
+briefly while other processes keep the cores busy (``openmp_wait``,
+:mod:`enet_ros.inference.openmp_wait`). The Segmenter never changes the
+environment; in a process of your own, set ``GOMP_SPINCOUNT`` or
+``OMP_WAIT_POLICY`` before it starts, or pass ``openmp_wait='adaptive'``.
 
 Why one module: :class:`Segmenter` is the one public entry point; its body is
 choosing a path from the options and forwarding ``segment``/``segment_batch``
@@ -69,12 +70,14 @@ from .inference.compiled_cpu import CompiledCpuPath
 from .inference.config import (check_input_size, compile_enabled, COMPILE_ENV,
                                cpu_supports_bf16, DEVICE_CHOICES, FrameSize, freezing_enabled,
                                INDEX_FREE_DEFAULT, parse_frame_sizes, precision_name, PRECISIONS,
-                               resolve_device, resolve_precision, SegmenterConfigError)
+                               resolve_device, resolve_openmp_wait, resolve_precision,
+                               SegmenterConfigError)
 from .inference.cuda_graphs import CudaGraphPath, enable_cudnn_autotuning
 from .inference.eager import EagerPath
 from .inference.frames import (argmax_classes, FramePipeline, labels_from_logits,
                                normalization_constants, normalize, Segmentation)
 from .inference.network import NonFiniteWeightsError, prepare_network
+from .inference.openmp_wait import adaptive_wait_problem, LoadAwareWaitPath, ParkedTeam
 from .inference.timed_paths import TimedPaths
 from .model_file import input_size_problem, load_model_file, LoadedModel, ModelMetadata
 
@@ -157,6 +160,16 @@ class Segmenter:
       core or ``OMP_NUM_THREADS``, for either runtime), else OpenVINO's threads
       or, for torch, ``torch.set_num_threads`` (process-wide: torch has one pool).
 
+    * ``openmp_wait``: ``fixed`` (default) or ``adaptive``: whether GNU
+      OpenMP's threads on the torch CPU path spin fully while the cores are
+      otherwise idle and briefly while other processes keep them busy
+      (:mod:`enet_ros.inference.openmp_wait`; it parks an idle OpenMP team,
+      which changes how every OpenMP thread of the process waits, so only a
+      process that owns itself asks for it). None:
+      ``ENET_ROS_OPENMP_WAIT``, which the node's executables set to
+      ``adaptive`` unless the user chose an OpenMP wait variable. Where it
+      cannot work (one torch thread, no GNU OpenMP) the wait stays fixed.
+
     The Segmenter never changes the process environment (e.g. OpenMP's wait
     policy); :mod:`enet_ros.inference.cpu_runtime` has what the node sets.
 
@@ -173,7 +186,7 @@ class Segmenter:
                  warmup_sizes: Optional[Sequence[FrameSize]] = None,
                  freezing: Optional[bool] = None, index_free: Optional[bool] = None,
                  inference_backend: Optional[str] = None, cpu_threads: Optional[int] = None,
-                 batch_frames: Optional[bool] = None):
+                 batch_frames: Optional[bool] = None, openmp_wait: Optional[str] = None):
         self.device, note = resolve_device(device)
         if note:
             LOGGER.warning(note)
@@ -184,6 +197,7 @@ class Segmenter:
         backend, backend_note = resolve_backend(inference_backend, self.device, dtype,
                                                 bool(optimize))
         threads = check_threads(cpu_threads)
+        wait_choice = resolve_openmp_wait(openmp_wait)
         self.metadata: ModelMetadata = model.metadata
         self.model_path = model.path
         self.input_size = check_input_size(input_size or model.metadata.input_size)
@@ -237,6 +251,19 @@ class Segmenter:
             torch_path.batch_forward = bool(batch_frames)
         elif not on_cuda:
             torch_path.batch_forward = CPU_BATCH_DEFAULT
+        #: Why ``openmp_wait='adaptive'`` was not used (None where used or not asked for).
+        self.openmp_wait_note: Optional[str] = None
+        #: The parked OpenMP team of ``openmp_wait='adaptive'``, or None (the wait is fixed).
+        self._parked_team: Optional[ParkedTeam] = None
+        if wait_choice == 'adaptive' and not on_cuda and (openvino_path is None
+                                                          or backend == TIMED):
+            self.openmp_wait_note = adaptive_wait_problem(torch.get_num_threads())
+            if self.openmp_wait_note is not None:
+                LOGGER.info('openmp_wait adaptive: not used (%s)', self.openmp_wait_note)
+            else:
+                self._parked_team = ParkedTeam(torch.get_num_threads())
+                torch_path = LoadAwareWaitPath(torch_path, self._parked_team)
+                self.path = torch_path
         #: ``auto``'s start-up trial (CPUs without AVX-512, OpenVINO installed), or None.
         self.backend_trial: Optional[BackendTrial] = None
         if openvino_path is not None and backend == TIMED:
@@ -315,6 +342,9 @@ class Segmenter:
         if self.device.type != 'cpu':
             return ''
         wait = cpu_runtime.openmp_wait_description()
+        if self._parked_team is not None:
+            wait += ', brief while other processes keep the cores busy' + (
+                ' (set by the node)' if cpu_runtime.set_by_node() else '')
         torch_part = f'{cpu_runtime.threads_text(torch.get_num_threads())}, {wait}'
         timed = self.path.describe_choice() if isinstance(self.path, TimedPaths) else ''
         trial = f'; {timed}' if timed else ''
@@ -322,6 +352,13 @@ class Segmenter:
             return (f'backend openvino ({self.path.thread_choice.describe()}; torch '
                     f'pre-processing {torch_part}{trial}), ')
         return f'backend torch ({torch_part}{trial}), '
+
+    @property
+    def openmp_wait(self) -> str:
+        """How torch's OpenMP threads wait: ``spin``, ``brief spin`` (adaptive) or ``fixed``."""
+        if self._parked_team is None:
+            return 'fixed'
+        return 'brief spin' if self._parked_team.parked else 'spin'
 
     def preprocess(self, image: np.ndarray, bgr: bool = False) -> torch.Tensor:
         """

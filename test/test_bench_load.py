@@ -45,3 +45,13 @@ def test_busy_processes_cannot_be_given_priority_over_the_benchmark():
         BusyLoad(1, nice=-5)
     with pytest.raises(ValueError, match='--load'):
         BusyLoad(-1)
+
+
+def test_mode_lists_keep_the_commas_inside_a_modes_brackets():
+    """``--modes 'a [X=1,threads=2],b'`` names two modes, the first with two settings."""
+    from bench_load import split_mode, split_mode_list  # noqa: I100
+
+    modes = split_mode_list('torch default [GOMP_SPINCOUNT=1000,threads=3], node default,')
+    assert modes == ['torch default [GOMP_SPINCOUNT=1000,threads=3]', 'node default']
+    assert split_mode(modes[0]) == ('torch default', {'GOMP_SPINCOUNT': '1000', 'threads': '3'})
+    assert split_mode_list('') == []

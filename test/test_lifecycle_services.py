@@ -135,6 +135,7 @@ def _expect_diagnostics(peer: RosPeer, period_s: float) -> None:
                     'classes', 'device', 'backend'):
             assert key in values, (key, values)
         assert values['backend'] in ('torch', 'openvino'), values
+        assert values['openmp_wait'] in ('spin', 'brief spin', 'fixed'), values
 
 
 def _expect_no_diagnostics(peer: RosPeer) -> None:

@@ -24,6 +24,10 @@ FREEZE_ENV = 'ENET_ROS_FREEZE'
 #: Precisions whose compiled CPU network is frozen by default (measured faster only in bf16).
 FREEZE_BY_DEFAULT = (torch.bfloat16,)
 
+#: Environment variable for ``openmp_wait=None``: ``adaptive`` or ``fixed`` (the default).
+OPENMP_WAIT_ENV = 'ENET_ROS_OPENMP_WAIT'
+OPENMP_WAIT_CHOICES = ('fixed', 'adaptive')
+
 #: A camera frame size: ``(width, height)`` or the text ``'WIDTHxHEIGHT'``.
 FrameSize = Union[Sequence[int], str]
 
@@ -181,6 +185,24 @@ def compile_enabled(choice: Optional[bool]) -> bool:
     if choice is not None:
         return bool(choice)
     return os.environ.get(COMPILE_ENV, '1').strip().lower() not in ('0', 'false', 'no', 'off')
+
+
+def resolve_openmp_wait(choice: Optional[str]) -> str:
+    """
+    ``openmp_wait`` option: ``fixed`` or ``adaptive``; None for ``ENET_ROS_OPENMP_WAIT`` or fixed.
+
+    ``adaptive`` (:mod:`enet_ros.inference.openmp_wait`) changes how every
+    OpenMP thread of the process waits, so only a process that owns itself
+    asks for it: the node's executables set the variable.
+    """
+    source = 'openmp_wait'
+    if choice is None:
+        choice, source = os.environ.get(OPENMP_WAIT_ENV, 'fixed'), OPENMP_WAIT_ENV
+    value = str(choice).strip().lower()
+    if value not in OPENMP_WAIT_CHOICES:
+        raise SegmenterConfigError(f"{source} '{choice}' is not one of "
+                                   f"{', '.join(OPENMP_WAIT_CHOICES)}")
+    return value
 
 
 def process_is_deterministic() -> bool:

@@ -6,7 +6,7 @@ itself (the node's executables) can call :func:`apply_process_defaults`
 before torch is imported: GNU OpenMP reads its environment once, when torch
 loads it.
 
-Why the node sets OpenMP's wait: torch's CPU kernels run on GNU OpenMP
+Why the node chooses OpenMP's wait: torch's CPU kernels run on GNU OpenMP
 threads, which by default spin-wait (GOMP_SPINCOUNT 300000, milliseconds) at
 the end of each parallel region for the others. On cores shared with other
 busy processes a spinning thread burns its time slice waiting for a partner
@@ -14,28 +14,30 @@ that the scheduler has not run, and ENet has hundreds of parallel regions a
 frame: on a 2-core Zen 3 beside two busy processes the compiled fp32 network
 went from about 45 ms to 260 ms a frame, with p90 over 2 s.
 ``OMP_WAIT_POLICY=PASSIVE`` (never spin) holds under load but cost 1.5-1.9x
-idle (every wait a futex sleep and wake-up). A short spin
-(:data:`NODE_OPENMP_ENVIRONMENT`, tens of microseconds) covers the short
-waits of an idle machine and sleeps before a descheduled partner would be
-waited for: on the shared 2-core Zen 3, with other jobs running, 1000 spins
-ran as fast as PASSIVE beside two busy processes (248 / 233 ms) and 2.9x and
-15x faster than 10000 spins and the default (README, "Threads and OpenMP
-waiting", which says how to re-measure it on a quiet machine). The library
-never changes the environment (it does not own the process); the node does,
-unless the user set any OpenMP wait variable (:data:`OPENMP_WAIT_VARIABLES`).
+idle (every wait a futex sleep and wake-up), and a short spin for the whole
+process (``GOMP_SPINCOUNT=1000``, the node's setting before) cost 1.15-1.55x
+idle and still doubled beside busy processes. So the node now leaves the
+spin as it is and sets :data:`NODE_OPENMP_ENVIRONMENT`
+(``ENET_ROS_OPENMP_WAIT=adaptive``): its Segmenter spins fully while the
+cores are otherwise idle and briefly while other processes keep them busy,
+switched before each frame (:mod:`enet_ros.inference.openmp_wait`).
+The library never changes the environment (it does not own the process);
+the node does, unless the user set any OpenMP wait variable or that one
+(:data:`OPENMP_WAIT_VARIABLES`).
 """
 
 from collections import deque
 import os
 import statistics
-from typing import Deque, Dict, FrozenSet, List, Mapping, MutableMapping, Optional, Sequence
-from typing import Tuple
+from typing import Deque, Dict, FrozenSet, Hashable, List, Mapping, MutableMapping, Optional
+from typing import Sequence, Tuple
 
 #: Variables that decide how OpenMP threads wait; if the user set any, the node sets none.
-OPENMP_WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')
-#: What the node's executables set before torch loads (chosen by measurement; README,
-#: "Threads and OpenMP waiting"): spin this many iterations, then sleep.
-NODE_OPENMP_ENVIRONMENT: Dict[str, str] = {'GOMP_SPINCOUNT': '1000'}
+OPENMP_WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME',
+                         'ENET_ROS_OPENMP_WAIT')
+#: What the node's executables set before torch loads (chosen by measurement; docs/performance.md
+#: "Threads and OpenMP waiting"): full or brief OpenMP spinning, as the cores' load asks.
+NODE_OPENMP_ENVIRONMENT: Dict[str, str] = {'ENET_ROS_OPENMP_WAIT': 'adaptive'}
 
 #: The variables :func:`apply_process_defaults` set in this process (for describe()).
 _APPLIED: Dict[str, str] = {}
@@ -60,9 +62,10 @@ def apply_process_defaults(environ: MutableMapping[str, str] = os.environ) -> Di
 
 def openmp_wait_description(environ: Mapping[str, str] = os.environ) -> str:
     """
-    Say how this process's OpenMP threads wait, e.g. ``OpenMP spin 1000 (set by the node)``.
+    Say how this process's OpenMP threads wait, e.g. ``OpenMP spin 1000``.
 
-    Read from the environment, as OpenMP read it at start-up.
+    Read from the environment, as OpenMP read it at start-up. (The node's
+    timed choice, where it runs, is described by the Segmenter.)
     """
     policy = environ.get('OMP_WAIT_POLICY', '').strip().upper()
     spin = environ.get('GOMP_SPINCOUNT', '').strip()
@@ -74,9 +77,12 @@ def openmp_wait_description(environ: Mapping[str, str] = os.environ) -> str:
         text = 'OpenMP active (spin)'
     else:
         text = 'OpenMP spin default'
-    if _APPLIED and all(environ.get(k) == v for k, v in _APPLIED.items()):
-        text += ' (set by the node)'
     return text
+
+
+def set_by_node(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether :func:`apply_process_defaults` set this process's OpenMP wait choice."""
+    return bool(_APPLIED) and all(environ.get(k) == v for k, v in _APPLIED.items())
 
 
 def threads_text(count: int) -> str:
@@ -139,66 +145,95 @@ def thread_candidates(threads: int) -> Tuple[int, ...]:
 
 class ThreadChoice:
     """
-    Pick the faster of a few thread counts by timing frames as they run; the first one to start.
+    Pick the fastest of a few candidates by timing frames as they run; the first one to start.
 
-    Why: on cores shared with other busy processes a runtime whose threads
-    meet at a barrier after every layer (OpenVINO's TBB pool, OpenMP) waits
-    for a partner the scheduler has not run, and fewer threads than cores
-    were faster there; on idle cores all of them were. Load on a vehicle
-    comes and goes, so the choice is made while frames run, not once at
-    start-up: every ``probe_every`` frames the other count runs
-    ``probe_frames`` frames; when their median beats the median of the
-    current count's last ``window`` frames by ``margin`` (0.85: 15 %
-    faster), it becomes the current count. The probes are about 4 % of the
-    frames (2 of 50): the median and p90 are those of the chosen count.
-    Not thread-safe; the caller runs one frame at a time.
+    Candidates are thread counts (OpenVINO's pool) or names (execution
+    paths, :class:`~enet_ros.inference.timed_paths.TimedPaths`). Why: on
+    cores shared with other busy processes a runtime whose threads meet at a
+    barrier after every layer (OpenVINO's TBB pool, OpenMP) waits for a
+    partner the scheduler has not run, and fewer threads, or threads that
+    sleep sooner, were faster there; on idle cores the others were. Load on a
+    vehicle comes and goes, so the choice is made while frames run, not once
+    at start-up: every ``probe_every`` frames each other candidate runs
+    ``probe_frames`` frames in turn; when the best of their medians beats the
+    median of the current one's last ``window`` frames by ``margin`` (0.85:
+    15 % faster), it becomes the current one. A probe that loses doubles the
+    interval to the next one, up to ``max_probe_every`` (a win resets it): on
+    steady load or steady idle the probes become rare (2 frames a candidate
+    in 200), so the median and p90 are those of the chosen one. (Probing
+    at once when frames suddenly slowed down was tried and taken out: beside
+    busy processes a frame's time moved 2x between stretches of frames on
+    every path, and the early probes moved to the slower path on that
+    noise.) Not thread-safe; the caller runs one frame at a time.
     """
 
-    def __init__(self, candidates: Sequence[int], probe_every: int = 50, probe_frames: int = 2,
-                 window: int = 16, margin: float = 0.85):
+    def __init__(self, candidates: Sequence[Hashable], probe_every: int = 50,
+                 probe_frames: int = 2, window: int = 16, margin: float = 0.85,
+                 max_probe_every: int = 200):
         self.candidates = tuple(candidates)
         self.current = self.candidates[0]
         self.probe_every = int(probe_every)
-        self.probe_frames = int(probe_frames)
+        self.max_probe_every = max(self.probe_every, int(max_probe_every))
+        self.probe_frames = max(1, int(probe_frames))
         self.margin = float(margin)
         self.switches = 0
+        self._interval = self.probe_every
         self._recent: Deque[float] = deque(maxlen=int(window))
-        self._probe: List[float] = []
         self._frames = 0
-        self._probing: Optional[int] = None
+        #: While probing: the candidates still to run, and each probed one's frame times.
+        self._queue: List[Hashable] = []
+        self._probed: Dict[Hashable, List[float]] = {}
+        self._baseline = 0.0
 
     @property
     def adaptive(self) -> bool:
-        """Whether there is more than one count to choose from."""
+        """Whether there is more than one candidate to choose from."""
         return len(self.candidates) > 1
 
-    def next_threads(self) -> int:
-        """Return the thread count to run the next frame with."""
-        enough = len(self._recent) >= min(3, self._recent.maxlen or 3)
-        if self.adaptive and self._probing is None and enough and \
-                self._frames >= self.probe_every:
-            index = self.candidates.index(self.current)
-            self._probing = self.candidates[(index + 1) % len(self.candidates)]
-            self._probe = []
-            self._frames = 0
-        return self.current if self._probing is None else self._probing
+    @property
+    def probing(self) -> Optional[Hashable]:
+        """Return the candidate being probed now, or None."""
+        return self._queue[0] if self._queue else None
 
-    def record(self, threads: int, milliseconds: float) -> None:
+    def next_threads(self) -> Hashable:
+        """Return the candidate to run the next frame with."""
+        enough = len(self._recent) >= min(3, self._recent.maxlen or 3)
+        if self.adaptive and not self._queue and enough and self._frames >= self._interval:
+            self._baseline = statistics.median(self._recent)
+            index = self.candidates.index(self.current)
+            count = len(self.candidates)
+            self._queue = [self.candidates[(index + k) % count] for k in range(1, count)]
+            self._probed = {}
+            self._frames = 0
+        return self._queue[0] if self._queue else self.current
+
+    def record(self, threads: Hashable, milliseconds: float) -> None:
         """Record that a frame run with ``threads`` took ``milliseconds``; maybe switch."""
         if not self.adaptive:
             return
-        if threads == self._probing:
-            self._probe.append(milliseconds)
-            if len(self._probe) >= self.probe_frames:
-                probed, self._probing = self._probe, None
-                if statistics.median(probed) < self.margin * statistics.median(self._recent):
-                    self.current = threads
-                    self.switches += 1
-                    self._recent.clear()
-                    self._recent.extend(probed)
-        elif threads == self.current:
+        if self._queue and threads == self._queue[0]:
+            times = self._probed.setdefault(threads, [])
+            times.append(milliseconds)
+            if len(times) >= self.probe_frames:
+                self._queue.pop(0)
+                if not self._queue:
+                    self._decide()
+        elif threads == self.current and not self._queue:
             self._recent.append(milliseconds)
             self._frames += 1
+
+    def _decide(self) -> None:
+        """After a probe: move to the fastest probed candidate if it beats the baseline."""
+        medians = {name: statistics.median(times) for name, times in self._probed.items()}
+        best = min(medians, key=medians.get)
+        self._recent.clear()
+        if medians[best] < self.margin * self._baseline:
+            self.current = best
+            self.switches += 1
+            self._recent.extend(self._probed[best])
+            self._interval = self.probe_every
+        else:
+            self._interval = min(2 * self._interval, self.max_probe_every)
 
     def describe(self) -> str:
         """``2 threads`` or ``2 threads, or 1 when timed faster (now 2)``."""

@@ -9,7 +9,8 @@ OpenMP threads spinning briefly) was faster in every run (1.2-2.5x), and a
 vehicle's load comes and goes after start-up. So both paths stay warm and
 :class:`~enet_ros.inference.cpu_runtime.ThreadChoice` (the timed choice
 that also picks OpenVINO's thread count) re-times the other one on 2 frames
-in every 50 and moves when it is at least 15 % faster. The start-up trial
+in every 50 (every 100, then 200, while it keeps losing) and moves when it
+is at least 15 % faster. The start-up trial
 (:func:`~enet_ros.inference.backends.time_backends`) picks the first.
 Both paths give the same labels (each is checked against the eager
 reference), so a move changes the speed, never the output.

@@ -83,6 +83,7 @@ def fill_camera_status(stat: DiagnosticStatusWrapper, camera: Camera,
         'device': str(segmenter.device),
         'precision': segmenter.precision,
         'backend': segmenter.backend,
+        'openmp_wait': segmenter.openmp_wait,
         'model_path': segmenter.model_path,
         'classes': ','.join(segmenter.metadata.class_names),
     }
