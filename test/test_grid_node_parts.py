@@ -471,6 +471,7 @@ class _Segmenter:
     device = 'cpu'
     precision = 'fp32'
     backend = 'torch'
+    openmp_wait = 'fixed'
     model_path = '/m.safetensors'
 
     class metadata:
