@@ -65,7 +65,7 @@ def openmp_wait_description(environ: Mapping[str, str] = os.environ) -> str:
     Say how this process's OpenMP threads wait, e.g. ``OpenMP spin 1000``.
 
     Read from the environment, as OpenMP read it at start-up. (The node's
-    timed choice, where it runs, is described by the Segmenter.)
+    load-following wait, where it runs, is described by the Segmenter.)
     """
     policy = environ.get('OMP_WAIT_POLICY', '').strip().upper()
     spin = environ.get('GOMP_SPINCOUNT', '').strip()
@@ -183,23 +183,16 @@ class ThreadChoice:
         #: While probing: the candidates still to run, and each probed one's frame times.
         self._queue: List[Hashable] = []
         self._probed: Dict[Hashable, List[float]] = {}
-        self._baseline = 0.0
 
     @property
     def adaptive(self) -> bool:
         """Whether there is more than one candidate to choose from."""
         return len(self.candidates) > 1
 
-    @property
-    def probing(self) -> Optional[Hashable]:
-        """Return the candidate being probed now, or None."""
-        return self._queue[0] if self._queue else None
-
     def next_threads(self) -> Hashable:
         """Return the candidate to run the next frame with."""
         enough = len(self._recent) >= min(3, self._recent.maxlen or 3)
         if self.adaptive and not self._queue and enough and self._frames >= self._interval:
-            self._baseline = statistics.median(self._recent)
             index = self.candidates.index(self.current)
             count = len(self.candidates)
             self._queue = [self.candidates[(index + k) % count] for k in range(1, count)]
@@ -226,8 +219,9 @@ class ThreadChoice:
         """After a probe: move to the fastest probed candidate if it beats the baseline."""
         medians = {name: statistics.median(times) for name, times in self._probed.items()}
         best = min(medians, key=medians.get)
+        beat = self.margin * statistics.median(self._recent)  # the window holds no probe frames
         self._recent.clear()
-        if medians[best] < self.margin * self._baseline:
+        if medians[best] < beat:
             self.current = best
             self.switches += 1
             self._recent.extend(self._probed[best])
