@@ -146,6 +146,8 @@ def run_isolated(script: str, args: argparse.Namespace, modes: List[str]
 #: Figures of a row that :func:`median_rows` takes the median of over runs.
 RUN_FIGURES = ('median_ms', 'p90_ms', 'fps', 'cpu_ms', 'forward_median_ms', 'forward_p90_ms',
                'loaded_median_ms', 'loaded_p90_ms', 'loaded_cpu_ms', 'setup_s')
+#: Texts of a row kept for each run (what ran; a Segmenter's state after the loaded frames).
+RUN_TEXTS = ('path', 'loaded_state')
 #: Ratios of each run (modes side by side in time) whose median over runs is kept too.
 RUN_RATIOS = ('idle_x_ref', 'loaded_median_x_ref', 'loaded_p90_x_ref', 'loaded_x_idle')
 
@@ -165,7 +167,7 @@ def median_rows(per_run: List[List[Dict[str, object]]]) -> List[Dict[str, object
             figure = statistics.median(values) if values else None
             row[key if key in RUN_FIGURES else f'run_{key}'] = figure
         row['repeats'] = len(runs)
-        row['runs'] = [{key: r.get(key) for key in ('path',) + RUN_FIGURES + RUN_RATIOS}
+        row['runs'] = [{key: r.get(key) for key in RUN_TEXTS + RUN_FIGURES + RUN_RATIOS}
                        for r in runs]
         result.append(row)
     return result
@@ -195,6 +197,9 @@ def run_and_report(script: str, args: argparse.Namespace, modes: List[str]) -> i
               f'load average {machine["load_average_start"]} -> {machine["load_average_end"]}')
     for row in rows:
         print(f'  {row["mode"]}: {row["path"]}')
+        states = [run.get('loaded_state') for run in row.get('runs', [])]
+        if any(states):
+            print(f'    after the loaded frames: {"; ".join(str(s) for s in states)}')
     print()
     print(format_load_markdown(rows, args.load))
     if repeat > 1:

@@ -50,6 +50,8 @@ def run_size(loaded_for: Callable[[Tuple[int, int]], LoadedModel], device: torch
                 for mode in modes:
                     mode.time(mode.frame, min(args.block, args.frames - done), mode.loaded_ms,
                               mode.loaded_cpu_ms)
+            for mode in modes:
+                mode.loaded_state = mode.state() if mode.state else None
     reference = modes[0]
     previous = next((mode for mode in modes if mode.name == PREVIOUS_DEFAULT), None)
     gflop = forward_gflop(loaded_for(net_size), net_size)
@@ -104,4 +106,5 @@ def summarise(mode: Mode, reference: Mode, frame_size, net_size) -> Dict[str, ob
         'loaded_median_ms': _median(mode.loaded_ms) if mode.loaded_ms else None,
         'loaded_p90_ms': float(np.percentile(mode.loaded_ms, 90)) if mode.loaded_ms else None,
         'loaded_cpu_ms': _median(mode.loaded_cpu_ms) if mode.loaded_cpu_ms else None,
+        'loaded_state': mode.loaded_state,
     }

@@ -13,6 +13,7 @@ fi
 MODES='torch default'
 MODES="$MODES,torch default [GOMP_SPINCOUNT=1000]"
 MODES="$MODES,torch default [OMP_WAIT_POLICY=PASSIVE]"
+MODES="$MODES,torch default [ENET_ROS_OPENMP_WAIT=adaptive-wait]"
 MODES="$MODES,torch default [ENET_ROS_OPENMP_WAIT=adaptive]"
 MODES="$MODES,torch default [threads=1]"
 MODES="$MODES,openvino fp32 all threads"

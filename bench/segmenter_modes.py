@@ -110,6 +110,10 @@ class Mode:
         self.loaded_cpu_ms: List[float] = []
         self.peak_mib: Optional[float] = None
         self.setup_s = 0.0
+        #: What a Segmenter mode runs now (backend, OpenMP wait and CPUs), or None (peers).
+        self.state: Optional[Callable[[], str]] = None
+        #: :attr:`state` at the end of the loaded frames.
+        self.loaded_state: Optional[str] = None
 
     def _sync(self) -> None:
         if self.device.type == 'cuda':
@@ -199,6 +203,9 @@ def build_modes(loaded: LoadedModel, device: torch.device, frame_size: Tuple[int
                 frame = (lambda s=segmenter: s.segment(image))
                 forward = (lambda s=segmenter, x=network_input: s.logits(x))
         mode = Mode(name, path, frame, forward, device, cudnn_benchmark=bool(optimize))
+        if name not in CPU_PEER_MODES and not on_cuda:
+            mode.state = (lambda s=segmenter: f'{s.backend}, OpenMP {s.openmp_wait}, '
+                          f'CPUs {s.openmp_cpus}')
         # Set-up ends after three frames: lazy compilation, autotuning and captures happen
         # in the first calls of some modes.
         for _ in range(3):

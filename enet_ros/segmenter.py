@@ -45,8 +45,10 @@ CPU threads: ``cpu_threads`` (auto: torch's, one per core by default). Where
 other processes keep the cores busy, GNU OpenMP's spin-waiting makes
 multi-threaded torch inference several times slower (measured on 2 busy
 cores: up to 100x on small inputs); the node has its Segmenter spin
-briefly while other processes keep the cores busy (``openmp_wait``,
-:mod:`enet_ros.inference.openmp_wait`). The Segmenter never changes the
+briefly while other processes keep the cores busy, and run its OpenMP team
+on the CPUs they leave free (``openmp_wait``,
+:mod:`enet_ros.inference.openmp_wait`,
+:mod:`enet_ros.inference.team_placement`). The Segmenter never changes the
 environment; in a process of your own, set ``GOMP_SPINCOUNT`` or
 ``OMP_WAIT_POLICY`` before it starts, or pass ``openmp_wait='adaptive'``.
 
@@ -77,7 +79,9 @@ from .inference.eager import EagerPath
 from .inference.frames import (argmax_classes, FramePipeline, labels_from_logits,
                                normalization_constants, normalize, Segmentation)
 from .inference.network import NonFiniteWeightsError, prepare_network
-from .inference.openmp_wait import adaptive_wait_problem, LoadAwareWaitPath, ParkedTeam
+from .inference.openmp_wait import adaptive_wait_problem, available_cpus, LoadAwareWaitPath
+from .inference.openmp_wait import ParkedTeam
+from .inference.team_placement import placement_problem, TeamPlacement
 from .inference.timed_paths import TimedPaths
 from .model_file import input_size_problem, load_model_file, LoadedModel, ModelMetadata
 
@@ -160,12 +164,14 @@ class Segmenter:
       core or ``OMP_NUM_THREADS``, for either runtime), else OpenVINO's threads
       or, for torch, ``torch.set_num_threads`` (process-wide: torch has one pool).
 
-    * ``openmp_wait``: ``fixed`` (default) or ``adaptive``: whether GNU
-      OpenMP's threads on the torch CPU path spin fully while the cores are
-      otherwise idle and briefly while other processes keep them busy
-      (:mod:`enet_ros.inference.openmp_wait`; it parks an idle OpenMP team,
-      which changes how every OpenMP thread of the process waits, so only a
-      process that owns itself asks for it). None:
+    * ``openmp_wait``: ``fixed`` (default), ``adaptive`` or ``adaptive-wait``:
+      whether GNU OpenMP's threads on the torch CPU path spin fully while the
+      cores are otherwise idle and briefly while other processes keep them
+      busy (:mod:`enet_ros.inference.openmp_wait`; it parks an idle OpenMP
+      team, which changes how every OpenMP thread of the process waits, so
+      only a process that owns itself asks for it); ``adaptive`` also confines
+      the team that runs frames to the CPUs the others leave free while they
+      keep a core busy (:mod:`enet_ros.inference.team_placement`). None:
       ``ENET_ROS_OPENMP_WAIT``, which the node's executables set to
       ``adaptive`` unless the user chose an OpenMP wait variable. Where it
       cannot work (one torch thread, no GNU OpenMP) the wait stays fixed.
@@ -255,15 +261,12 @@ class Segmenter:
         self.openmp_wait_note: Optional[str] = None
         #: The parked OpenMP team of ``openmp_wait='adaptive'``, or None (the wait is fixed).
         self._parked_team: Optional[ParkedTeam] = None
-        if wait_choice == 'adaptive' and not on_cuda and (openvino_path is None
-                                                          or backend == TIMED):
-            self.openmp_wait_note = adaptive_wait_problem(torch.get_num_threads())
-            if self.openmp_wait_note is not None:
-                LOGGER.info('openmp_wait adaptive: not used (%s)', self.openmp_wait_note)
-            else:
-                self._parked_team = ParkedTeam(torch.get_num_threads())
-                torch_path = LoadAwareWaitPath(torch_path, self._parked_team)
-                self.path = torch_path
+        #: Why the team is not confined to fewer CPUs under load with ``adaptive`` (or None).
+        self.team_placement_note: Optional[str] = None
+        if wait_choice != 'fixed' and not on_cuda and (openvino_path is None
+                                                       or backend == TIMED):
+            torch_path = self._load_aware(torch_path, wait_choice)
+            self.path = torch_path
         #: ``auto``'s start-up trial (CPUs without AVX-512, OpenVINO installed), or None.
         self.backend_trial: Optional[BackendTrial] = None
         if openvino_path is not None and backend == TIMED:
@@ -336,6 +339,27 @@ class Segmenter:
                 f'{self.precision}, network input {width}x{height}, {self.execution_path}, '
                 f'{self.runtime_description}model {self.model_path}')
 
+    def _load_aware(self, torch_path, wait_choice: str):
+        """Wrap the torch CPU path so that its OpenMP team follows the load, where it can."""
+        threads = torch.get_num_threads()
+        self.openmp_wait_note = adaptive_wait_problem(threads)
+        if self.openmp_wait_note is not None:
+            LOGGER.info('openmp_wait %s: not used (%s)', wait_choice, self.openmp_wait_note)
+            return torch_path
+        self._parked_team = ParkedTeam(threads)
+        placement = None
+        if wait_choice == 'adaptive':
+            self.team_placement_note = placement_problem(threads)
+            if self.team_placement_note is None:
+                try:
+                    placement = TeamPlacement(threads, self._parked_team.omp)
+                except (AttributeError, OSError) as error:  # a libgomp without GOMP_parallel
+                    self.team_placement_note = f'cannot reach the OpenMP team ({error})'
+            if self.team_placement_note is not None:
+                LOGGER.info('openmp_wait adaptive: the OpenMP team keeps all CPUs under load '
+                            '(%s)', self.team_placement_note)
+        return LoadAwareWaitPath(torch_path, self._parked_team, placement=placement)
+
     @property
     def runtime_description(self) -> str:
         """Backend, threads and OpenMP wait, e.g. ``backend openvino (2 threads; ...), ``."""
@@ -343,8 +367,12 @@ class Segmenter:
             return ''
         wait = cpu_runtime.openmp_wait_description()
         if self._parked_team is not None:
-            wait += ', brief while other processes keep the cores busy' + (
-                ' (set by the node)' if cpu_runtime.set_by_node() else '')
+            wait += ', brief while other processes keep the cores busy'
+            load_aware = self._load_aware_path()
+            if load_aware is not None and load_aware.placement is not None:
+                wait += ', and the team then on the CPUs they leave free'
+            wait += ' (set by the node)' if cpu_runtime.set_by_node() else ''
+
         torch_part = f'{cpu_runtime.threads_text(torch.get_num_threads())}, {wait}'
         timed = self.path.describe_choice() if isinstance(self.path, TimedPaths) else ''
         trial = f'; {timed}' if timed else ''
@@ -359,6 +387,23 @@ class Segmenter:
         if self._parked_team is None:
             return 'fixed'
         return 'brief spin' if self._parked_team.parked else 'spin'
+
+    @property
+    def openmp_cpus(self) -> str:
+        """Say on which CPUs torch's OpenMP team runs frames: ``all 2``, ``1 of 2 (CPU 0)``."""
+        path = self._load_aware_path()
+        if path is None or path.placement is None:
+            return f'all {available_cpus()}'
+        return path.cpus_text
+
+    def _load_aware_path(self) -> Optional[LoadAwareWaitPath]:
+        """Return the torch path that follows the load (within a timed choice too), or None."""
+        if isinstance(self.path, LoadAwareWaitPath):
+            return self.path
+        for path in getattr(self.path, 'paths', {}).values():
+            if isinstance(path, LoadAwareWaitPath):
+                return path
+        return None
 
     def preprocess(self, image: np.ndarray, bgr: bool = False) -> torch.Tensor:
         """

@@ -363,7 +363,8 @@ def test_process_defaults_respect_the_user(monkeypatch):
     ({}, 1, 'OpenMP spin default'),  # one thread: no team waits, nothing to choose
     ({'OMP_WAIT_POLICY': 'PASSIVE'}, 1, 'OpenMP passive (no spin)'),
     ({'OMP_NUM_THREADS': '2'}, 0,
-     'OpenMP spin default, brief while other processes keep the cores busy (set by the node)'),
+     'OpenMP spin default, brief while other processes keep the cores busy, and the team then '
+     'on the CPUs they leave free (set by the node)'),
     ({'OMP_NUM_THREADS': '2', 'ENET_ROS_OPENMP_WAIT': 'fixed'}, 0, 'OpenMP spin default'),
 ])
 @pytest.mark.integration

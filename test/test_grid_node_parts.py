@@ -472,6 +472,7 @@ class _Segmenter:
     precision = 'fp32'
     backend = 'torch'
     openmp_wait = 'fixed'
+    openmp_cpus = 'all 2'
     model_path = '/m.safetensors'
 
     class metadata:

@@ -11,6 +11,7 @@ state, is refused with ``success: false`` and the node goes on;
 declares a parameter, which a second configure must not declare twice).
 """
 
+import re
 import time
 
 from enet_ros.node.lifecycle_node import CONFIGURING_LINE, UNCONFIGURED_LINE
@@ -136,6 +137,7 @@ def _expect_diagnostics(peer: RosPeer, period_s: float) -> None:
             assert key in values, (key, values)
         assert values['backend'] in ('torch', 'openvino'), values
         assert values['openmp_wait'] in ('spin', 'brief spin', 'fixed'), values
+        assert re.fullmatch(r'all \d+|\d+ of \d+ \(CPU [\d, ]+\)', values['openmp_cpus']), values
 
 
 def _expect_no_diagnostics(peer: RosPeer) -> None:

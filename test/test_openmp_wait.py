@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from enet_ros.inference import cpu_runtime, openmp_wait
+from enet_ros.inference import cpu_runtime, openmp_wait, team_placement
 from enet_ros.inference.config import SegmenterConfigError
 from enet_ros.segmenter import Segmenter
 import numpy as np
@@ -72,9 +72,13 @@ class _FakeLoad:
 
     def __init__(self):
         self.value = None
+        self.busy = {}
 
     def cores(self):
         return self.value
+
+    def per_cpu(self):
+        return dict(self.busy)
 
 
 class _FakePath:
@@ -156,6 +160,7 @@ def test_openmp_wait_option_is_checked_and_read_from_the_environment(monkeypatch
     monkeypatch.delenv('ENET_ROS_OPENMP_WAIT', raising=False)
     assert resolve_openmp_wait(None) == 'fixed'
     assert resolve_openmp_wait('Adaptive') == 'adaptive'
+    assert resolve_openmp_wait('adaptive-wait') == 'adaptive-wait'
     monkeypatch.setenv('ENET_ROS_OPENMP_WAIT', 'adaptive')
     assert resolve_openmp_wait(None) == 'adaptive'
     monkeypatch.setenv('ENET_ROS_OPENMP_WAIT', 'sometimes')
@@ -193,6 +198,16 @@ def test_segmenter_labels_do_not_depend_on_how_openmp_waits(random_model_file):
             waits.add(adaptive.openmp_wait)
             assert np.array_equal(got.labels, fixed.segment(image).labels)
         assert waits == {'spin', 'brief spin'} and adaptive.backend == 'torch'
+        assert 'and the team then on the CPUs they leave free' in adaptive.describe()
+        if len(os.sched_getaffinity(0)) == 2:  # two busy cores on two CPUs: one for the team
+            assert adaptive.openmp_cpus.startswith('1 of 2 (CPU ')
+        assert frozenset(os.sched_getaffinity(0)) == adaptive.path.placement.allowed  # freed
+        wait_only = Segmenter(loaded, device='cpu', torch_compile=False,
+                              inference_backend='torch', openmp_wait='adaptive-wait')
+        assert wait_only.path.placement is None
+        assert wait_only.openmp_cpus == f'all {len(os.sched_getaffinity(0))}'
+        assert 'then on the CPUs' not in wait_only.describe()
+        del wait_only
         load.value = 2.0
         if not adaptive._parked_team.parked:
             adaptive.segment(image)  # the next frame parks
@@ -205,5 +220,213 @@ def test_segmenter_labels_do_not_depend_on_how_openmp_waits(random_model_file):
                            inference_backend='torch', openmp_wait='adaptive')
         assert single.openmp_wait == 'fixed'
         assert single.openmp_wait_note == 'one torch thread: no OpenMP team waits'
+    finally:
+        torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------- team placement
+
+
+def test_team_cpu_count_leaves_the_others_their_cores_in_whole_shares_of_the_team():
+    """Free CPUs (others rounded with a margin), at least one, a divisor of the team size."""
+    count = team_placement.team_cpu_count
+    assert count(0.0, 2, 2, margin=0.25) == 2
+    assert count(0.7, 2, 2, margin=0.25) == 2
+    assert count(0.75, 2, 2, margin=0.25) == 1
+    assert count(2.0, 2, 2, margin=0.25) == 1
+    assert count(5.0, 2, 2, margin=0.25) == 1  # never none
+    assert count(0.5, 2, 2, margin=0.5) == 1 and count(0.49, 2, 2, margin=0.5) == 2
+    assert count(3.0, 16, 16, margin=0.25) == 8  # 13 free: 8 CPUs hold 2 threads each
+    assert count(3.0, 16, 12, margin=0.25) == 12  # 13 free: the team fits on 12 CPUs, one each
+    assert count(1.0, 4, 3, margin=0.25) == 3
+    assert count(2.0, 4, 3, margin=0.25) == 1  # 2 free: 3 threads share 1 CPU evenly
+
+
+def test_choose_cpus_keeps_the_least_busy_and_the_lower_numbers_on_ties():
+    """The CPUs with the least busy time; busy fractions within 0.05 count as equal."""
+    choose = team_placement.choose_cpus
+    assert choose([0, 1, 2, 3], 2, {0: 1.0, 1: 0.2, 2: 1.0, 3: 0.1}) == {1, 3}
+    assert choose([0, 1], 1, {0: 1.0, 1: 0.99}) == {0}  # both saturated: CPU 0
+    assert choose([4, 6], 1, {}) == {4}  # nothing known: the lowest number
+    assert choose([0, 1, 2], 0, {}) == {0}  # at least one
+
+
+def test_placement_problems_are_reported(monkeypatch):
+    """The user's own OpenMP placement, one CPU or one thread: no confinement."""
+    problem = team_placement.placement_problem
+    assert problem(2, {}, allowed=[0, 1]) is None
+    assert problem(2, {'OMP_PROC_BIND': 'close'}, allowed=[0, 1]) == (
+        'OMP_PROC_BIND is set: the user places OpenMP threads')
+    assert problem(2, {'GOMP_CPU_AFFINITY': '0 1'}, allowed=[0, 1]).startswith(
+        'GOMP_CPU_AFFINITY is set')
+    assert problem(2, {}, allowed=[3]) == 'the process runs on one CPU'
+    assert problem(1, {}, allowed=[0, 1]) == 'one torch thread'
+
+
+def _affinity(thread_id: int):
+    return frozenset(os.sched_getaffinity(thread_id))
+
+
+needs_two_cpus = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2 if hasattr(os, 'sched_getaffinity') else True,
+    reason='confining a team to fewer CPUs needs a process with 2 CPUs or more')
+
+
+@needs_libgomp
+@needs_two_cpus
+def test_team_placement_confines_the_callers_openmp_team_and_gives_it_back():
+    """The caller and its OpenMP workers on one CPU; the caller freed between frames; all back."""
+    allowed = frozenset(os.sched_getaffinity(0))
+    one = frozenset([min(allowed)])
+    result = {}
+
+    def on_a_thread_of_its_own():  # a thread's affinity must not leak into the test process
+        torch.set_num_threads(2)
+        torch.ones(1 << 16).add_(1.0)  # this thread's OpenMP team exists
+        omp = openmp_wait.ParkedTeam(threads=2).omp
+        placement = team_placement.TeamPlacement(2, omp)
+        assert placement.allowed == allowed and not placement.confined
+        placement.place(one)
+        members = placement.members
+        result['confined'] = {tid: _affinity(tid) for tid in members}
+        result['caller'] = threading.get_native_id()
+        placement.free_caller()
+        result['after_frame'] = {tid: _affinity(tid) for tid in members}
+        placement.place(one)  # the team is there already: only the caller moves
+        result['again'] = _affinity(0)
+        result['members_again'] = placement.members
+        placement.free_caller()
+        placement.release()  # from any thread: every thread it confined
+        result['released'] = {tid: _affinity(tid) for tid in members}
+        with pytest.raises(ValueError, match='are not some of'):
+            placement.place(frozenset([max(allowed) + 1]))
+
+    errors = []
+
+    def run():
+        try:
+            on_a_thread_of_its_own()
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert not errors, errors
+    confined = result['confined']
+    assert len(confined) == 2 and result['caller'] in confined  # the caller and one worker
+    assert set(confined.values()) == {one}
+    workers = [tid for tid in confined if tid != result['caller']]
+    assert result['after_frame'][result['caller']] == allowed
+    assert all(result['after_frame'][tid] == one for tid in workers)  # idle, stay there
+    assert result['again'] == one and result['members_again'] == list(confined)
+    assert set(result['released'].values()) == {allowed}
+
+
+class _FakePlacement:
+    """A TeamPlacement that records what it was asked for."""
+
+    def __init__(self, cpus=(0, 1), threads=2):
+        self.allowed = frozenset(cpus)
+        self.threads = threads
+        self.placed = []
+        self.freed = 0
+
+    def place(self, cpus):
+        self.placed.append(frozenset(cpus))
+
+    def free_caller(self):
+        self.freed += 1
+
+
+def test_the_team_runs_on_the_cpus_other_processes_leave_free_with_hysteresis():
+    """Two busy cores on two CPUs: one CPU for the team; back to both once the others stop."""
+    team, load, placement = _FakeTeam(), _FakeLoad(), _FakePlacement()
+    path = openmp_wait.LoadAwareWaitPath(_FakePath(team), team, load, placement=placement)
+    frame = np.zeros((2, 2, 3), np.uint8)
+    load.busy = {0: 1.0, 1: 0.6}
+    expected = [(None, None), (0.2, None), (0.8, {1}), (0.6, {1}), (1.0, {1}), (2.0, {1}),
+                (0.45, None), (0.7, None), (0.75, {1})]
+    for others, cpus in expected:
+        load.value = others
+        freed = placement.freed
+        path.run(frame)
+        assert path.team_cpus == (frozenset(cpus) if cpus else None), (others, path.team_cpus)
+        assert placement.placed[-1] == (frozenset(cpus) if cpus else placement.allowed)
+        assert placement.freed == freed + (1 if cpus else 0)  # the caller freed after the frame
+    assert path.cpus_text == '1 of 2 (CPU 1)'
+    load.value = 0.0
+    path.run(frame)
+    assert path.cpus_text == 'all 2'
+
+
+def test_other_load_reads_each_cpus_busy_time(tmp_path, monkeypatch):
+    """The per-CPU lines of /proc/stat: each CPU's busy fraction over the window."""
+    stat = tmp_path / 'stat'
+    clock = {'wall': 10.0}
+    monkeypatch.setattr(openmp_wait.time, 'monotonic', lambda: clock['wall'])
+
+    def write(cpu0_user, cpu1_user):
+        stat.write_text(f'cpu  {cpu0_user + cpu1_user} 0 0 100 0 0 0 0 0 0\n'
+                        f'cpu0 {cpu0_user} 0 0 50 0 0 0 0 0 0\n'
+                        f'cpu1 {cpu1_user} 0 0 50 0 0 0 0 0 0\nintr 1 2 3\n')
+
+    write(0, 0)
+    load = openmp_wait.OtherLoad(window_s=0.25, stat_path=str(stat))
+    load._ticks_per_s = 100
+    assert load.per_cpu() == {}
+    clock['wall'] += 1.0
+    write(100, 30)
+    load.cores()
+    assert load.per_cpu() == pytest.approx({0: 1.0, 1: 0.3})
+
+
+def test_a_cpu_affinity_that_cannot_be_set_stops_the_placing_and_not_the_frame(caplog):
+    """Take CPUs away at run time (a cpuset): a warning, all CPUs from then on, frames go on."""
+    class _Refusing(_FakePlacement):
+        released = False
+
+        def place(self, cpus):
+            if cpus != self.allowed:
+                raise OSError(22, 'Invalid argument')
+            super().place(cpus)
+
+        def release(self):
+            self.released = True
+
+    team, load, placement = _FakeTeam(), _FakeLoad(), _Refusing()
+    inner = _FakePath(team)
+    path = openmp_wait.LoadAwareWaitPath(inner, team, load, placement=placement)
+    frame = np.zeros((2, 2, 3), np.uint8)
+    load.value = 2.0
+    with caplog.at_level('WARNING', logger='enet_ros.inference.openmp_wait'):
+        assert path.run(frame) is frame
+        assert path.run(frame) is frame
+    assert len(inner.parked_during) == 2 and placement.released
+    assert path.placement is None and path.team_cpus is None
+    assert path.cpus_text == f'all {openmp_wait.available_cpus()}'
+    assert [r.getMessage() for r in caplog.records] == [
+        'openmp_wait adaptive: the OpenMP team keeps all CPUs from now on '
+        '([Errno 22] Invalid argument)']
+
+
+@needs_libgomp
+@needs_two_cpus
+def test_a_user_who_places_openmp_threads_keeps_the_team_on_all_cpus(random_model_file,
+                                                                     monkeypatch):
+    """OMP_PROC_BIND (or OMP_PLACES, GOMP_CPU_AFFINITY) set: the wait follows, the CPUs not."""
+    from enet_ros.model_file import load_model_file
+
+    monkeypatch.setenv('OMP_PROC_BIND', 'close')
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        segmenter = Segmenter(load_model_file(random_model_file), device='cpu',
+                              torch_compile=False, inference_backend='torch',
+                              openmp_wait='adaptive')
+        assert segmenter.openmp_wait == 'spin' and segmenter.path.placement is None
+        assert segmenter.team_placement_note == (
+            'OMP_PROC_BIND is set: the user places OpenMP threads')
+        assert segmenter.openmp_cpus == f'all {len(os.sched_getaffinity(0))}'
     finally:
         torch.set_num_threads(previous)

@@ -26,7 +26,7 @@ FREEZE_BY_DEFAULT = (torch.bfloat16,)
 
 #: Environment variable for ``openmp_wait=None``: ``adaptive`` or ``fixed`` (the default).
 OPENMP_WAIT_ENV = 'ENET_ROS_OPENMP_WAIT'
-OPENMP_WAIT_CHOICES = ('fixed', 'adaptive')
+OPENMP_WAIT_CHOICES = ('fixed', 'adaptive', 'adaptive-wait')
 
 #: A camera frame size: ``(width, height)`` or the text ``'WIDTHxHEIGHT'``.
 FrameSize = Union[Sequence[int], str]

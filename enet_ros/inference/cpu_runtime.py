@@ -20,7 +20,9 @@ idle and still doubled beside busy processes. So the node now leaves the
 spin as it is and sets :data:`NODE_OPENMP_ENVIRONMENT`
 (``ENET_ROS_OPENMP_WAIT=adaptive``): its Segmenter spins fully while the
 cores are otherwise idle and briefly while other processes keep them busy,
-switched before each frame (:mod:`enet_ros.inference.openmp_wait`).
+switched before each frame (:mod:`enet_ros.inference.openmp_wait`), and
+runs its OpenMP team on the CPUs they leave free
+(:mod:`enet_ros.inference.team_placement`).
 The library never changes the environment (it does not own the process);
 the node does, unless the user set any OpenMP wait variable or that one
 (:data:`OPENMP_WAIT_VARIABLES`).

@@ -84,6 +84,7 @@ def fill_camera_status(stat: DiagnosticStatusWrapper, camera: Camera,
         'precision': segmenter.precision,
         'backend': segmenter.backend,
         'openmp_wait': segmenter.openmp_wait,
+        'openmp_cpus': segmenter.openmp_cpus,
         'model_path': segmenter.model_path,
         'classes': ','.join(segmenter.metadata.class_names),
     }

@@ -13,9 +13,10 @@ every later one is ignored, including while the interpreter exits.
 Before torch loads, the node also gives its own process the OpenMP wait it
 was measured best with (:func:`enet_ros.inference.cpu_runtime.apply_process_defaults`:
 ``ENET_ROS_OPENMP_WAIT=adaptive``: full spinning on idle cores, brief
-spinning while other processes keep them busy, so that they do not make
-inference collapse), unless the user set ``OMP_WAIT_POLICY``,
-``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` or ``ENET_ROS_OPENMP_WAIT``.
+spinning while other processes keep them busy, and the OpenMP team on the
+CPUs they leave free, so that they do not make inference collapse), unless
+the user set ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` or
+``ENET_ROS_OPENMP_WAIT``.
 """
 
 import sys
