@@ -7,6 +7,7 @@ which must not depend on how OpenMP waits.
 """
 
 import gc
+import logging
 import os
 import threading
 import time
@@ -381,7 +382,7 @@ def test_other_load_reads_each_cpus_busy_time(tmp_path, monkeypatch):
     assert load.per_cpu() == pytest.approx({0: 1.0, 1: 0.3})
 
 
-def test_a_cpu_affinity_that_cannot_be_set_stops_the_placing_and_not_the_frame(caplog):
+def test_a_cpu_affinity_that_cannot_be_set_stops_the_placing_and_not_the_frame():
     """Take CPUs away at run time (a cpuset): a warning, all CPUs from then on, frames go on."""
     class _Refusing(_FakePlacement):
         released = False
@@ -399,13 +400,23 @@ def test_a_cpu_affinity_that_cannot_be_set_stops_the_placing_and_not_the_frame(c
     path = openmp_wait.LoadAwareWaitPath(inner, team, load, placement=placement)
     frame = np.zeros((2, 2, 3), np.uint8)
     load.value = 2.0
-    with caplog.at_level('WARNING', logger='enet_ros.inference.openmp_wait'):
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    # On the module's logger itself: earlier tests' loggers may stop propagation to caplog.
+    level = openmp_wait.LOGGER.level
+    openmp_wait.LOGGER.addHandler(handler)
+    openmp_wait.LOGGER.setLevel(logging.WARNING)
+    try:
         assert path.run(frame) is frame
         assert path.run(frame) is frame
+    finally:
+        openmp_wait.LOGGER.removeHandler(handler)
+        openmp_wait.LOGGER.setLevel(level)
     assert len(inner.parked_during) == 2 and placement.released
     assert path.placement is None and path.team_cpus is None
     assert path.cpus_text == f'all {openmp_wait.available_cpus()}'
-    assert [r.getMessage() for r in caplog.records] == [
+    assert warnings == [
         'openmp_wait adaptive: the OpenMP team keeps all CPUs from now on '
         '([Errno 22] Invalid argument)']
 
