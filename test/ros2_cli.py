@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from printed import wait_for_printed
 
@@ -203,11 +203,24 @@ def ros2_until(workspace: Path, env: Dict[str, str], arguments: str, text: str,
 
 
 def topic_hz(workspace: Path, env: Dict[str, str], topic: str, seconds: float,
-             window: int = 30) -> float:
-    """Run ``ros2 topic hz`` for ``seconds``, stop it with Ctrl-C; return the last average."""
+             window: int = 30, start_timeout: float = 60.0,
+             explain: Optional[Callable[[], str]] = None) -> float:
+    """
+    Run ``ros2 topic hz`` until it prints a rate, then ``seconds`` more; return the last average.
+
+    The ``seconds`` count from its first rate, not from its start: on a loaded machine
+    the command's own start (imports, discovery, the first two messages) can take longer
+    than the measurement. It is stopped with Ctrl-C. ``explain`` adds its text (the
+    publisher's log, say) to the failure when no rate comes in ``start_timeout`` s.
+    """
     process = TerminalProcess(in_workspace(
         workspace, f'ros2 topic hz --window {window} {topic}'), env)
     try:
+        try:
+            process.wait_for_text('average rate:', start_timeout)
+        except AssertionError as error:
+            more = f'\n--- and:\n{explain()[-6000:]}' if explain else ''
+            raise AssertionError(f'ros2 topic hz {topic}: {error}{more}') from None
         time.sleep(seconds)
         log = process.log()
     finally:
@@ -215,6 +228,4 @@ def topic_hz(workspace: Path, env: Dict[str, str], topic: str, seconds: float,
         process.close()
     rates = [float(line.split(':')[1]) for line in log.splitlines()
              if line.startswith('average rate:')]
-    if not rates:
-        raise AssertionError(f'ros2 topic hz {topic}: no rate in {seconds} s:\n{log}')
     return rates[-1]

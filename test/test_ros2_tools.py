@@ -500,8 +500,10 @@ def test_ros2_command_line_against_the_live_node(workspace, fast_start_env, peer
                          'Min value: 0.0', 'Max value: 1000.0'):
                 assert text in log, log
 
-            input_hz = topic_hz(workspace, env, '/cam/live/image', 8.0)
-            labels_hz = topic_hz(workspace, env, f'{NODE}/labels', 8.0)
+            input_hz = topic_hz(workspace, env, '/cam/live/image', 8.0,
+                                explain=launched.log)
+            labels_hz = topic_hz(workspace, env, f'{NODE}/labels', 8.0,
+                                 explain=launched.log)
             assert input_hz == pytest.approx(10.0, rel=0.15), input_hz
             assert labels_hz == pytest.approx(input_hz, rel=0.15), (labels_hz, input_hz)
 
@@ -512,7 +514,8 @@ def test_ros2_command_line_against_the_live_node(workspace, fast_start_env, peer
             assert log.strip() == 'Set parameter successful', log
             log = ros2_until(workspace, env, f'param get {NODE} max_rate_hz', 'value is')
             assert log.strip() == 'Double value is: 5.0', log
-            labels_hz = topic_hz(workspace, env, f'{NODE}/labels', 8.0)
+            labels_hz = topic_hz(workspace, env, f'{NODE}/labels', 8.0,
+                                 explain=launched.log)
             assert labels_hz == pytest.approx(5.0, rel=0.15), labels_hz
 
             for arguments, reason in [
