@@ -111,15 +111,31 @@ def rclpy_context(request):
     context.try_shutdown()
 
 
-@pytest.fixture
-def ros_env() -> dict:
-    """Environment for ROS 2 processes: a private domain id, loopback only, large-image DDS."""
+def _ros_process_env(low: int, high: int) -> dict:
+    """
+    Environment for ROS 2 processes: a random domain id in low-high, loopback only.
+
+    Large images travel over DDS (``with_large_image_transport``), output is
+    unbuffered, and torch runs one thread (see ``one_torch_thread``).
+    """
     from enet_ros.ros_io.dds import with_large_image_transport
 
     env = with_large_image_transport(os.environ)
-    env['ROS_DOMAIN_ID'] = str(random.Random().randint(1, 100))
+    env['ROS_DOMAIN_ID'] = str(random.Random().randint(low, high))
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env['PYTHONUNBUFFERED'] = '1'
-    env['OMP_NUM_THREADS'] = '1'  # see one_torch_thread
+    env['OMP_NUM_THREADS'] = '1'
     env.pop('ROS_LOCALHOST_ONLY', None)
     return env
+
+
+@pytest.fixture
+def ros_env() -> dict:
+    """Environment for one test's ROS 2 processes (domain 1-100)."""
+    return _ros_process_env(1, 100)
+
+
+@pytest.fixture(scope='module')
+def module_ros_env() -> dict:
+    """Environment for ROS 2 processes that a test module shares (domain 101-200)."""
+    return _ros_process_env(101, 200)

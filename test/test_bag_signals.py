@@ -212,9 +212,13 @@ def alive(pid: int) -> bool:
     return stat.rsplit(')', 1)[1].split()[0] != 'Z'
 
 
-def test_live_evaluate_sigterm_stops_the_node_and_removes_the_recording(tmp_path, ros_env,
-                                                                        model_file):
-    """SIGTERM to live_evaluate: its node stopped (no orphan), no recording left, exit 143."""
+def _live_evaluate_with_its_node(tmp_path, ros_env, model_file):
+    """
+    Start live_evaluate on a slow replay (a frame every 20 s) and wait for its node.
+
+    Return the tool's process, the node's process ids, the recording's and the node log's
+    paths; the recording has started.
+    """
     root = tmp_path / 'camvid'
     make_camvid(root, 6)
     bag, record, node_log = root / 'bag', tmp_path / 'record', tmp_path / 'node.log'
@@ -222,29 +226,64 @@ def test_live_evaluate_sigterm_stops_the_node_and_removes_the_recording(tmp_path
     process = tool('live_evaluate', bag, '--model', model_file, '-p', 'device:=cpu', '--rate',
                    '0.05', '--record-bag', record, '--node-log', node_log, '--no-progress',
                    env=ros_env)
-    children: List[int] = []
+    deadline = time.monotonic() + 150
+    while not (node_log.is_file() and READY_LINE in node_log.read_text(errors='replace')):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, 'the node did not come up'
+        time.sleep(0.1)
+    children = child_pids(process.pid)
+    assert children, 'live_evaluate started no node process'
+    assert bag_file_size(record) > 0 or record.is_dir()
+    return process, children, record, node_log
+
+
+def _wait_gone(pids: List[int], timeout: float) -> bool:
+    """Wait up to ``timeout`` s for every process in ``pids`` to end; return whether they did."""
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(alive(pid) for pid in pids)
+
+
+def _kill_left(process: subprocess.Popen, children: List[int]) -> None:
+    for pid in children + [process.pid]:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(10)
+
+
+def test_live_evaluate_sigterm_stops_the_node_and_removes_the_recording(tmp_path, ros_env,
+                                                                        model_file):
+    """SIGTERM to live_evaluate: its node stopped (no orphan), no recording left, exit 143."""
+    process, children, record, _ = _live_evaluate_with_its_node(tmp_path, ros_env, model_file)
     try:
-        deadline = time.monotonic() + 150
-        while not (node_log.is_file() and READY_LINE in node_log.read_text(errors='replace')):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, 'the node did not come up'
-            time.sleep(0.1)
-        children = child_pids(process.pid)
-        assert children, 'live_evaluate started no node process'
-        assert bag_file_size(record) > 0 or record.is_dir()
-        time.sleep(2.0)  # the playback is under way (a frame every 2 s)
+        time.sleep(2.0)  # the playback is under way
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=90)
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(pid) for pid in children), 'the node outlived live_evaluate'
+        assert _wait_gone(children, 10), 'the node outlived live_evaluate'
         assert process.returncode == 143, err
         assert 'live_evaluate: stopped by SIGTERM' in err and 'Traceback' not in err
         assert not record.exists()
     finally:
-        for pid in children + [process.pid]:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.wait(10)
+        _kill_left(process, children)
+
+
+def test_live_evaluate_sigkill_still_stops_its_node(tmp_path, ros_env, model_file):
+    """
+    SIGKILL to live_evaluate (no chance to clean up): its node stops by itself, cleanly.
+
+    The kernel sends the node SIGTERM when the process that started it dies
+    (``ENET_ROS_STOP_WITH_PARENT``, set by NodeProcess); before, it kept running, orphaned.
+    """
+    process, children, _, node_log = _live_evaluate_with_its_node(tmp_path, ros_env,
+                                                                  model_file)
+    try:
+        process.kill()
+        process.wait(10)
+        assert _wait_gone(children, 30), (
+            f'the node outlived live_evaluate:\n{node_log.read_text()}')
+        log = node_log.read_text(errors='replace')
+        assert 'stopped cleanly' in log and 'Traceback' not in log, log
+    finally:
+        _kill_left(process, children)

@@ -13,15 +13,12 @@ importable, is tested in test_grid_tf.py).
 """
 
 import math
-import os
-import random
 import signal
 import time
 
 from enet_ros.camera_model import CameraIntrinsics, CameraPose
 from enet_ros.ground_grid import FREE, GridSpec, GroundProjection, OCCUPIED, UNKNOWN
 from enet_ros.labels import CAMVID_11
-from enet_ros.ros_io.dds import with_large_image_transport
 import numpy as np
 import pytest
 from ros_harness import make_image_msg, NodeProcess, RosPeer, stamp_ns
@@ -109,17 +106,6 @@ def grid_array(msg) -> np.ndarray:
     data = np.asarray(msg.data, dtype=np.int8)
     assert data.size == msg.info.width * msg.info.height
     return data.reshape(msg.info.height, msg.info.width)
-
-
-@pytest.fixture(scope='module')
-def module_ros_env():
-    """Return a ROS environment shared by the tests of one node process."""
-    env = with_large_image_transport(os.environ)
-    env.update(ROS_DOMAIN_ID=str(random.Random().randint(101, 200)),
-               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
-               OMP_NUM_THREADS='1', ENET_ROS_COMPILE='0')
-    env.pop('ROS_LOCALHOST_ONLY', None)
-    return env
 
 
 class _Rig:

@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 from ros_harness import make_image_msg, NodeProcess, RosPeer, stamp_ns
 from test_drivable_grid import (_Rig, camera_info, CX, CY, FOCAL, GRID, grid_array,
-                                GRID_FRAME, grid_parameters, HEIGHT, module_ros_env, WIDTH)
+                                GRID_FRAME, grid_parameters, HEIGHT, WIDTH)
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
-assert module_ros_env  # the fixture, imported for this module's node
 NODE = '/segmentation_node'
 #: The front camera's pose in grid_frame, as camera_pose.* values would give it.
 POSE = PoseValues(height=1.5, roll=0.02, pitch=0.25, yaw=0.1, x=0.4, y=-0.3)

@@ -5,7 +5,6 @@ import time
 
 from enet_ros import masks
 from enet_ros.labels import CAMVID_11
-from enet_ros.ros_io.dds import with_large_image_transport
 from enet_ros.segmenter import Segmenter
 import numpy as np
 import pytest
@@ -13,19 +12,6 @@ from ros_harness import image_array, make_image_msg, NodeProcess, OUTPUT_TOPICS,
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings('ignore::DeprecationWarning')]
 NODE = '/segmentation_node'
-
-
-@pytest.fixture(scope='module')
-def module_ros_env(tmp_path_factory):
-    """Return a ROS environment shared by the tests of one node process."""
-    import os
-    import random
-
-    env = with_large_image_transport(os.environ)
-    env.update(ROS_DOMAIN_ID=str(random.Random().randint(101, 200)),
-               ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', PYTHONUNBUFFERED='1',
-               OMP_NUM_THREADS='1')
-    return env
 
 
 @pytest.fixture(scope='module')

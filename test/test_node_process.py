@@ -1,10 +1,15 @@
-"""How the node's process is started: parameter formatting and the DDS environment."""
+"""How the node's process is started: parameters, the DDS environment, the parent watch."""
 
 from pathlib import Path
+import signal
+import subprocess
+import sys
 
 from enet_ros.evaluation.node_subprocess import node_command, ros_arg
+from enet_ros.node.signal_handling import PARENT_ENV, stop_with_parent
 from enet_ros.ros_io.dds import (config_file, NEW_NAME, OLD_NAME, PROFILE_VARIABLES,
                                  profile_variables, with_large_image_transport)
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +57,27 @@ def test_large_image_profile_is_added_unless_one_is_chosen():
     original = {'PATH': '/bin'}
     with_large_image_transport(original)
     assert original == {'PATH': '/bin'}  # the caller's mapping is not changed
+
+
+def test_stop_with_parent_reads_and_removes_its_variable():
+    """No variable: nothing; a value that is not a process id: removed, nothing set."""
+    assert stop_with_parent({}) is None
+    environ = {PARENT_ENV: 'not a pid'}
+    assert stop_with_parent(environ) is None
+    assert environ == {}
+
+
+@pytest.mark.integration
+def test_stop_with_parent_stops_at_once_when_the_parent_is_gone():
+    """A parent that ended before the watch: no kernel signal would come, so SIGTERM now."""
+    code = (
+        'import signal\n'
+        'from enet_ros.node.signal_handling import PARENT_ENV, stop_with_parent\n'
+        'got = []\n'
+        'signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))\n'
+        'watched = stop_with_parent({PARENT_ENV: "999999999"})\n'  # above any pid_max
+        'print(watched, got)\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f'999999999 [{int(signal.SIGTERM)}]', result.stdout

@@ -16,6 +16,7 @@ import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from .signals import shielded
+from ..node.signal_handling import PARENT_ENV
 from ..ros_io.dds import config_file
 
 READY_LINE = 'listening on'
@@ -76,6 +77,10 @@ class NodeProcess:
         self.log_path = Path(log_path)
         self.command = list(command)
         self._log = open(self.log_path, 'w')
+        # The node stops by itself when this process ends, even by SIGKILL (the node's
+        # stop_with_parent); NodeProcess must be created on the main thread for that.
+        env = dict(os.environ if env is None else env)
+        env[PARENT_ENV] = str(os.getpid())
         self.process = subprocess.Popen(self.command, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
 

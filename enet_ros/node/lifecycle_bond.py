@@ -74,8 +74,12 @@ class LifecycleBond:
         bond, self._bond = self._bond, None
         if bond is None:
             return
-        shut_down(self._node, bond)
+        acknowledged = shut_down(self._node, bond)
         self._node.get_logger().info(f"bond '{bond.id}' broken: {why}")
+        if not acknowledged:
+            self._node.get_logger().warning(
+                f"bond '{bond.id}': the lifecycle manager did not acknowledge the break within "
+                f'{BREAK_ACK_WAIT_S:g} s; it may see a heartbeat timeout instead')
 
     def _formed(self, bond: Bond) -> None:
         if bond is self._bond:
@@ -102,9 +106,11 @@ class LifecycleBond:
                 'stack); no heartbeat is sent until the next activate')
 
 
-def shut_down(node, bond: Bond) -> None:
+def shut_down(node, bond: Bond) -> bool:
     """
     Break ``bond`` (``active: false`` once, so the sister's side breaks at once) and end it.
+
+    Return whether every subscriber acknowledged the break (within :data:`BREAK_ACK_WAIT_S`).
 
     bondpy's own ``Bond.shutdown()`` destroys its subscription and publisher
     behind the node's back: their QoS event handlers stay in the node, and
@@ -121,7 +127,8 @@ def shut_down(node, bond: Bond) -> None:
         bond.condition.notify_all()
     # The break is one message on a depth-1 reliable publisher: destroyed at once, the
     # manager may never get it (then it waits out bond_timeout and calls it a failure).
-    bond.pub.wait_for_all_acked(Duration(seconds=BREAK_ACK_WAIT_S))
+    acknowledged = bond.pub.wait_for_all_acked(Duration(seconds=BREAK_ACK_WAIT_S))
     node.destroy_publisher(bond.pub)
     for timer in (bond.connect_timer, bond.heartbeat_timer, bond.disconnect_timer):
         timer.cancel()
+    return bool(acknowledged)

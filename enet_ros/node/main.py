@@ -22,7 +22,7 @@ the user set ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` or
 import sys
 from typing import List, Optional
 
-from .signal_handling import StopOnSignal
+from .signal_handling import stop_with_parent, StopOnSignal
 
 
 def main(args: Optional[List[str]] = None, lifecycle: bool = False) -> int:
@@ -33,6 +33,7 @@ def main(args: Optional[List[str]] = None, lifecycle: bool = False) -> int:
     """
     stop_on_signal = StopOnSignal()
     stop_on_signal.install()
+    stop_with_parent()  # started by a tool (NodeProcess): stop when it ends, even killed
     from ..inference.cpu_runtime import apply_process_defaults  # standard library only
     apply_process_defaults()  # the node owns its process: before torch reads it
     try:
