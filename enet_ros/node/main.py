@@ -33,12 +33,12 @@ def main(args: Optional[List[str]] = None, lifecycle: bool = False) -> int:
     """
     stop_on_signal = StopOnSignal()
     stop_on_signal.install()
-    stop_with_parent()  # started by a tool (NodeProcess): stop when it ends, even killed
-    from ..inference.cpu_runtime import apply_process_defaults  # standard library only
-    apply_process_defaults()  # the node owns its process: before torch reads it
     try:
+        stop_with_parent()  # started by a tool (NodeProcess): stop when it ends, even killed
+        from ..inference.cpu_runtime import apply_process_defaults  # standard library only
+        apply_process_defaults()  # the node owns its process: before torch reads it
         from .os_process import run
-    except KeyboardInterrupt:  # Ctrl-C while importing torch and rclpy
+    except KeyboardInterrupt:  # Ctrl-C (or the parent gone) while importing torch, rclpy
         stop_on_signal.ignore_from_now()
         return 0
     return run(args, stop_on_signal, lifecycle=lifecycle)
