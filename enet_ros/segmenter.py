@@ -372,7 +372,6 @@ class Segmenter:
             if load_aware is not None and load_aware.placement is not None:
                 wait += ', and the team then on the CPUs they leave free'
             wait += ' (set by the node)' if cpu_runtime.set_by_node() else ''
-
         torch_part = f'{cpu_runtime.threads_text(torch.get_num_threads())}, {wait}'
         timed = self.path.describe_choice() if isinstance(self.path, TimedPaths) else ''
         trial = f'; {timed}' if timed else ''
@@ -392,9 +391,7 @@ class Segmenter:
     def openmp_cpus(self) -> str:
         """Say on which CPUs torch's OpenMP team runs frames: ``all 2``, ``1 of 2 (CPU 0)``."""
         path = self._load_aware_path()
-        if path is None or path.placement is None:
-            return f'all {available_cpus()}'
-        return path.cpus_text
+        return path.cpus_text if path is not None else f'all {available_cpus()}'
 
     def _load_aware_path(self) -> Optional[LoadAwareWaitPath]:
         """Return the torch path that follows the load (within a timed choice too), or None."""

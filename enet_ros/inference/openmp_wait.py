@@ -175,15 +175,15 @@ class OtherLoad:
 
     def _sample(self) -> Tuple[float, float, float, Dict[int, float]]:
         """(wall s, machine busy CPU s, this process's CPU s, busy CPU s per CPU number)."""
-        with open(self.stat_path, encoding='ascii') as stat:
-            lines = stat.read().splitlines()
         per_cpu = {}
-        for line in lines[1:]:
-            name, _, rest = line.partition(' ')
-            if not name.startswith('cpu') or not name[3:].isdigit():
-                break
-            per_cpu[int(name[3:])] = _busy_ticks(rest.split()) / self._ticks_per_s
-        busy = _busy_ticks(lines[0].split()[1:]) / self._ticks_per_s
+        # Only the cpu lines, which come first: the rest (interrupt counts) can be long.
+        with open(self.stat_path, encoding='ascii') as stat:
+            busy = _busy_ticks(stat.readline().split()[1:]) / self._ticks_per_s
+            for line in stat:
+                name, _, rest = line.partition(' ')
+                if not name.startswith('cpu') or not name[3:].isdigit():
+                    break
+                per_cpu[int(name[3:])] = _busy_ticks(rest.split()) / self._ticks_per_s
         return time.monotonic(), busy, time.process_time(), per_cpu
 
     def cores(self) -> Optional[float]:

@@ -95,9 +95,9 @@ class TeamPlacement:
     The CPUs of the calling thread's OpenMP team of ``threads`` threads, changed at run time.
 
     :meth:`place` sets them from the thread that runs frames (once per thread
-    and CPU set: each master thread has a team of its own); :meth:`cpus` is
-    the set last asked for. ``omp``: GNU OpenMP as loaded in this process (a
-    ``ctypes.CDLL``). Not thread-safe: one caller at a time.
+    and CPU set: each master thread has a team of its own). ``omp``: GNU
+    OpenMP as loaded in this process (a ``ctypes.CDLL``). Not thread-safe:
+    one caller at a time.
     """
 
     def __init__(self, threads: int, omp: ctypes.CDLL,
@@ -117,11 +117,6 @@ class TeamPlacement:
         self._known: Set[int] = set()
         # Kept on the object: ctypes frees a callback whose Python object goes.
         self._member_callback = _MEMBER_FUNCTION(self._place_member)
-
-    @property
-    def cpus(self) -> FrozenSet[int]:
-        """Return the CPUs asked for last (all of :attr:`allowed` at first)."""
-        return self._target
 
     @property
     def confined(self) -> bool:
