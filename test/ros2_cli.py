@@ -202,6 +202,26 @@ def ros2_until(workspace: Path, env: Dict[str, str], arguments: str, text: str,
         time.sleep(1.0)
 
 
+def ros2_on_node(workspace: Path, env: Dict[str, str], arguments: str,
+                 timeout: float = 60.0) -> Tuple[int, str]:
+    """
+    Run ``ros2 <arguments>`` against a node, again while it answers "Node not found".
+
+    Verbs such as ``ros2 param describe`` and ``ros2 lifecycle set`` first look the
+    node up: through the daemon when it answers in time, else through a node of their
+    own that listens for 0.5 s (ros2cli's ``NodeStrategy``). On a loaded machine both
+    can miss a node that ``ros2 node list`` showed a moment before; the command then
+    does nothing and exits 1, and a user runs it again. Any other answer is returned
+    as it is, so a refusal or a wrong state still fails the test.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        code, log = ros2(workspace, env, arguments)
+        if code == 0 or 'Node not found' not in log or time.monotonic() > deadline:
+            return code, log
+        time.sleep(1.0)
+
+
 def topic_hz(workspace: Path, env: Dict[str, str], topic: str, seconds: float,
              window: int = 30, start_timeout: float = 60.0,
              explain: Optional[Callable[[], str]] = None) -> float:

@@ -17,8 +17,8 @@ import time
 from enet_ros.labels import CAMVID_11
 import numpy as np
 import pytest
-from ros2_cli import (build_workspace, in_workspace, ros2, ros2_until, start_daemon,
-                      TerminalProcess, tools_missing, topic_hz)
+from ros2_cli import (build_workspace, in_workspace, ros2, ros2_on_node, ros2_until,
+                      start_daemon, TerminalProcess, tools_missing, topic_hz)
 from ros_harness import image_array, make_image_msg, OUTPUT_TOPICS, RosPeer, stamp_ns
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
@@ -414,10 +414,11 @@ def test_ros2_lifecycle_command_drives_the_node(workspace, fast_start_env):
 
     configure, activate, deactivate, cleanup, configure, shutdown, as the README lists
     them. A daemon that has just started has not seen the node yet ("Node not found"):
-    ``ros2 lifecycle nodes`` is run until it lists it, as a user would.
+    ``ros2 lifecycle nodes`` is run until it lists it, as a user would, and a ``get`` or
+    ``set`` that still answers "Node not found" (a loaded machine) is run again.
     """
     def lifecycle(arguments: str) -> str:
-        code, log = ros2(workspace, fast_start_env, f'lifecycle {arguments}')
+        code, log = ros2_on_node(workspace, fast_start_env, f'lifecycle {arguments}')
         assert code == 0, log
         return log
 
@@ -493,7 +494,7 @@ def test_ros2_command_line_against_the_live_node(workspace, fast_start_env, peer
             start_daemon(workspace, env)
             ros2_until(workspace, env, 'node list', NODE)
 
-            code, log = ros2(workspace, env, f'param describe {NODE} max_rate_hz')
+            code, log = ros2_on_node(workspace, env, f'param describe {NODE} max_rate_hz')
             assert code == 0, log
             for text in ('Parameter name: max_rate_hz', 'Type: double',
                          'Description: process at most this many frames per second',
