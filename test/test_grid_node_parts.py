@@ -452,6 +452,45 @@ def test_tf_invalid_transform_is_refused_with_the_reason(tf_pair, translation, r
     assert isinstance(pose, CameraPose), pose
 
 
+def test_tf_refusal_named_only_where_the_lookup_needed_it(tf_pair):
+    """
+    Another camera's refused transform is not this camera's reason; a refused link up is.
+
+    base_link -> cam_nan and odom -> base_link refused, base_link <- cam_late not sent
+    yet: no_transform, the refusals only listed (neither would have joined base_link and
+    cam_late). odom -> base_link above a stored base_link -> cam_ok: the lookup odom <-
+    cam_ok is invalid_transform and names it, and not cam_nan's.
+    """
+    from tf2_ros import StaticTransformBroadcaster
+
+    source, peer = tf_pair
+    StaticTransformBroadcaster(peer.node).sendTransform([
+        _transform('base_link', 'cam_nan', 0.0, (math.nan, 0.0, 1.4), CAMERA_Q),
+        _transform('base_link', 'cam_ok', 0.0, (1.8, 0.0, 1.4), CAMERA_Q),
+        _transform('odom', 'base_link', 0.0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 2.0))])
+    error = _lookup_when(source, lambda r: 'also refused' in str(r), 'base_link', 'cam_late',
+                         _stamp(5.0), 0.0)
+    assert isinstance(error, GridUnavailable) and error.reason == 'no_transform', error
+    assert 'no transform base_link <- cam_late for the drivable grid' in str(error), error
+    assert 'also refused: ' in str(error) and 'base_link -> cam_nan' in str(error), error
+    assert 'non-finite' not in str(error) and 'not a unit' not in str(error), error
+
+    error = _lookup_when(source, lambda r: getattr(r, 'reason', '') == 'invalid_transform',
+                         'odom', 'cam_ok', _stamp(5.0), 0.0)
+    assert isinstance(error, GridUnavailable) and error.reason == 'invalid_transform', error
+    assert 'refused odom -> base_link' in str(error) and 'not a unit quaternion' in str(error)
+    assert 'cam_nan' not in str(error), error
+    assert source.lookup('base_link', 'cam_ok', _stamp(5.0)).translation[0] == 1.8
+
+
+def test_frame_chain():
+    """A frame and its stored ancestors, nearest first; a loop in the data ends the walk."""
+    parents = {'cam': 'base_link', 'base_link': 'odom', 'odom': 'map'}
+    assert node_grid.frame_chain('cam', parents) == ['cam', 'base_link', 'odom', 'map']
+    assert node_grid.frame_chain('map', parents) == ['map']
+    assert node_grid.frame_chain('a', {'a': 'b', 'b': 'a'}) == ['a', 'b']
+
+
 def test_transform_problem():
     """The checks behind invalid_transform, with tf2's tolerance for a unit quaternion."""
     assert node_grid.transform_problem(_transform('a', 'b', 0.0, (1.0, 2.0, 3.0),

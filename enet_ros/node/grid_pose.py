@@ -12,7 +12,7 @@ no grid. The grid itself: :mod:`~enet_ros.node.camera_grid`.
 import math
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .parameter_table import ConfigError
 from ..camera_model import CameraPose
@@ -81,8 +81,9 @@ def _checked_buffer(cache_s: float) -> Any:
 
     A transform with NaN or a non-unit quaternion (:func:`transform_problem`)
     is not stored; the newest refusal per child frame is kept for the
-    lookup's message. ``new_data`` (a Condition) is notified after every
-    transform, stored or refused.
+    lookup's message, and so is the newest stored parent of every frame
+    (:func:`frame_chain` walks them). ``new_data`` (a Condition) is notified
+    after every transform, stored or refused.
     """
     from rclpy.duration import Duration
     from tf2_ros.buffer import Buffer
@@ -93,6 +94,8 @@ def _checked_buffer(cache_s: float) -> Any:
             self.new_data = threading.Condition()
             #: child frame -> (parent frame, problem) of its newest refused transform
             self.refused: Dict[str, Tuple[str, str]] = {}
+            #: child frame -> parent frame of its newest stored transform
+            self.parents: Dict[str, str] = {}
 
         def set_transform(self, transform: Any, authority: str) -> None:
             self._store(transform, authority, super().set_transform)
@@ -107,12 +110,21 @@ def _checked_buffer(cache_s: float) -> Any:
             with self.new_data:
                 if problem is None:
                     self.refused.pop(transform.child_frame_id, None)
+                    self.parents[transform.child_frame_id] = transform.header.frame_id
                 else:
                     self.refused[transform.child_frame_id] = (transform.header.frame_id,
                                                               problem)
                 self.new_data.notify_all()
 
     return CheckedBuffer()
+
+
+def frame_chain(frame: str, parents: Dict[str, str]) -> List[str]:
+    """Return ``frame`` and its ancestors in ``parents`` (child -> parent), nearest first."""
+    chain = [frame]
+    while chain[-1] in parents and parents[chain[-1]] not in chain:
+        chain.append(parents[chain[-1]])
+    return chain
 
 
 class TfPoseSource:
@@ -205,12 +217,22 @@ class TfPoseSource:
 
     def _unavailable(self, grid_frame: str, camera_frame: str,
                      error: Exception) -> GridUnavailable:
-        """Return the reason of a failed lookup, naming refused transforms that touch it."""
+        """
+        Return the reason of a failed lookup, naming the refused transforms it needed.
+
+        A refused transform was needed where storing it would have joined the two
+        frames' trees: its child frame is the top of one frame's chain of stored
+        parents, and its parent leads up to the top of the other's. A refusal
+        elsewhere (another camera under the same grid frame, say) is only listed as
+        also refused.
+        """
         with self._buffer.new_data:
             refused = dict(self._buffer.refused)
-        ends = {grid_frame, camera_frame}
+            parents = dict(self._buffer.parents)
+        tops = {frame_chain(grid_frame, parents)[-1], frame_chain(camera_frame, parents)[-1]}
         touching = [f'{parent} -> {child}: {problem}' for child, (parent, problem)
-                    in refused.items() if child in ends or parent in ends]
+                    in refused.items()
+                    if {child, frame_chain(parent, parents)[-1]} == tops]
         if touching:
             return GridUnavailable('invalid_transform', (
                 f'no transform {grid_frame} <- {camera_frame}: refused {"; ".join(touching)}'))
