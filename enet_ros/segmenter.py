@@ -274,7 +274,11 @@ class Segmenter:
             for path in paths.values():
                 path.warm_up(sizes)
             warmup = False  # both are warm
-            self.backend_trial = time_backends(paths, sizes[0] if sizes else self.input_size)
+            # torch unless OpenVINO is clearly faster: within a few percent the trial is a
+            # coin toss, and beside two busy processes torch (its wait and placement above)
+            # took 1.3-1.5x torch's idle frame time, OpenVINO 3.8x (docs/performance.md).
+            self.backend_trial = time_backends(paths, sizes[0] if sizes else self.input_size,
+                                               preferred='torch')
             LOGGER.info('inference_backend %s: starting with %s, both kept warm and re-timed '
                         'while frames run', self.backend_trial.describe(),
                         self.backend_trial.winner)

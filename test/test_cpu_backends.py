@@ -71,6 +71,21 @@ def test_auto_chooses_by_cpu_features(monkeypatch):
     assert backends.resolve_backend(None, CPU, torch.float32, True) == (backends.TIMED, None)
 
 
+def test_startup_trial_keeps_the_preferred_backend_unless_clearly_slower():
+    """The first backend of auto: torch unless OpenVINO is 15 % faster, as a later move needs."""
+    def winner(openvino_ms: float, torch_ms: float, preferred=None) -> str:
+        return backends.BackendTrial({'openvino': openvino_ms, 'torch': torch_ms}, (96, 64), 8,
+                                     preferred).winner
+
+    assert cpu_runtime.ThreadChoice((1, 2)).margin == cpu_runtime.SWITCH_MARGIN == 0.85
+    assert winner(48.9, 50.4) == 'openvino'  # no preference: the smaller median
+    assert winner(48.9, 50.4, 'torch') == 'torch'  # 3 % apart: a coin toss
+    assert winner(43.0, 50.0, 'torch') == 'torch'  # 14 % faster: not enough
+    assert winner(42.0, 50.0, 'torch') == 'openvino'  # 16 % faster
+    assert winner(60.0, 50.0, 'torch') == 'torch'
+    assert winner(40.0, 50.0, 'cuda') == 'openvino'  # a name not timed: the smaller median
+
+
 @needs_openvino
 @pytest.mark.parametrize('winner', ['openvino', 'torch'])
 def test_auto_runs_the_faster_backend_and_moves_when_the_other_gets_faster(

@@ -15,8 +15,10 @@ that the bag tools can be told too):
   compiled fp32, was faster than OpenVINO in every run). Elsewhere, where
   OpenVINO is installed and the CPU can run it, both paths are built and
   warmed and timed: a trial at start-up (:func:`time_backends`, frames of the
-  first warm-up size in turns) picks the first, and while frames run the
-  other is re-timed and takes over when faster
+  first warm-up size in turns) picks the first (torch unless OpenVINO was at
+  least 15 % faster: torch kept its speed beside busy processes, OpenVINO
+  did not), and while frames run the other is re-timed and takes over when
+  at least 15 % faster
   (:class:`~enet_ros.inference.timed_paths.TimedPaths`). Why timed, and
   while frames run: on the same kind of 2-core Zen 3 (AVX2) OpenVINO took
   0.8x the time of compiled torch fp32 idle in one run and 1.1-1.6x in
@@ -182,11 +184,24 @@ class BackendTrial:
     medians_ms: Mapping[str, float]
     frame_size: Tuple[int, int]
     frames: int
+    #: The name that starts unless another's median is under ``margin`` times its own.
+    preferred: Optional[str] = None
+    margin: float = cpu_runtime.SWITCH_MARGIN
 
     @property
     def winner(self) -> str:
-        """Return the name with the smallest median (the first given on a tie)."""
-        return min(self.medians_ms, key=self.medians_ms.__getitem__)
+        """
+        Return the name to start with: the smallest median (the first given on a tie).
+
+        With ``preferred``, that one unless the fastest is faster by the margin that
+        a move while frames run needs too (the two choices agree).
+        """
+        fastest = min(self.medians_ms, key=self.medians_ms.__getitem__)
+        if self.preferred not in self.medians_ms:
+            return fastest
+        preferred_ms = self.medians_ms[self.preferred]
+        return fastest if self.medians_ms[fastest] < self.margin * preferred_ms \
+            else self.preferred
 
     def describe(self) -> str:
         """``auto, timed at start-up: torch 45.1 ms, openvino 52.3 ms a 480x360 frame``."""
@@ -196,7 +211,7 @@ class BackendTrial:
 
 
 def time_backends(paths: Mapping[str, object], frame_size: Tuple[int, int],
-                  frames: int = TRIAL_FRAMES) -> BackendTrial:
+                  frames: int = TRIAL_FRAMES, preferred: Optional[str] = None) -> BackendTrial:
     """
     Time warmed execution paths on the same frame, in turns; return their medians.
 
@@ -204,6 +219,7 @@ def time_backends(paths: Mapping[str, object], frame_size: Tuple[int, int],
     uint8 RGB frame), already warmed at ``frame_size`` (``(width, height)``).
     In turns (A, B, A, B, ...) so that load that comes and goes during the
     trial falls on both; a fixed pseudo-random frame, as a camera's.
+    ``preferred``: see :attr:`BackendTrial.winner`.
     """
     width, height = frame_size
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -215,4 +231,4 @@ def time_backends(paths: Mapping[str, object], frame_size: Tuple[int, int],
                 path.run(image)
                 times[name].append((time.perf_counter() - start) * 1e3)
     return BackendTrial({name: statistics.median(values) for name, values in times.items()},
-                        (width, height), max(1, int(frames)))
+                        (width, height), max(1, int(frames)), preferred)

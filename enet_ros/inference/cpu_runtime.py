@@ -145,6 +145,11 @@ def thread_candidates(threads: int) -> Tuple[int, ...]:
     return (threads,) if threads == 1 else (threads, max(1, threads // 2))
 
 
+#: A candidate takes over when its median frame time is under this fraction of the current
+#: one's (0.85: 15 % faster), so that noise between near-equal candidates moves nothing.
+SWITCH_MARGIN = 0.85
+
+
 class ThreadChoice:
     """
     Pick the fastest of a few candidates by timing frames as they run; the first one to start.
@@ -170,7 +175,7 @@ class ThreadChoice:
     """
 
     def __init__(self, candidates: Sequence[Hashable], probe_every: int = 50,
-                 probe_frames: int = 2, window: int = 16, margin: float = 0.85,
+                 probe_frames: int = 2, window: int = 16, margin: float = SWITCH_MARGIN,
                  max_probe_every: int = 200):
         self.candidates = tuple(candidates)
         self.current = self.candidates[0]

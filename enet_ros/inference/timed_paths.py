@@ -11,7 +11,8 @@ vehicle's load comes and goes after start-up. So both paths stay warm and
 that also picks OpenVINO's thread count) re-times the other one on 2 frames
 in every 50 (every 100, then 200, while it keeps losing) and moves when it
 is at least 15 % faster. The start-up trial
-(:func:`~enet_ros.inference.backends.time_backends`) picks the first.
+(:func:`~enet_ros.inference.backends.time_backends`) picks the first, with
+the same margin in torch's favour.
 Both paths give the same labels (each is checked against the eager
 reference), so a move changes the speed, never the output.
 """
